@@ -1,0 +1,103 @@
+"""Export speed and memory, side by side with the database's own COPY, in one run.
+
+    .venv/bin/python benchmarks/export_vs_copy.py                       # 1M rows of users
+    .venv/bin/python benchmarks/export_vs_copy.py --rows 1000000 10000000
+
+For each size: seeds `users` with N rows, then runs each contender as a whole process and
+records wall time and that process's peak RSS (from wait4):
+  - copy:    psycopg `COPY (SELECT ...) TO STDOUT WITH (FORMAT csv, HEADER)` into a file, the
+             same SELECT (columns, ORDER BY) the export runs; the equivalent of psql's \\copy
+  - csv, parquet, ...: `export-platform run users --format F --output FILE`
+The fastest of --repeat runs is kept. Whole-process times include Python start-up and the
+Dagster import; the "in run" column is the job's own extract+publish time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from export_platform.embedded_postgres import database_url
+from export_platform.planning import plan_export
+from export_platform.sample_data import seed
+from export_platform.sql import select_statement
+
+COPY_SCRIPT = """
+import sys, psycopg
+url, query, path = sys.argv[1:]
+with psycopg.connect(url) as conn, open(path, "wb") as out:
+    with conn.cursor().copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+        for chunk in copy:
+            out.write(chunk)
+"""
+
+
+def measure(argv: list[str], env: dict) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in MB and stdout of one process."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        stdout = out.read().decode()
+    if status != 0:
+        raise RuntimeError(f"{argv} failed: {process.stderr.read().decode()}")
+    return seconds, usage.ru_maxrss / 1024, stdout
+
+
+def best_of(repeat: int, argv: list[str], env: dict) -> tuple[float, float, str]:
+    runs = [measure(argv, env) for _ in range(repeat)]
+    return min(runs, key=lambda r: r[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--formats", default="csv,parquet", help="comma-separated export formats")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "export_platform_bench")
+    args = parser.parse_args()
+
+    url = database_url()
+    env = {**os.environ, "EXPORT_PLATFORM_DATABASE_URL": url}
+    args.out.mkdir(parents=True, exist_ok=True)
+    cli = [sys.executable, "-m", "export_platform.cli"]
+    query = select_statement(plan_export("users", "csv"))
+    peak_rss: dict[tuple[str, int], float] = {}
+
+    print(f"{'rows':>11} {'method':<9}{'seconds':>9}{'in run':>9}{'x COPY':>8}{'peak RSS MB':>13}{'bytes':>15}")
+    for rows in args.rows:
+        with psycopg.connect(url, autocommit=True) as conn:
+            seed(conn, rows, tables=("users",))
+            conn.execute("VACUUM ANALYZE users")
+        copy_file = args.out / "copy.csv"
+        copy_seconds, rss, _ = best_of(args.repeat, [sys.executable, "-c", COPY_SCRIPT, url, query, str(copy_file)], env)
+        print(f"{rows:>11,} {'copy':<9}{copy_seconds:>9.2f}{'':>9}{1:>8.2f}{rss:>13.0f}{copy_file.stat().st_size:>15,}")
+        for fmt in args.formats.split(","):
+            target = args.out / f"users.{fmt}"
+            seconds, rss, stdout = best_of(
+                args.repeat, [*cli, "run", "users", "--format", fmt, "--output", str(target)], env
+            )
+            in_run = float(dict(p.split("=", 1) for p in stdout.split())["seconds"])
+            peak_rss[(fmt, rows)] = rss
+            print(
+                f"{rows:>11,} {fmt:<9}{seconds:>9.2f}{in_run:>9.2f}{seconds / copy_seconds:>8.2f}"
+                f"{rss:>13.0f}{target.stat().st_size:>15,}"
+            )
+    if len(args.rows) > 1:
+        low, high = min(args.rows), max(args.rows)
+        for fmt in args.formats.split(","):
+            ratio = peak_rss[(fmt, high)] / peak_rss[(fmt, low)]
+            print(f"peak RSS {fmt} {high:,} / {low:,} rows: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

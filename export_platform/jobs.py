@@ -1,0 +1,44 @@
+"""One job per export type, all made by `build_export_job` from the registry's declarations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from .config import config_class_for
+from .export_types import REGISTRY
+from .ops.export import build_plan_op, extract_export, plan_op_name, publish_export
+from .planning import ExportPlan
+from .registry import ExportType
+
+
+def build_export_job(export_type: ExportType) -> dg.JobDefinition:
+    plan_op = build_plan_op(export_type, config_class_for(export_type))
+
+    @dg.job(
+        name=export_type.job_name,
+        description=export_type.description,
+        tags={"export_type": export_type.name},
+    )
+    def export_job() -> None:
+        plan = plan_op()
+        publish_export(plan, extract_export(plan))
+
+    return export_job
+
+
+def run_config_for(plan: ExportPlan) -> dict[str, Any]:
+    """Run config that makes the job export what an already-checked plan describes."""
+    config: dict[str, Any] = {
+        "format": plan.format.name,
+        "filters": plan.filters,
+        "columns": list(plan.columns),
+        "csv": plan.csv.model_dump(),
+    }
+    if plan.output_path:
+        config["output_path"] = plan.output_path
+    return {"ops": {plan_op_name(plan.export_type): {"config": config}}}
+
+
+EXPORT_JOBS = [build_export_job(t) for t in REGISTRY]

@@ -1,0 +1,230 @@
+"""Turn a request (export type, format, filters, columns, options) into a checked `ExportPlan`.
+
+Everything a user typed is checked here against the registry before any SQL exists: names must
+be declared, values must parse as their declared type, ranges must not be reversed. An error
+names the field so that a person can fix the request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .config import CsvOptions
+from .export_types import REGISTRY
+from .formats import ExportFormat
+from .registry import ExportType, Filter, Operator, ValueType
+
+MAX_LIST_VALUES = 10_000
+MAX_TEXT_LENGTH = 1_000
+_BIGINT = 2**63
+
+
+class RequestError(ValueError):
+    """A request that cannot be exported as asked; `field` says which part is wrong."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Condition:
+    column: str
+    op: Operator
+    value_type: ValueType
+    values: tuple[str, ...]  # canonical text, bound as parameters and cast in SQL
+    multi: bool
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    export_type: str
+    relation: str
+    format: ExportFormat
+    columns: tuple[str, ...]
+    order_by: tuple[str, ...]
+    conditions: tuple[Condition, ...]
+    filters: dict[str, Any]
+    csv: CsvOptions
+    output_path: str | None = None
+
+
+def export_type_named(name: Any) -> ExportType:
+    export_type = REGISTRY.get(name) if isinstance(name, str) else None
+    if export_type is None:
+        raise RequestError("export_type", f"unknown export type {name!r}; known: {', '.join(REGISTRY.names())}")
+    return export_type
+
+
+def parse_format(value: Any) -> ExportFormat:
+    if isinstance(value, ExportFormat):
+        return value
+    try:
+        return ExportFormat.parse(value) if isinstance(value, str) else ExportFormat.parse("")
+    except ValueError:
+        known = ", ".join(f.value for f in ExportFormat)
+        raise RequestError("format", f"unknown format {value!r}; known: {known}") from None
+
+
+def _text(field: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise RequestError(field, f"expected text, got {type(value).__name__} {value!r}")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise RequestError(field, f"value longer than {MAX_TEXT_LENGTH} characters")
+    if "\x00" in value:
+        raise RequestError(field, "value contains a NUL character")
+    return value
+
+
+def _integer(field: str, value: Any) -> str:
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not -_BIGINT <= value < _BIGINT:
+        raise RequestError(field, f"expected a whole number, got {value!r}")
+    return str(value)
+
+
+def _numeric(field: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        raise RequestError(field, f"expected a decimal number, got {type(value).__name__} {value!r}")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise RequestError(field, f"expected a decimal number, got {value!r}") from None
+    if not number.is_finite() or abs(number.adjusted()) > 100:
+        raise RequestError(field, f"expected a finite decimal number, got {value!r}")
+    return str(number)
+
+
+def _date(field: str, value: Any) -> str:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value.isoformat()
+    try:
+        if isinstance(value, str) and len(value) == 10:
+            return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        pass
+    raise RequestError(field, f"expected a date as YYYY-MM-DD, got {value!r}")
+
+
+_PARSERS = {ValueType.TEXT: _text, ValueType.INTEGER: _integer, ValueType.NUMERIC: _numeric, ValueType.DATE: _date}
+
+
+def _filter_values(f: Filter, raw: Any) -> tuple[str, ...]:
+    field = f"filters.{f.name}"
+    if f.multi:
+        if isinstance(raw, str) and raw.startswith("["):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise RequestError(field, "looks like a JSON list but does not parse") from None
+        if isinstance(raw, str):
+            raw = raw.split(",")  # the comma-separated form the systems this replaces accepted
+        items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            raise RequestError(field, "empty list: give at least one value")
+        if len(items) > MAX_LIST_VALUES:
+            raise RequestError(field, f"more than {MAX_LIST_VALUES} values")
+    elif isinstance(raw, (list, dict)):
+        raise RequestError(field, "takes a single value, not a list")
+    else:
+        items = [raw]
+    parse = _PARSERS[f.value_type]
+    return tuple(parse(field, item) for item in items)
+
+
+def _sort_key(value_type: ValueType, text: str) -> Any:
+    return Decimal(text) if value_type in (ValueType.NUMERIC, ValueType.INTEGER) else text
+
+
+def _check_ranges(export_type: ExportType, normalised: dict[str, Any]) -> None:
+    lower = {f.column: f for f in export_type.filters if f.op is Operator.MIN and f.name in normalised}
+    for high in export_type.filters:
+        low = lower.get(high.column)
+        if low is None or not high.is_range or high.op is Operator.MIN or high.name not in normalised:
+            continue
+        low_value, high_value = str(normalised[low.name]), str(normalised[high.name])
+        if _sort_key(low.value_type, low_value) > _sort_key(high.value_type, high_value):
+            raise RequestError(
+                f"filters.{high.name}", f"reversed range: {low.name}={low_value} is after {high.name}={high_value}"
+            )
+
+
+def check_filters(export_type: ExportType, filters: Any) -> tuple[dict[str, Any], tuple[Condition, ...]]:
+    """Validate raw filters; return them normalised (for display and run config) and as conditions."""
+    if filters is None:
+        filters = {}
+    if not isinstance(filters, Mapping):
+        raise RequestError("filters", f"expected an object of filter names to values, got {type(filters).__name__}")
+    normalised: dict[str, Any] = {}
+    conditions: list[Condition] = []
+    for name, raw in filters.items():
+        f = export_type.filter(name) if isinstance(name, str) else None
+        if f is None:
+            known = ", ".join(x.name for x in export_type.filters)
+            raise RequestError(f"filters.{name}", f"unknown filter for {export_type.name}; known: {known}")
+        if raw is None:
+            continue
+        values = _filter_values(f, raw)
+        typed = [int(v) for v in values] if f.value_type is ValueType.INTEGER else list(values)
+        normalised[name] = typed if f.multi else typed[0]
+        conditions.append(Condition(f.column, f.op, f.value_type, values, f.multi))
+    _check_ranges(export_type, normalised)
+    return normalised, tuple(conditions)
+
+
+def check_columns(export_type: ExportType, columns: Any) -> tuple[str, ...]:
+    if not columns:
+        return export_type.default_columns or export_type.columns
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",")]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise RequestError("columns", "expected a list of column names")
+    for column in columns:
+        if column not in export_type.columns:
+            raise RequestError(
+                "columns", f"unknown column {column!r} for {export_type.name}; known: {', '.join(export_type.columns)}"
+            )
+    if len(set(columns)) != len(columns):
+        raise RequestError("columns", "a column is listed twice")
+    return tuple(columns)
+
+
+def check_csv_options(options: CsvOptions) -> CsvOptions:
+    for name in ("delimiter", "quote_char"):
+        value = getattr(options, name)
+        if len(value) != 1 or value in "\r\n":
+            raise RequestError(f"csv.{name}", f"must be exactly one character other than a line break, got {value!r}")
+    if options.delimiter == options.quote_char:
+        raise RequestError("csv.quote_char", "must differ from the delimiter")
+    return options
+
+
+def plan_export(
+    export_type_name: str,
+    format: Any,
+    filters: Any = None,
+    columns: Any = None,
+    csv: CsvOptions | None = None,
+    output_path: str | None = None,
+) -> ExportPlan:
+    export_type = export_type_named(export_type_name)
+    export_format = parse_format(format)
+    normalised, conditions = check_filters(export_type, filters)
+    return ExportPlan(
+        export_type=export_type.name,
+        relation=export_type.relation,
+        format=export_format,
+        columns=check_columns(export_type, columns),
+        order_by=export_type.order_by,
+        conditions=conditions,
+        filters=normalised,
+        csv=check_csv_options(csv or CsvOptions()),
+        output_path=output_path,
+    )

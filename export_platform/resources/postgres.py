@@ -1,0 +1,59 @@
+"""The Postgres that holds the data to export (and, later, the request table)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import adbc_driver_postgresql.dbapi as adbc
+import dagster as dg
+import psycopg
+import pyarrow as pa
+from pydantic import Field
+
+from .. import sql
+from ..embedded_postgres import database_url
+from ..planning import ExportPlan
+
+
+class PostgresResource(dg.ConfigurableResource):
+    url: str | None = Field(
+        default=None,
+        description="libpq URL of the source database. Unset: EXPORT_PLATFORM_DATABASE_URL, "
+        "else the embedded Postgres under .export_platform/.",
+    )
+    batch_size_hint_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        description="Approximate size of each Arrow batch streamed from Postgres; bounds memory per batch.",
+    )
+
+    def resolved_url(self) -> str:
+        return self.url or database_url()
+
+    def connect(self, **kwargs) -> psycopg.Connection:
+        return psycopg.connect(self.resolved_url(), **kwargs)
+
+    @contextmanager
+    def snapshot_stream(self, plan: ExportPlan) -> Iterator[tuple[int, pa.RecordBatchReader]]:
+        """Count and stream the plan's rows inside one REPEATABLE READ transaction.
+
+        Yields (row count, batch reader); both see the same snapshot, so the count is exactly
+        the number of rows the reader will produce.
+        """
+        with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
+            cursor.adbc_statement.set_options(
+                **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
+            )
+            cursor.execute(sql.BEGIN_SNAPSHOT)
+            try:
+                cursor.execute(sql.SET_UTC)
+                bind = sql.bind_statement(plan)
+                if bind:
+                    cursor.execute(bind, parameters=sql.parameters(plan))
+                    cursor.fetchall()
+                cursor.execute(sql.count_statement(plan))
+                (count,) = cursor.fetchone()
+                cursor.execute(sql.select_statement(plan))
+                yield count, cursor.fetch_record_batch()
+            finally:
+                cursor.execute("ROLLBACK")  # read-only: nothing to commit

@@ -1,0 +1,89 @@
+"""Every SQL statement the export path runs, built from registry-checked identifiers.
+
+User values never appear in the statement text. ADBC streams a result through COPY only for a
+statement without parameters (with bound parameters it buffers the whole result in memory), so
+the values are bound server-side into transaction-local settings first:
+
+    SELECT set_config('export_platform.p0', $1, true)        -- $1 bound by the driver
+    SELECT ... WHERE country_code = current_setting('export_platform.p0')::text
+
+`current_setting` is stable, so the planner treats it like a parameter and can use indexes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from psycopg import sql
+
+from .planning import Condition, ExportPlan
+from .registry import Operator, ValueType
+
+_CAST = {
+    ValueType.TEXT: sql.SQL("text"),
+    ValueType.INTEGER: sql.SQL("bigint"),
+    ValueType.NUMERIC: sql.SQL("numeric"),
+    ValueType.DATE: sql.SQL("date"),
+}
+_COMPARE = {Operator.EQ: sql.SQL("="), Operator.MIN: sql.SQL(">="), Operator.MAX: sql.SQL("<=")}
+
+
+def _setting(index: int) -> sql.Composable:
+    return sql.SQL("current_setting({})").format(sql.Literal(f"export_platform.p{index}"))
+
+
+def _identifier(dotted: str) -> sql.Identifier:
+    return sql.Identifier(*dotted.split("."))
+
+
+def _predicate(index: int, condition: Condition) -> sql.Composable:
+    column, cast = sql.Identifier(condition.column), _CAST[condition.value_type]
+    if condition.multi:
+        return sql.SQL("{} = ANY(ARRAY(SELECT jsonb_array_elements_text({}::jsonb))::{}[])").format(
+            column, _setting(index), cast
+        )
+    if condition.op is Operator.MAX_DATE_END:
+        return sql.SQL("{} < {}::date + 1").format(column, _setting(index))
+    return sql.SQL("{} {} {}::{}").format(column, _COMPARE[condition.op], _setting(index), cast)
+
+
+def _where(plan: ExportPlan) -> sql.Composable:
+    if not plan.conditions:
+        return sql.SQL("")
+    predicates = [_predicate(i, c) for i, c in enumerate(plan.conditions)]
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(predicates)
+
+
+def parameters(plan: ExportPlan) -> tuple[str, ...]:
+    """The values bound to `bind_statement`, one text per condition."""
+    return tuple(json.dumps(list(c.values)) if c.multi else c.values[0] for c in plan.conditions)
+
+
+def bind_statement(plan: ExportPlan) -> str | None:
+    if not plan.conditions:
+        return None
+    calls = [
+        sql.SQL("set_config({}, {}, true)").format(sql.Literal(f"export_platform.p{i}"), sql.SQL(f"${i + 1}"))
+        for i in range(len(plan.conditions))
+    ]
+    return (sql.SQL("SELECT ") + sql.SQL(", ").join(calls)).as_string()
+
+
+def select_statement(plan: ExportPlan) -> str:
+    return sql.SQL("SELECT {columns} FROM {relation}{where} ORDER BY {order}").format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, plan.columns)),
+        relation=_identifier(plan.relation),
+        where=_where(plan),
+        order=sql.SQL(", ").join(map(sql.Identifier, plan.order_by)),
+    ).as_string()
+
+
+def count_statement(plan: ExportPlan) -> str:
+    return sql.SQL("SELECT count(*) FROM {relation}{where}").format(
+        relation=_identifier(plan.relation), where=_where(plan)
+    ).as_string()
+
+
+BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+# Dates in filters and timestamps in files are UTC whatever the server's default zone.
+SET_UTC = "SET LOCAL TIME ZONE 'UTC'"

@@ -1,0 +1,53 @@
+"""One real Postgres per test session: `EXPORT_PLATFORM_DATABASE_URL` if set, else a throwaway
+embedded server (pgserver) in a temp folder. The sample tables are seeded once, nasty rows
+included; tests must not change them (bad-input tests check that nothing did)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from export_platform.embedded_postgres import DATABASE_URL_ENV, start_embedded
+from export_platform.resources.postgres import PostgresResource
+from export_platform.resources.storage import STORAGE_URL_ENV, LocalStorage
+from export_platform.sample_data import seed
+
+SEED_ROWS = 3_000
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        url = start_embedded(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
+        # Commands and processes started by tests find the same server through the environment.
+        os.environ[DATABASE_URL_ENV] = url
+    with psycopg.connect(url, autocommit=True) as conn:
+        seed(conn, SEED_ROWS)
+    return url
+
+
+@pytest.fixture(scope="session")
+def storage_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("exports")
+    os.environ[STORAGE_URL_ENV] = str(root)
+    return root
+
+
+@pytest.fixture
+def db(database_url: str):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        yield conn
+
+
+@pytest.fixture
+def resources(database_url: str, storage_root: Path) -> dict:
+    # A small batch hint, so that even the small test tables stream as many batches.
+    return {
+        "postgres": PostgresResource(url=database_url, batch_size_hint_bytes=64 * 1024),
+        "storage": LocalStorage(root=str(storage_root)),
+    }

@@ -1,0 +1,41 @@
+"""The code location loads, and every export type has a job whose config the Launchpad can show."""
+
+from __future__ import annotations
+
+from export_platform.config import ExportConfig, config_class_for
+from export_platform.definitions import defs
+from export_platform.export_types import REGISTRY
+from export_platform.registry import ExportType, Filter, Registry, ValueType
+
+import pytest
+
+
+def test_every_export_type_has_a_job():
+    defs.get_repository_def().load_all_definitions()
+    assert sorted(j.name for j in defs.resolve_all_job_defs()) == sorted(f"export_{n}" for n in REGISTRY.names())
+
+
+def _fields(model: type) -> dict:
+    return dict(model.model_fields)
+
+
+@pytest.mark.parametrize("export_type", list(REGISTRY), ids=REGISTRY.names())
+def test_config_is_typed_and_described(export_type):
+    config_class = config_class_for(export_type)
+    assert issubclass(config_class, ExportConfig)
+    fields = _fields(config_class)
+    assert {"format", "filters", "columns", "csv", "output_path"} <= set(fields)
+    filter_fields = _fields(fields["filters"].annotation)
+    assert list(filter_fields) == [f.name for f in export_type.filters]
+    nested = [*fields.values(), *filter_fields.values(), *_fields(fields["csv"].annotation).values()]
+    assert all(f.description for f in nested)
+    job = defs.resolve_job_def(export_type.job_name)
+    plan_config = job.graph.node_named(f"plan_{export_type.name}").definition.config_schema.as_field().config_type
+    assert "filters" in plan_config.fields and plan_config.fields["filters"].description
+
+
+def test_a_declaration_is_checked_when_it_is_made():
+    with pytest.raises(ValueError, match="undeclared columns"):
+        ExportType("t", "t", columns=("id",), order_by=("id",), filters=(Filter("x", "missing", ValueType.TEXT),))
+    with pytest.raises(ValueError, match="share a name"):
+        Registry([ExportType("t", "t", ("id",), ("id",)), ExportType("t", "u", ("id",), ("id",))])
