@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import ValidationError
+
 from .config import CsvOptions
 from .export_types import REGISTRY
 from .formats import ExportFormat
@@ -204,6 +206,29 @@ def check_csv_options(options: CsvOptions) -> CsvOptions:
     if options.delimiter == options.quote_char:
         raise RequestError("csv.quote_char", "must differ from the delimiter")
     return options
+
+
+PARAM_KEYS = ("filters", "columns", "csv")
+
+
+def plan_request(export_type_name: Any, format: Any, params: Any) -> ExportPlan:
+    """Check a request row (`params` as the application stored it) and plan it."""
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise RequestError("params", f"expected a JSON object with {', '.join(PARAM_KEYS)}")
+    unknown = [k for k in params if k not in PARAM_KEYS]
+    if unknown:
+        raise RequestError(f"params.{unknown[0]}", f"unknown option; known: {', '.join(PARAM_KEYS)}")
+    csv = params.get("csv") or {}
+    if not isinstance(csv, Mapping):
+        raise RequestError("csv", "expected an object of CSV options")
+    try:
+        csv_options = CsvOptions(**csv)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise RequestError(f"csv.{'.'.join(map(str, first['loc']))}", first["msg"]) from None
+    return plan_export(export_type_name, format, params.get("filters"), params.get("columns"), csv_options)
 
 
 def plan_export(

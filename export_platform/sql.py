@@ -87,3 +87,8 @@ def count_statement(plan: ExportPlan) -> str:
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # Dates in filters and timestamps in files are UTC whatever the server's default zone.
 SET_UTC = "SET LOCAL TIME ZONE 'UTC'"
+SET_APPLICATION_NAME = "SELECT set_config('application_name', $1, false)"
+CANCEL_SESSION = (
+    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+    "WHERE application_name = %s AND pid <> pg_backend_pid()"
+)

@@ -12,6 +12,7 @@ import pytest
 
 from export_platform.embedded_postgres import DATABASE_URL_ENV, start_embedded
 from export_platform.resources.postgres import PostgresResource
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV, LocalStorage
 from export_platform.sample_data import seed
 
@@ -50,4 +51,5 @@ def resources(database_url: str, storage_root: Path) -> dict:
     return {
         "postgres": PostgresResource(url=database_url, batch_size_hint_bytes=64 * 1024),
         "storage": LocalStorage(root=str(storage_root)),
+        "requests": RequestStore(url=database_url),
     }

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from .. import requests_table as rt
 from ..config import ExportConfig
 from ..planning import ExportPlan, RequestError, plan_export
 from ..registry import ExportType
 from ..resources.postgres import PostgresResource
+from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
 from ..sinks import scan_batches, sink
 
@@ -46,7 +48,14 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
         name=plan_op_name(export_type.name),
         description=f"Check the {export_type.name} request against the registry and build its query.",
     )
-    def plan(context: dg.OpExecutionContext, config: config_class) -> ExportPlan:  # type: ignore[valid-type]
+    def plan(
+        context: dg.OpExecutionContext,
+        config: config_class,  # type: ignore[valid-type]
+        requests: RequestStore,
+    ) -> ExportPlan:
+        request_id = request_id_of(context.run.tags)
+        if request_id is not None:
+            requests.run(rt.mark_running(request_id, context.run_id))
         try:
             result = plan_export(
                 export_type.name,
@@ -66,11 +75,16 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
     return plan
 
 
-class _ProgressLog:
-    """Reports streamed rows at most once per interval, whatever the batch size."""
+class _Progress:
+    """Reports streamed rows (to the run log and the request row) at most once per interval,
+    whatever the batch size."""
 
-    def __init__(self, context: dg.OpExecutionContext, expected: int):
-        self.context, self.expected, self.last, self.rows = context, expected, time.monotonic(), 0
+    def __init__(self, context: dg.OpExecutionContext, expected: int, requests: RequestStore):
+        self.context, self.expected, self.requests = context, expected, requests
+        self.request_id = request_id_of(context.run.tags)
+        self.last, self.rows = time.monotonic(), 0
+        if self.request_id is not None:
+            requests.run(rt.set_total(self.request_id, expected))
 
     def __call__(self, rows: int) -> None:
         self.rows = rows
@@ -79,6 +93,13 @@ class _ProgressLog:
             self.last = now
             pct = 100.0 * rows / self.expected if self.expected else 100.0
             self.context.log.info(f"streamed {rows:,} of {self.expected:,} rows ({pct:.0f}%)")
+            if self.request_id is not None:
+                self.requests.run(rt.set_progress(self.request_id, rows, min(pct, 100.0)))
+
+
+def session_name(run_id: str) -> str:
+    """The export's `application_name` in Postgres, so a cancel can find and stop its query."""
+    return f"export_platform:{run_id}"
 
 
 def _temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
@@ -92,14 +113,18 @@ def _temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: Export
 
 @dg.op(description="Count and stream the rows from one Postgres snapshot into a temp file.")
 def extract_export(
-    context: dg.OpExecutionContext, plan: ExportPlan, postgres: PostgresResource, storage: ExportStorage
+    context: dg.OpExecutionContext,
+    plan: ExportPlan,
+    postgres: PostgresResource,
+    storage: ExportStorage,
+    requests: RequestStore,
 ) -> StagedFile:
     started = time.time()  # wall clock: publish may run in another process
     path = _temp_path(context, plan, storage)
     try:
-        with postgres.snapshot_stream(plan) as (expected, reader):
+        with postgres.snapshot_stream(plan, session_name(context.run_id)) as (expected, reader):
             context.log.info(f"{expected:,} rows to export")
-            progress = _ProgressLog(context, expected)
+            progress = _Progress(context, expected, requests)
             sink(scan_batches(reader, progress), plan, path)
     except BaseException:
         path.unlink(missing_ok=True)
@@ -119,7 +144,11 @@ def _storage_key(context: dg.OpExecutionContext, plan: ExportPlan) -> str:
 
 @dg.op(description="Check the row count, checksum the file and move it into place atomically.")
 def publish_export(
-    context: dg.OpExecutionContext, plan: ExportPlan, staged: StagedFile, storage: ExportStorage
+    context: dg.OpExecutionContext,
+    plan: ExportPlan,
+    staged: StagedFile,
+    storage: ExportStorage,
+    requests: RequestStore,
 ) -> PublishedExport:
     path = Path(staged.path)
     if staged.rows != staged.expected_rows:
@@ -134,6 +163,9 @@ def publish_export(
         uri = target.as_uri()
     else:
         uri = storage.publish(path, _storage_key(context, plan))
+    request_id = request_id_of(context.run.tags)
+    if request_id is not None:
+        requests.run(rt.mark_completed(request_id, rows=staged.rows, uri=uri, size=size, sha256=sha256))
     seconds = time.time() - staged.started
     context.add_output_metadata(
         {

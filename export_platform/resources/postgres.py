@@ -23,7 +23,7 @@ class PostgresResource(dg.ConfigurableResource):
         "else the embedded Postgres under .export_platform/.",
     )
     batch_size_hint_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        default=4 * 1024 * 1024,
         description="Approximate size of each Arrow batch streamed from Postgres; bounds memory per batch.",
     )
 
@@ -33,17 +33,25 @@ class PostgresResource(dg.ConfigurableResource):
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.resolved_url(), **kwargs)
 
+    def cancel_queries(self, session_name: str) -> int:
+        """Stop the queries of an export's session (its run may be gone); returns how many."""
+        with self.connect(autocommit=True) as conn:
+            return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
+
     @contextmanager
-    def snapshot_stream(self, plan: ExportPlan) -> Iterator[tuple[int, pa.RecordBatchReader]]:
+    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[tuple[int, pa.RecordBatchReader]]:
         """Count and stream the plan's rows inside one REPEATABLE READ transaction.
 
         Yields (row count, batch reader); both see the same snapshot, so the count is exactly
-        the number of rows the reader will produce.
+        the number of rows the reader will produce. `session_name` becomes the connection's
+        application_name, by which a cancel finds the query.
         """
         with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
             cursor.adbc_statement.set_options(
                 **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
             )
+            cursor.execute(sql.SET_APPLICATION_NAME, parameters=(session_name,))
+            cursor.fetchall()
             cursor.execute(sql.BEGIN_SNAPSHOT)
             try:
                 cursor.execute(sql.SET_UTC)

@@ -23,6 +23,10 @@ class ExportStorage(dg.ConfigurableResource, ABC):
     def publish(self, temp_path: Path, key: str) -> str:
         """Move a finished temp file to `key` atomically; return its URI."""
 
+    @abstractmethod
+    def discard_temp(self, run_id: str) -> int:
+        """Remove what a run left in the temp area (it failed or was cancelled); returns how many."""
+
 
 class LocalStorage(ExportStorage):
     root: str | None = Field(
@@ -40,6 +44,12 @@ class LocalStorage(ExportStorage):
         tmp = self.folder() / ".tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         return tmp / name
+
+    def discard_temp(self, run_id: str) -> int:
+        leftovers = list((self.folder() / ".tmp").glob(f"{run_id}.*"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
 
     def publish(self, temp_path: Path, key: str) -> str:
         target = self.folder() / key

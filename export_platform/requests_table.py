@@ -1,0 +1,252 @@
+"""`export_requests`: the table through which applications ask for exports (SQLAlchemy Core).
+
+The platform owns and migrates it. `migrate` is idempotent: it creates what is missing and then
+applies, in order, the upgrade steps past the version recorded in `export_platform_schema`, so a
+later release can add columns safely to a table that already holds requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+
+class Status(str, Enum):
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
+ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+metadata = sa.MetaData()
+_now = sa.text("now()")
+
+export_requests = sa.Table(
+    "export_requests",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("export_type", sa.Text, nullable=False),
+    sa.Column("format", sa.Text, nullable=False, server_default="csv"),
+    sa.Column("params", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("requested_by", sa.Text),
+    sa.Column("idempotency_key", sa.Text),
+    sa.Column("status", sa.Text, nullable=False, server_default=Status.PENDING.value),
+    sa.Column("run_id", sa.Text),
+    sa.Column("progress_rows", sa.BigInteger),
+    sa.Column("total_rows", sa.BigInteger),
+    sa.Column("progress_pct", sa.Numeric(5, 2)),
+    sa.Column("row_count", sa.BigInteger),
+    sa.Column("file_uri", sa.Text),
+    sa.Column("file_bytes", sa.BigInteger),
+    sa.Column("sha256", sa.Text),
+    sa.Column("download_url", sa.Text),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("queued_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.CheckConstraint(
+        sa.column("status").in_([s.value for s in Status]), name="export_requests_status_check"
+    ),
+    # A retried or double-clicked insert with the same key yields no second export.
+    sa.UniqueConstraint("requested_by", "idempotency_key", name="export_requests_idempotency"),
+    # The sensor's scan: only the rows it has work on.
+    sa.Index(
+        "export_requests_open",
+        "id",
+        postgresql_where=sa.column("status").in_(["PENDING", "QUEUED", "RUNNING", "CANCEL_REQUESTED"]),
+    ),
+    sa.Index("export_requests_by_user", "requested_by", sa.column("id").desc()),
+)
+
+schema_versions = sa.Table(
+    "export_platform_schema",
+    metadata,
+    sa.Column("component", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+# Upgrade steps for tables made by older releases: UPGRADES[i] takes version i + 1 to i + 2.
+# A new column goes into the table above (for fresh installs) and gets a step here.
+UPGRADES: list[Callable[[sa.Connection], None]] = []
+SCHEMA_VERSION = 1 + len(UPGRADES)
+
+
+def migrate(conn: sa.Connection) -> int:
+    """Create or upgrade the request table; safe to run any number of times, concurrently too."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('export_platform_schema'))"))
+    fresh = not sa.inspect(conn).has_table("export_requests")
+    metadata.create_all(conn, checkfirst=True)
+    current = conn.execute(
+        sa.select(schema_versions.c.version).where(schema_versions.c.component == "export_requests")
+    ).scalar()
+    if current is None:
+        current = SCHEMA_VERSION if fresh else 1
+        conn.execute(schema_versions.insert().values(component="export_requests", version=current))
+    for step in UPGRADES[current - 1 :]:
+        step(conn)
+    conn.execute(
+        schema_versions.update()
+        .where(schema_versions.c.component == "export_requests")
+        .values(version=SCHEMA_VERSION)
+    )
+    return SCHEMA_VERSION
+
+
+# --- Statements. Each transition names the states it may leave from, so racing writers
+# (the sensor, the run, an application cancelling) cannot move a row backwards.
+
+t = export_requests
+
+
+def _transition(request_id: int, from_states: tuple[Status, ...], **values) -> sa.Update:
+    return (
+        t.update()
+        .where(t.c.id == request_id, t.c.status.in_([s.value for s in from_states]))
+        .values(updated_at=_now, **values)
+    )
+
+
+def pending(limit: int) -> sa.Select:
+    """The oldest PENDING rows, locked so that two sensor ticks never take the same row."""
+    return (
+        sa.select(t.c.id, t.c.export_type, t.c.format, t.c.params, t.c.requested_by)
+        .where(t.c.status == Status.PENDING.value)
+        .order_by(t.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+def needing_attention(limit: int) -> sa.Select:
+    """Rows whose run the sensor must look at: cancels, and queued rows not yet tied to a run."""
+    return (
+        sa.select(t.c.id, t.c.status, t.c.run_id, t.c.queued_at)
+        .where(
+            sa.or_(
+                t.c.status == Status.CANCEL_REQUESTED.value,
+                sa.and_(t.c.status == Status.QUEUED.value, t.c.run_id.is_(None)),
+            )
+        )
+        .order_by(t.c.id)
+        .limit(limit)
+    )
+
+
+def mark_queued(request_id: int) -> sa.Update:
+    return _transition(request_id, (Status.PENDING,), status=Status.QUEUED.value, queued_at=_now, error=None)
+
+
+def requeue(request_id: int) -> sa.Update:
+    """A QUEUED row whose run never appeared goes back to PENDING (run_key still prevents doubles)."""
+    return _transition(request_id, (Status.QUEUED,), status=Status.PENDING.value, queued_at=None)
+
+
+def set_run_id(request_id: int, run_id: str) -> sa.Update:
+    return _transition(request_id, (Status.QUEUED, Status.RUNNING, Status.CANCEL_REQUESTED), run_id=run_id)
+
+
+def mark_running(request_id: int, run_id: str) -> sa.Update:
+    return _transition(
+        request_id, (Status.PENDING, Status.QUEUED), status=Status.RUNNING.value, run_id=run_id, started_at=_now
+    )
+
+
+def set_total(request_id: int, total_rows: int) -> sa.Update:
+    return _transition(
+        request_id, (Status.RUNNING,), total_rows=total_rows, progress_rows=0, progress_pct=0 if total_rows else 100
+    )
+
+
+def set_progress(request_id: int, rows: int, pct: float) -> sa.Update:
+    return _transition(request_id, (Status.RUNNING,), progress_rows=rows, progress_pct=round(pct, 2))
+
+
+def mark_completed(request_id: int, *, rows: int, uri: str, size: int, sha256: str) -> sa.Update:
+    return _transition(
+        request_id,
+        (Status.RUNNING,),
+        status=Status.COMPLETED.value,
+        row_count=rows,
+        progress_rows=rows,
+        progress_pct=100,
+        file_uri=uri,
+        file_bytes=size,
+        sha256=sha256,
+        finished_at=_now,
+    )
+
+
+def mark_failed(request_id: int, error: str) -> sa.Update:
+    return _transition(
+        request_id,
+        (Status.PENDING, Status.QUEUED, Status.RUNNING),
+        status=Status.FAILED.value,
+        error=error,
+        finished_at=_now,
+    )
+
+
+def mark_cancelled(request_id: int) -> sa.Update:
+    return _transition(
+        request_id,
+        (Status.PENDING, Status.QUEUED, Status.RUNNING, Status.CANCEL_REQUESTED),
+        status=Status.CANCELLED.value,
+        finished_at=_now,
+    )
+
+
+def restore_finished(request_id: int, status: Status) -> sa.Update:
+    """A cancel that arrived after the run had already finished: the run's outcome stands."""
+    return _transition(request_id, (Status.CANCEL_REQUESTED,), status=status.value)
+
+
+def request_cancel(request_id: int) -> sa.Update:
+    return _transition(
+        request_id, (Status.PENDING, Status.QUEUED, Status.RUNNING), status=Status.CANCEL_REQUESTED.value
+    )
+
+
+def insert(export_type: str, format: str, params: dict, requested_by: str | None, idempotency_key: str | None):
+    return (
+        pg_insert(t)
+        .values(
+            export_type=export_type,
+            format=format,
+            params=params,
+            requested_by=requested_by,
+            idempotency_key=idempotency_key,
+        )
+        .on_conflict_do_nothing(constraint="export_requests_idempotency")
+        .returning(t.c.id)
+    )
+
+
+def by_id(request_id: int) -> sa.Select:
+    return sa.select(t).where(t.c.id == request_id)
+
+
+def by_idempotency_key(requested_by: str | None, key: str) -> sa.Select:
+    return sa.select(t.c.id).where(t.c.requested_by.is_not_distinct_from(requested_by), t.c.idempotency_key == key)
+
+
+def listing(requested_by: str | None, limit: int, offset: int) -> sa.Select:
+    query = sa.select(t).order_by(t.c.id.desc()).limit(limit).offset(offset)
+    return query.where(t.c.requested_by == requested_by) if requested_by is not None else query
+
+
+def queue_depth() -> sa.Select:
+    return sa.select(sa.func.count()).where(t.c.status.in_([Status.PENDING.value, Status.QUEUED.value]))

@@ -1,0 +1,63 @@
+"""The request table's connection, shared by the sensors and the runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import psycopg
+import sqlalchemy as sa
+from pydantic import Field, PrivateAttr
+
+from .. import requests_table as rt
+from ..embedded_postgres import database_url
+
+REQUEST_ID_TAG = "export_platform/request_id"
+
+
+class RequestStore(dg.ConfigurableResource):
+    url: str | None = Field(
+        default=None,
+        description="libpq URL of the database holding export_requests. Unset: the same database as "
+        "the export source (EXPORT_PLATFORM_DATABASE_URL or the embedded Postgres).",
+    )
+    statement_timeout_ms: int = Field(
+        default=10_000, description="Upper bound for any statement on the request table (keeps sensor ticks short)."
+    )
+
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            url, timeout = self.url or database_url(), self.statement_timeout_ms
+            # `creator` accepts any libpq URL or keyword string, as psycopg does.
+            self._engine = sa.create_engine(
+                "postgresql+psycopg://",
+                creator=lambda: psycopg.connect(url, options=f"-c statement_timeout={timeout}"),
+                pool_size=2,
+                max_overflow=2,
+                pool_pre_ping=True,
+            )
+            with self._engine.begin() as conn:
+                rt.migrate(conn)
+        return self._engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        with self.engine().begin() as conn:
+            yield conn
+
+    def run(self, statement: sa.Executable) -> sa.CursorResult:
+        with self.transaction() as conn:
+            return conn.execute(statement)
+
+
+def request_id_of(tags: dict[str, str]) -> int | None:
+    """The request row behind a run, or None for runs launched from the Launchpad or a schedule."""
+    value = tags.get(REQUEST_ID_TAG)
+    return int(value) if value else None

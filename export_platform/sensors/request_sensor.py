@@ -1,0 +1,110 @@
+"""The front door: rows in `export_requests` become runs, and cancel requests stop them.
+
+The row's status is the source of truth; `run_key` = request id is only the guard against a
+second run. Each tick reads a bounded number of rows with a statement timeout, so it stays far
+inside Dagster's ~60 s tick limit; a bad row becomes FAILED with its message and never stops
+the others.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from .. import requests_table as rt
+from ..jobs import run_config_for
+from ..ops.export import session_name
+from ..planning import ExportPlan, RequestError, plan_request
+from ..requests_table import Status
+from ..resources.postgres import PostgresResource
+from ..resources.requests import REQUEST_ID_TAG, RequestStore
+
+ROWS_PER_TICK = 50
+# A QUEUED row whose run never appeared (the tick's result was lost) is offered again after this.
+REQUEUE_AFTER = timedelta(minutes=2)
+_NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
+_IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+def run_request_for(request_id: int, plan: ExportPlan, requested_by: str | None) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=str(request_id),
+        job_name=f"export_{plan.export_type}",
+        run_config=run_config_for(plan),
+        tags={
+            REQUEST_ID_TAG: str(request_id),
+            "export_type": plan.export_type,
+            # Tag values are capped by Dagster; the queue limits per user only need them distinct.
+            "requested_by": (requested_by or "anonymous")[:63],
+        },
+    )
+
+
+def _run_for(instance: dg.DagsterInstance, request_id: int, run_id: str | None) -> dg.DagsterRun | None:
+    if run_id:
+        return instance.get_run_by_id(run_id)
+    runs = instance.get_runs(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}), limit=1)
+    return runs[0] if runs else None
+
+
+def _cancel(context, requests: RequestStore, postgres: PostgresResource, request_id: int, run) -> None:
+    if run is None or run.status in _NOT_STARTED:
+        if run is not None:
+            context.instance.run_coordinator.cancel_run(run.run_id)
+        requests.run(rt.mark_cancelled(request_id))
+    elif run.status in _IN_FLIGHT:
+        if run.status is not dg.DagsterRunStatus.CANCELING:
+            context.instance.run_launcher.terminate(run.run_id)
+        # The worker may be deep inside a sink: stopping its query is what stops it promptly.
+        postgres.cancel_queries(session_name(run.run_id))
+    elif run.status is dg.DagsterRunStatus.SUCCESS:
+        requests.run(rt.restore_finished(request_id, Status.COMPLETED))
+    else:  # CANCELED, or FAILURE caused by the cancelled query
+        requests.run(rt.mark_cancelled(request_id))
+
+
+def _attend(context, requests: RequestStore, postgres: PostgresResource) -> None:
+    """Cancels, and QUEUED rows not yet tied to their run."""
+    now = datetime.now(timezone.utc)
+    for row in requests.run(rt.needing_attention(ROWS_PER_TICK)).all():
+        run = _run_for(context.instance, row.id, row.run_id)
+        if row.status == Status.CANCEL_REQUESTED.value:
+            _cancel(context, requests, postgres, row.id, run)
+        elif run is not None:
+            requests.run(rt.set_run_id(row.id, run.run_id))
+        elif row.queued_at is not None and now - row.queued_at > REQUEUE_AFTER:
+            context.log.warning(f"request {row.id}: no run appeared; offering it again")
+            requests.run(rt.requeue(row.id))
+
+
+def _claim_pending(context, requests: RequestStore) -> list[dg.RunRequest]:
+    run_requests = []
+    with requests.transaction() as conn:
+        for row in conn.execute(rt.pending(ROWS_PER_TICK)).all():
+            try:
+                plan = plan_request(row.export_type, row.format, row.params)
+            except RequestError as error:
+                conn.execute(rt.mark_failed(row.id, str(error)))
+                context.log.info(f"request {row.id} rejected: {error}")
+                continue
+            conn.execute(rt.mark_queued(row.id))
+            run_requests.append(run_request_for(row.id, plan, row.requested_by))
+    return run_requests
+
+
+def build_request_sensor(jobs: list[dg.JobDefinition]) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="export_request_sensor",
+        jobs=jobs,
+        minimum_interval_seconds=3,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches a run for each PENDING row of export_requests and handles CANCEL_REQUESTED.",
+    )
+    def export_request_sensor(
+        context: dg.SensorEvaluationContext, requests: RequestStore, postgres: PostgresResource
+    ) -> dg.SensorResult:
+        _attend(context, requests, postgres)
+        return dg.SensorResult(run_requests=_claim_pending(context, requests))
+
+    return export_request_sensor

@@ -1,0 +1,71 @@
+"""Run outcomes written back to the request row, whatever ended the run.
+
+A run can fail before its first op, be terminated from the UI, or have its worker killed; the
+ops cannot report any of that themselves, so these sensors do.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .. import requests_table as rt
+from ..ops.export import session_name
+from ..resources.postgres import PostgresResource
+from ..resources.requests import RequestStore, request_id_of
+from ..resources.storage import ExportStorage
+
+INTERVAL_SECONDS = 2
+
+
+def failure_message(context: dg.RunFailureSensorContext) -> str:
+    steps = [e.step_failure_data.error for e in context.get_step_failure_events() if e.step_failure_data.error]
+    messages = [error.message.strip() for error in steps]
+    return "; ".join(messages) or context.failure_event.message or "the run failed"
+
+
+def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefinition]:
+    @dg.run_failure_sensor(
+        name="export_failure_sensor",
+        monitored_jobs=jobs,
+        minimum_interval_seconds=INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks the request FAILED with the run's error and removes its temp file.",
+    )
+    def export_failure_sensor(
+        context: dg.RunFailureSensorContext, requests: RequestStore, storage: ExportStorage
+    ) -> None:
+        storage.discard_temp(context.dagster_run.run_id)
+        request_id = request_id_of(context.dagster_run.tags)
+        if request_id is not None:
+            requests.run(rt.mark_failed(request_id, failure_message(context)))
+
+    @dg.run_status_sensor(
+        name="export_canceling_sensor",
+        run_status=dg.DagsterRunStatus.CANCELING,
+        monitored_jobs=jobs,
+        minimum_interval_seconds=INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Stops the Postgres query of a run being terminated, so no scan outlives it.",
+    )
+    def export_canceling_sensor(context: dg.RunStatusSensorContext, postgres: PostgresResource) -> None:
+        postgres.cancel_queries(session_name(context.dagster_run.run_id))
+
+    @dg.run_status_sensor(
+        name="export_canceled_sensor",
+        run_status=dg.DagsterRunStatus.CANCELED,
+        monitored_jobs=jobs,
+        minimum_interval_seconds=INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Marks the request CANCELLED, stops its query and removes its temp file.",
+    )
+    def export_canceled_sensor(
+        context: dg.RunStatusSensorContext, requests: RequestStore, postgres: PostgresResource, storage: ExportStorage
+    ) -> None:
+        run_id = context.dagster_run.run_id
+        postgres.cancel_queries(session_name(run_id))
+        storage.discard_temp(run_id)
+        request_id = request_id_of(context.dagster_run.tags)
+        if request_id is not None:
+            requests.run(rt.mark_cancelled(request_id))
+
+    return [export_failure_sensor, export_canceling_sensor, export_canceled_sensor]
