@@ -48,7 +48,7 @@ def _filters(pairs: Sequence[str]) -> dict[str, str]:
 
 def _plan_from_args(args: argparse.Namespace) -> ExportPlan:
     csv = CsvOptions(delimiter=args.delimiter, quote_char=args.quote_char, header=not args.no_header)
-    return plan_export(args.type, args.format, _filters(args.filter), args.columns, csv, args.output)
+    return plan_export(args.type, args.format, _filters(args.filter), args.columns, csv, getattr(args, "output", None))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -99,6 +99,92 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_request(args: argparse.Namespace) -> int:
+    from .client import ExportClient
+
+    plan = _plan_from_args(args)
+    params = {"filters": _filters(args.filter), "columns": list(plan.columns) if args.columns else None,
+              "csv": plan.csv.model_dump() if plan.csv != CsvOptions() else None}
+    request_id = ExportClient().request(
+        args.type, args.format, **params, requested_by=args.user, idempotency_key=args.idempotency_key
+    )
+    print(request_id)
+    return 0
+
+
+def _progress_line(row: dict) -> str:
+    pct = float(row["progress_pct"] or 0)
+    bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
+    rows = f"{row['progress_rows'] or 0:,}/{row['total_rows']:,} rows" if row["total_rows"] is not None else ""
+    return f"[{bar}] {pct:5.1f}% {row['status']:<16} {rows}"
+
+
+def _describe(row: dict) -> str:
+    fields = ["id", "export_type", "format", "requested_by", "status", "progress_pct", "row_count",
+              "file_uri", "file_bytes", "sha256", "download_url", "expires_at", "error", "run_id",
+              "created_at", "started_at", "finished_at"]
+    return "\n".join(f"{name:>13}: {row[name]}" for name in fields if row.get(name) is not None)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .client import ExportClient
+
+    client = ExportClient()
+    if args.wait:
+        interactive = sys.stdout.isatty()
+        row = client.wait(args.id, on_update=lambda r: print("\r" + _progress_line(r), end="", flush=True)
+                          if interactive else None)
+        if interactive:
+            print()
+    else:
+        row = client.status(args.id)
+        if row is None:
+            raise RequestError("id", f"no export request {args.id}")
+    print(_describe(row))
+    return 0 if row["status"] != "FAILED" else 1
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .client import ExportClient
+
+    rows = ExportClient().list(args.user, args.page, args.page_size)
+    print(f"{'id':>8}  {'type':<20} {'format':<8} {'user':<12} {'status':<16} {'rows':>10}  created")
+    for row in rows:
+        rows_text = f"{row['row_count']:,}" if row["row_count"] is not None else ""
+        print(f"{row['id']:>8}  {row['export_type'][:20]:<20} {row['format'][:8]:<8} {str(row['requested_by'])[:12]:<12} "
+              f"{row['status']:<16} {rows_text:>10}  {row['created_at']:%Y-%m-%d %H:%M:%S}")
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from .client import ExportClient
+
+    if ExportClient().cancel(args.id):
+        print(f"cancel requested for {args.id}")
+        return 0
+    print(f"request {args.id} is not pending, queued or running; nothing to cancel", file=sys.stderr)
+    return 1
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from .health import check
+
+    problems, lines = check()
+    print("\n".join(lines))
+    return 1 if problems else 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    import os
+
+    from .instance import prepare_dagster_home
+
+    env = {**os.environ, **prepare_dagster_home()}
+    print(f"DAGSTER_HOME={env['DAGSTER_HOME']}")
+    argv = ["dagster", "dev", "-m", "export_platform.definitions", "-h", args.host, "-p", str(args.port)]
+    os.execvpe(argv[0], argv, env)
+
+
 def _export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("type", help=f"export type: {', '.join(REGISTRY.names())}")
     parser.add_argument("--format", default="csv", help="csv, csv.gz, parquet or ndjson (default csv)")
@@ -130,6 +216,36 @@ def build_parser() -> argparse.ArgumentParser:
     _export_options(run)
     run.add_argument("--output", help="write the file to this path instead of the storage folder")
     run.set_defaults(handler=_cmd_run)
+
+    request = commands.add_parser("request", help="insert a row into export_requests; prints its id")
+    _export_options(request)
+    request.add_argument("--user", help="requested_by")
+    request.add_argument("--idempotency-key", help="a second request with the same key (and user) is not created")
+    request.set_defaults(handler=_cmd_request)
+
+    status = commands.add_parser("status", help="show a request; --wait follows it to the end")
+    status.add_argument("id", type=int)
+    status.add_argument("--wait", action="store_true", help="show progress until the request is finished")
+    status.set_defaults(handler=_cmd_status)
+
+    listing = commands.add_parser("list", help="list requests, newest first")
+    listing.add_argument("--user")
+    listing.add_argument("--page", type=int, default=1)
+    listing.add_argument("--page-size", type=int, default=20)
+    listing.set_defaults(handler=_cmd_list)
+
+    cancel = commands.add_parser("cancel", help="cancel a pending, queued or running request")
+    cancel.add_argument("id", type=int)
+    cancel.set_defaults(handler=_cmd_cancel)
+
+    commands.add_parser("health", help="database, daemon, request sensor, queue depth").set_defaults(
+        handler=_cmd_health
+    )
+
+    dev = commands.add_parser("dev", help="Dagster webserver + daemon on this project's instance")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(handler=_cmd_dev)
     return parser
 
 

@@ -131,17 +131,20 @@ def pending(limit: int) -> sa.Select:
     )
 
 
-def needing_attention(limit: int) -> sa.Select:
-    """Rows whose run the sensor must look at: cancels, and queued rows not yet tied to a run."""
+def needing_attention(limit: int, quiet_seconds: int) -> sa.Select:
+    """Rows whose run the sensor must look at: cancels, queued rows not yet tied to their run, and
+    active rows quiet for `quiet_seconds` (their run may have ended without reporting back)."""
+    quiet = t.c.updated_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, quiet_seconds)
     return (
         sa.select(t.c.id, t.c.status, t.c.run_id, t.c.queued_at)
         .where(
             sa.or_(
                 t.c.status == Status.CANCEL_REQUESTED.value,
                 sa.and_(t.c.status == Status.QUEUED.value, t.c.run_id.is_(None)),
+                sa.and_(t.c.status.in_([s.value for s in ACTIVE]), quiet),
             )
         )
-        .order_by(t.c.id)
+        .order_by(t.c.updated_at)
         .limit(limit)
     )
 

@@ -21,6 +21,8 @@ from ..resources.postgres import PostgresResource
 from ..resources.requests import REQUEST_ID_TAG, RequestStore
 
 ROWS_PER_TICK = 50
+# An active row this long without an update gets its run's status checked.
+QUIET_SECONDS = 30
 # A QUEUED row whose run never appeared (the tick's result was lost) is offered again after this.
 REQUEUE_AFTER = timedelta(minutes=2)
 _NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
@@ -64,15 +66,28 @@ def _cancel(context, requests: RequestStore, postgres: PostgresResource, request
         requests.run(rt.mark_cancelled(request_id))
 
 
+def _reconcile(requests: RequestStore, request_id: int, run: dg.DagsterRun) -> None:
+    """A run that ended without its outcome reaching the row (e.g. it failed to launch before the
+    failure sensor was watching): the run's status decides."""
+    if run.status is dg.DagsterRunStatus.FAILURE:
+        requests.run(rt.mark_failed(request_id, f"run {run.run_id} failed; see its log in Dagster"))
+    elif run.status is dg.DagsterRunStatus.NOT_STARTED:  # created, but its launch failed
+        requests.run(rt.mark_failed(request_id, f"run {run.run_id} was created but never launched"))
+    elif run.status is dg.DagsterRunStatus.CANCELED:
+        requests.run(rt.mark_cancelled(request_id))
+
+
 def _attend(context, requests: RequestStore, postgres: PostgresResource) -> None:
-    """Cancels, and QUEUED rows not yet tied to their run."""
+    """Cancels, QUEUED rows not yet tied to their run, and active rows whose run has ended."""
     now = datetime.now(timezone.utc)
-    for row in requests.run(rt.needing_attention(ROWS_PER_TICK)).all():
+    for row in requests.run(rt.needing_attention(ROWS_PER_TICK, QUIET_SECONDS)).all():
         run = _run_for(context.instance, row.id, row.run_id)
         if row.status == Status.CANCEL_REQUESTED.value:
             _cancel(context, requests, postgres, row.id, run)
         elif run is not None:
-            requests.run(rt.set_run_id(row.id, run.run_id))
+            if row.run_id is None:
+                requests.run(rt.set_run_id(row.id, run.run_id))
+            _reconcile(requests, row.id, run)
         elif row.queued_at is not None and now - row.queued_at > REQUEUE_AFTER:
             context.log.warning(f"request {row.id}: no run appeared; offering it again")
             requests.run(rt.requeue(row.id))

@@ -1,0 +1,78 @@
+"""A small Python client for applications: the request table's calls without writing SQL.
+
+    from export_platform.client import ExportClient
+    client = ExportClient()                      # EXPORT_PLATFORM_DATABASE_URL or the embedded one
+    request_id = client.request("users", "csv", filters={"country_code": "US"}, requested_by="alice")
+    final = client.wait(request_id)              # a dict of the row, once it is terminal
+
+Requests are checked here as the sensor would check them, so a bad one fails at once with a
+`RequestError` naming the field instead of becoming a FAILED row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import requests_table as rt
+from .planning import plan_request
+from .requests_table import TERMINAL, Status
+from .resources.requests import RequestStore
+
+
+class ExportClient:
+    def __init__(self, url: str | None = None):
+        self.store = RequestStore(url=url)
+
+    def request(
+        self,
+        export_type: str,
+        format: str = "csv",
+        *,
+        filters: dict | None = None,
+        columns: list[str] | None = None,
+        csv: dict | None = None,
+        requested_by: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Insert a request; with an idempotency_key already used by requested_by, return that id."""
+        params = {k: v for k, v in {"filters": filters, "columns": columns, "csv": csv}.items() if v}
+        plan_request(export_type, format, params)
+        request_id = self.store.run(rt.insert(export_type, format, params, requested_by, idempotency_key)).scalar()
+        if request_id is None:
+            request_id = self.store.run(rt.by_idempotency_key(requested_by, idempotency_key)).scalar_one()
+        return request_id
+
+    def status(self, request_id: int) -> dict[str, Any] | None:
+        row = self.store.run(rt.by_id(request_id)).mappings().first()
+        return dict(row) if row else None
+
+    def wait(
+        self,
+        request_id: int,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        poll_seconds: float = 0.5,
+    ) -> dict[str, Any]:
+        """Poll until the request is terminal (COMPLETED, FAILED, CANCELLED, EXPIRED)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            row = self.status(request_id)
+            if row is None:
+                raise LookupError(f"no export request {request_id}")
+            if on_update:
+                on_update(row)
+            if Status(row["status"]) in TERMINAL:
+                return row
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"request {request_id} still {row['status']} after {timeout} s")
+            time.sleep(poll_seconds)
+
+    def list(self, requested_by: str | None = None, page: int = 1, page_size: int = 20) -> list[dict[str, Any]]:
+        rows = self.store.run(rt.listing(requested_by, page_size, (page - 1) * page_size)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def cancel(self, request_id: int) -> bool:
+        """Ask for a cancel; False when the request is already finished (or unknown)."""
+        return self.store.run(rt.request_cancel(request_id)).rowcount == 1

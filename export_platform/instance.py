@@ -1,0 +1,48 @@
+"""The Dagster instance that `export-platform dev`, `health` and the daemon tests share.
+
+Dagster keeps runs, events and schedules in Postgres (dagster-postgres), in a database of its own
+beside the application's: `EXPORT_PLATFORM_DAGSTER_DATABASE_URL`, or else a database named
+`dagster` on the application's server, created if missing. DAGSTER_HOME is
+`$EXPORT_PLATFORM_HOME/dagster`, holding a copy of the top-level dagster.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from .embedded_postgres import DATABASE_URL_ENV, database_url, ensure_database, platform_home
+
+DAGSTER_DATABASE_URL_ENV = "EXPORT_PLATFORM_DAGSTER_DATABASE_URL"
+DAGSTER_DATABASE = "dagster"
+INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def dagster_database_url(app_url: str) -> str:
+    explicit = os.environ.get(DAGSTER_DATABASE_URL_ENV)
+    if explicit:
+        url = make_url(explicit)
+    else:
+        ensure_database(app_url, DAGSTER_DATABASE)
+        url = make_url(app_url).set(database=DAGSTER_DATABASE)
+    if url.drivername == "postgresql":
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, whose server-side binding breaks
+        # dagster-postgres's `NOTIFY run_events, %(id)s`; it is written for psycopg2.
+        url = url.set(drivername="postgresql+psycopg2")
+    return url.render_as_string(hide_password=False)
+
+
+def prepare_dagster_home(home: Path | None = None) -> dict[str, str]:
+    """Write DAGSTER_HOME and return the environment every Dagster process must run with."""
+    home = home or platform_home() / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    app_url = database_url()
+    return {
+        "DAGSTER_HOME": str(home),
+        DATABASE_URL_ENV: app_url,
+        DAGSTER_DATABASE_URL_ENV: dagster_database_url(app_url),
+    }
