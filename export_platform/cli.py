@@ -66,6 +66,13 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from .resources.requests import RequestStore
+
+    print(f"export_requests is at schema version {RequestStore().migrate()}")
+    return 0
+
+
 def _seed(rows: int) -> float:
     import psycopg
 
@@ -179,7 +186,10 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     from .instance import prepare_dagster_home
 
+    from .resources.requests import RequestStore
+
     env = {**os.environ, **prepare_dagster_home()}
+    RequestStore().migrate()
     print(f"DAGSTER_HOME={env['DAGSTER_HOME']}")
     argv = ["dagster", "dev", "-m", "export_platform.definitions", "-h", args.host, "-p", str(args.port)]
     os.execvpe(argv[0], argv, env)
@@ -207,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database commands")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("url", help="print the database URL in use").set_defaults(handler=_cmd_db)
+    db_commands.add_parser("migrate", help="create or upgrade the export_requests table").set_defaults(
+        handler=_cmd_migrate
+    )
 
     seed = commands.add_parser("seed", help="replace the sample tables with N deterministic rows each")
     seed.add_argument("--rows", type=int, required=True)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -35,14 +38,38 @@ def dagster_database_url(app_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def prepare_dagster_home(home: Path | None = None) -> dict[str, str]:
+def prepare_dagster_home(home: Path | None = None, app_url: str | None = None) -> dict[str, str]:
     """Write DAGSTER_HOME and return the environment every Dagster process must run with."""
     home = home or platform_home() / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
-    app_url = database_url()
+    app_url = app_url or database_url()
     return {
         "DAGSTER_HOME": str(home),
         DATABASE_URL_ENV: app_url,
         DAGSTER_DATABASE_URL_ENV: dagster_database_url(app_url),
     }
+
+
+def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`dagster-daemon run` for this code location, as a child process logging to `log`."""
+    daemon = Path(sys.executable).with_name("dagster-daemon")
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [str(daemon), "run", "-m", "export_platform.definitions"],
+            env=env,
+            cwd=INSTANCE_YAML.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_daemon(instance, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until the sensor daemon has sent a heartbeat (the daemon is then ticking)."""
+    deadline = time.monotonic() + timeout
+    while "SENSOR" not in instance.get_daemon_heartbeats():
+        if process.poll() is not None:
+            raise RuntimeError(f"dagster-daemon exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("dagster-daemon sent no heartbeat")
+        time.sleep(0.2)

@@ -50,7 +50,8 @@ def _empty_copy(conn: psycopg.Connection, relation: str, columns: list[str]) -> 
 
 
 def _readback_rows(conn: psycopg.Connection) -> list[tuple]:
-    rows = conn.execute("SELECT * FROM readback ORDER BY _line").fetchall()
+    # Each readback table has its own shape: never reuse a prepared plan across them.
+    rows = conn.execute("SELECT * FROM readback ORDER BY _line", prepare=False).fetchall()
     conn.execute("DROP TABLE readback, readback_type")
     return [row[:-1] for row in rows]
 

@@ -39,9 +39,13 @@ class RequestStore(dg.ConfigurableResource):
                 max_overflow=2,
                 pool_pre_ping=True,
             )
-            with self._engine.begin() as conn:
-                rt.migrate(conn)
+            self.migrate()
         return self._engine
+
+    def migrate(self) -> int:
+        """Create or upgrade export_requests; returns the schema version."""
+        with self.engine().begin() as conn:
+            return rt.migrate(conn)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._engine is not None:

@@ -1,0 +1,288 @@
+"""Applications insert rows; a real `dagster-daemon` (and, for the Launchpad's API, a real
+`dagster-webserver`) turns them into runs against a real Postgres instance storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+from sqlalchemy.engine import make_url
+
+from export_platform.embedded_postgres import ensure_database
+from export_platform.export_types import REGISTRY
+from export_platform.instance import (
+    DAGSTER_DATABASE_URL_ENV,
+    INSTANCE_YAML,
+    prepare_dagster_home,
+    start_daemon,
+    wait_for_daemon,
+)
+from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.storage import STORAGE_URL_ENV
+from export_platform.sample_data import seed
+from readback import db_rows, file_rows
+
+pytestmark = pytest.mark.slow
+
+BIG_USERS = 4_000_000  # large enough that an export is still streaming when a cancel arrives
+TIMEOUT = 180
+
+
+def fresh_database(url: str, name: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+    ensure_database(url, name)
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="module")
+def stack(database_url, tmp_path_factory):
+    """A seeded app database, a fresh Dagster database, DAGSTER_HOME and a running daemon."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    app_url = fresh_database(database_url, "daemon_app")
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        seed(conn, 3_000, ("ezpass_transactions", "ledger_postings"))
+        seed(conn, BIG_USERS, ("users",))
+    RequestStore(url=app_url).migrate()  # deployed before applications insert
+    dagster_url = make_url(fresh_database(database_url, "daemon_dagster")).set(drivername="postgresql+psycopg2")
+    os.environ[DAGSTER_DATABASE_URL_ENV] = dagster_url.render_as_string(hide_password=False)
+    env = {
+        **os.environ,
+        **prepare_dagster_home(tmp / "dagster_home", app_url),
+        STORAGE_URL_ENV: str(tmp / "exports"),
+    }
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    daemon = start_daemon(env, tmp / "daemon.log")
+    try:
+        wait_for_daemon(instance, daemon)
+        yield {"env": env, "instance": instance, "app_url": app_url, "exports": tmp / "exports", "tmp": tmp}
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+        instance.dispose()
+        del os.environ[DAGSTER_DATABASE_URL_ENV]
+
+
+@pytest.fixture
+def app(stack):
+    with psycopg.connect(stack["app_url"], autocommit=True) as conn:
+        yield conn
+
+
+def insert(app, export_type, fmt="csv", params=None, user="alice", status="PENDING") -> int:
+    return app.execute(
+        "INSERT INTO export_requests (export_type, format, params, requested_by, status) "
+        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+        (export_type, fmt, json.dumps(params or {}), user, status),
+    ).fetchone()[0]
+
+
+def row(app, request_id) -> dict:
+    cursor = app.execute("SELECT * FROM export_requests WHERE id = %s", (request_id,))
+    return dict(zip([c.name for c in cursor.description], cursor.fetchone()))
+
+
+def wait_for(predicate, timeout=TIMEOUT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def wait_status(app, request_id, statuses, timeout=TIMEOUT) -> dict:
+    return wait_for(
+        lambda: (r := row(app, request_id))["status"] in statuses and r,
+        timeout,
+        f"request {request_id} to reach {statuses} (now {row(app, request_id)['status']})",
+    )
+
+
+def runs_for(instance, request_id) -> list:
+    return instance.get_run_records(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}))
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def export_sessions(app, run_id) -> list:
+    return app.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"export_platform:{run_id}",)
+    ).fetchall()
+
+
+def max_overlap(intervals) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    current = peak = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def one_day(day: str) -> dict:
+    return {"signup_date_from": day, "signup_date_to": day}
+
+
+def db_columns(app, export_type) -> list[str]:
+    return list(REGISTRY.get(export_type).columns)
+
+
+def users_where(params: dict) -> tuple[str, tuple]:
+    if not params:
+        return "", ()
+    f = params["filters"]
+    return "WHERE signup_date BETWEEN %s AND %s", (f["signup_date_from"], f["signup_date_to"])
+
+
+def test_twenty_requests_complete_once_each_within_the_queue_limits(stack, app):
+    instance = stack["instance"]
+    requests = []
+    for i in range(20):
+        export_type = ("ezpass_transactions", "ledger_postings", "users")[i % 3]
+        params = {"filters": one_day(f"2016-03-{i + 1:02d}")} if export_type == "users" else {}
+        fmt = ("csv", "parquet", "ndjson", "csv.gz")[i % 4]
+        user = "burst" if i < 10 else f"user{i % 3}"
+        requests.append((insert(app, export_type, fmt, params, user), export_type, fmt, params))
+    # A double-clicked insert with the same key is no second request.
+    keyed = "INSERT INTO export_requests (export_type, requested_by, idempotency_key) " \
+            "VALUES ('ledger_postings', 'carol', 'k-1') ON CONFLICT DO NOTHING RETURNING id"
+    [(keyed_id,)] = app.execute(keyed).fetchall()
+    assert app.execute(keyed).fetchall() == []
+
+    for request_id, export_type, fmt, params in requests:
+        final = wait_status(app, request_id, {"COMPLETED", "FAILED"})
+        assert final["status"] == "COMPLETED", final["error"]
+        columns = db_columns(app, export_type)
+        where, args = users_where(params)
+        expected = db_rows(app, export_type, columns, where, args)
+        path = Path(final["file_uri"].removeprefix("file://"))
+        assert final["row_count"] == len(expected) > 0
+        assert file_rows(app, export_type, columns, fmt, path) == expected
+        assert final["queued_at"] <= final["started_at"] <= final["finished_at"]
+    assert wait_status(app, keyed_id, {"COMPLETED"})["row_count"] == 3000
+
+    records = [r for request_id, *_ in requests for r in runs_for(instance, request_id)]
+    assert Counter(r.dagster_run.tags[REQUEST_ID_TAG] for r in records) == Counter(
+        str(request_id) for request_id, *_ in requests
+    )  # exactly one run per request
+    assert len(runs_for(instance, keyed_id)) == 1
+    spans = [(r.start_time, r.end_time, r.dagster_run.tags) for r in records]
+    assert max_overlap([(s, e) for s, e, _ in spans]) <= 4
+    for key, limit in (("export_type", 3), ("requested_by", 2)):
+        for value in {tags[key] for *_, tags in spans}:
+            assert max_overlap([(s, e) for s, e, tags in spans if tags[key] == value]) <= limit, (key, value)
+
+
+def test_an_invalid_request_fails_with_its_message_and_no_run(stack, app):
+    bad = insert(app, "users", "csv", {"filters": {"lifetime_value_min": "lots"}})
+    unknown = insert(app, "invoices")
+    good = insert(app, "ledger_postings", "csv", {"columns": ["id", "amount"]})
+    assert "filters.lifetime_value_min: expected a decimal number" in wait_status(app, bad, {"FAILED"})["error"]
+    assert "export_type: unknown export type 'invoices'" in wait_status(app, unknown, {"FAILED"})["error"]
+    assert wait_status(app, good, {"COMPLETED", "FAILED"})["status"] == "COMPLETED"
+    assert runs_for(stack["instance"], bad) == [] and runs_for(stack["instance"], unknown) == []
+
+
+def test_cancel_during_a_large_export_stops_run_query_and_file(stack, app):
+    exports_before = files_in(stack["exports"])
+    request_id = insert(app, "users", "csv")
+    running = wait_for(lambda: (r := row(app, request_id))["progress_rows"] and r, what="the export to stream")
+    assert running["status"] == "RUNNING" and running["total_rows"] == BIG_USERS
+    assert 0 < running["progress_rows"] < BIG_USERS
+    app.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
+
+    final = wait_status(app, request_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=60)
+    assert final["status"] == "CANCELLED"
+    run_id = final["run_id"]
+    assert wait_for(lambda: not export_sessions(app, run_id), 30, "the export query to stop")
+    run = wait_for(
+        lambda: (r := stack["instance"].get_run_by_id(run_id)).is_finished and r, 60, "the run to finish"
+    )
+    assert run.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE)
+    assert len(runs_for(stack["instance"], request_id)) == 1  # not retried
+    assert files_in(stack["exports"]) == exports_before  # neither a partial file nor a temp file
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def graphql(stack):
+    from dagster_graphql import DagsterGraphQLClient
+
+    port = free_port()
+    webserver = Path(sys.executable).with_name("dagster-webserver")
+    with (stack["tmp"] / "webserver.log").open("ab") as log:
+        process = subprocess.Popen(
+            [str(webserver), "-m", "export_platform.definitions", "-h", "127.0.0.1", "-p", str(port)],
+            env=stack["env"], cwd=INSTANCE_YAML.parent, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def ready() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200
+        except OSError:
+            assert process.poll() is None, "dagster-webserver exited"
+            return False
+
+    try:
+        wait_for(ready, 120, "dagster-webserver")
+        yield DagsterGraphQLClient("127.0.0.1", port_number=port)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_launchpad_run_through_graphql(stack, app, graphql):
+    config = {"format": "parquet", "filters": {"currency": ["EUR"]}}
+    run_id = graphql.submit_job_execution(
+        "export_ledger_postings", run_config={"ops": {"plan_ledger_postings": {"config": config}}}
+    )
+    wait_for(lambda: graphql.get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS, what="the Launchpad run")
+    published = stack["instance"].get_run_by_id(run_id)
+    [path] = [p for p in files_in(stack["exports"]) if run_id[:8] in p.name]
+    columns = db_columns(app, "ledger_postings")
+    assert file_rows(app, "ledger_postings", columns, "parquet", path) == db_rows(
+        app, "ledger_postings", columns, "WHERE currency = 'EUR'"
+    )
+    assert published.tags.get(REQUEST_ID_TAG) is None
+
+
+def test_terminating_from_the_ui_ends_the_request_cancelled(stack, app, graphql):
+    request_id = insert(app, "users", "parquet")
+    running = wait_for(lambda: (r := row(app, request_id))["progress_rows"] and r, what="the export to stream")
+    graphql.terminate_run(running["run_id"])
+    assert wait_status(app, request_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=60)["status"] == "CANCELLED"
+    assert wait_for(lambda: not export_sessions(app, running["run_id"]), 30, "the export query to stop")
+    assert not [p for p in files_in(stack["exports"]) if running["run_id"] in p.name or running["run_id"][:8] in p.name]
+
+
+def test_a_failing_run_leaves_its_request_failed_with_the_error(stack, app, graphql):
+    request_id = insert(app, "users", status="QUEUED")  # as if the sensor had queued it
+    config = {"filters": {"lifetime_value_min": "10", "lifetime_value_max": "1"}}
+    graphql.submit_job_execution(
+        "export_users",
+        run_config={"ops": {"plan_users": {"config": config}}},
+        tags={REQUEST_ID_TAG: str(request_id)},
+    )
+    final = wait_status(app, request_id, {"FAILED", "COMPLETED", "CANCELLED"})
+    assert final["status"] == "FAILED"
+    assert "filters.lifetime_value_max: reversed range" in final["error"]
