@@ -112,7 +112,7 @@ def build_request_sensor(jobs: list[dg.JobDefinition]) -> dg.SensorDefinition:
     @dg.sensor(
         name="export_request_sensor",
         jobs=jobs,
-        minimum_interval_seconds=3,
+        minimum_interval_seconds=2,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Launches a run for each PENDING row of export_requests and handles CANCEL_REQUESTED.",
     )
