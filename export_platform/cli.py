@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+import dagster as dg
+
 
 from .config import CsvOptions
 from .embedded_postgres import database_url
@@ -14,6 +16,7 @@ from .export_types import REGISTRY
 from .formats import ExportFormat
 from .jobs import run_config_for
 from .ops.export import PublishedExport
+from .client import Refused
 from .planning import ExportPlan, RequestError, plan_export
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -173,6 +176,49 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return 1
 
 
+def _seconds(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].isdigit():
+        return int(text[:-1]) * units[text[-1]]
+    if text.isdigit():
+        return int(text)
+    raise RequestError("expires", f"expected a duration such as 90s, 30m, 1h or 7d, got {text!r}")
+
+
+def _cmd_url(args: argparse.Namespace) -> int:
+    from .client import ExportClient
+
+    print(ExportClient().fresh_url(args.id, _seconds(args.expires)))
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from .client import ExportClient
+
+    print(f"deleted the file of request {args.id} ({ExportClient().delete(args.id):,} bytes freed)")
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    import os
+
+    from .definitions import defs
+    from .instance import prepare_dagster_home
+    from .ops.retention import cleanup_run_config
+
+    os.environ.update(prepare_dagster_home())  # run history lives in the real instance
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("retention_cleanup").execute_in_process(
+            run_config={**cleanup_run_config(args.dry_run), **QUIET_LOGGERS}, instance=instance
+        )
+    for event in result.all_events:
+        if event.event_type_value == "STEP_OUTPUT":
+            found = {k: v.value for k, v in event.step_output_data.metadata.items() if k != "dry_run"}
+            print(f"{event.step_key:<28} " + " ".join(f"{k}={v:,}" for k, v in found.items()))
+    print("dry run: nothing was changed" if args.dry_run else "done")
+    return 0
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
     from .health import check
 
@@ -251,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("id", type=int)
     cancel.set_defaults(handler=_cmd_cancel)
 
+    url = commands.add_parser("url", help="mint a fresh signed download URL for a completed export")
+    url.add_argument("id", type=int)
+    url.add_argument("--expires", default="1h", help="validity: 90s, 30m, 1h, 7d (default 1h)")
+    url.set_defaults(handler=_cmd_url)
+
+    delete = commands.add_parser("delete", help="delete a completed export's file (the row becomes EXPIRED)")
+    delete.add_argument("id", type=int)
+    delete.set_defaults(handler=_cmd_delete)
+
+    cleanup = commands.add_parser("cleanup", help="run the retention cleanup now")
+    cleanup.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    cleanup.set_defaults(handler=_cmd_cleanup)
+
     commands.add_parser("health", help="database, daemon, request sensor, queue depth").set_defaults(
         handler=_cmd_health
     )
@@ -271,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ExportFailed as error:
         print(f"export failed: {error}", file=sys.stderr)
+        return 1
+    except Refused as error:
+        print(f"refused: {error}", file=sys.stderr)
         return 1
 
 

@@ -15,15 +15,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import os
+from datetime import datetime, timedelta, timezone
+
 from . import requests_table as rt
 from .planning import plan_request
 from .requests_table import TERMINAL, Status
 from .resources.requests import RequestStore
+from .resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
+
+
+class Refused(RuntimeError):
+    """The request is not in a state that allows the call; the message says why."""
 
 
 class ExportClient:
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, storage: ExportStorage | None = None):
         self.store = RequestStore(url=url)
+        self.storage = storage or storage_for(os.environ.get(STORAGE_URL_ENV))
 
     def request(
         self,
@@ -76,3 +85,31 @@ class ExportClient:
     def cancel(self, request_id: int) -> bool:
         """Ask for a cancel; False when the request is already finished (or unknown)."""
         return self.store.run(rt.request_cancel(request_id)).rowcount == 1
+
+    def _finished_file(self, request_id: int) -> dict[str, Any]:
+        row = self.status(request_id)
+        if row is None:
+            raise Refused(f"no export request {request_id}")
+        if row["status"] != Status.COMPLETED.value:
+            raise Refused(f"request {request_id} is {row['status']}, not COMPLETED: it has no file")
+        return row
+
+    def fresh_url(self, request_id: int, seconds: int = 3600) -> str:
+        """Mint a new signed URL for a completed, unexpired export and store it on the row."""
+        row = self._finished_file(request_id)
+        now = datetime.now(timezone.utc)
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            raise Refused(f"request {request_id}'s file expired at {row['expires_at']:%Y-%m-%d %H:%M:%S %Z}")
+        url = self.storage.signed_url(row["file_uri"], seconds)
+        if url is None:
+            raise Refused(f"this storage cannot sign URLs; the file is {row['file_uri']}")
+        self.store.run(rt.set_link(request_id, url, now + timedelta(seconds=seconds)))
+        return url
+
+    def delete(self, request_id: int) -> int:
+        """Delete a finished export's file; the row becomes EXPIRED (expired_reason 'deleted').
+        Returns the bytes freed."""
+        row = self._finished_file(request_id)
+        freed = self.storage.delete(row["file_uri"])
+        self.store.run(rt.mark_expired(request_id, "deleted"))
+        return freed

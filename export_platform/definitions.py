@@ -1,14 +1,25 @@
+import os
+
 import dagster as dg
 
 from .jobs import EXPORT_JOBS
+from .ops.retention import retention_cleanup
 from .resources.postgres import PostgresResource
 from .resources.requests import RequestStore
-from .resources.storage import LocalStorage
+from .resources.storage import STORAGE_URL_ENV, storage_for
 from .sensors.request_sensor import build_request_sensor
+from .schedules.retention import retention_schedule
 from .sensors.run_status import build_run_status_sensors
 
 defs = dg.Definitions(
-    jobs=EXPORT_JOBS,
+    jobs=[*EXPORT_JOBS, retention_cleanup],
+    schedules=[retention_schedule],
     sensors=[build_request_sensor(EXPORT_JOBS), *build_run_status_sensors(EXPORT_JOBS)],
-    resources={"postgres": PostgresResource(), "storage": LocalStorage(), "requests": RequestStore()},
+    resources={
+        "postgres": PostgresResource(),
+        # The scheme picks the implementation when the code location loads; the values are
+        # resolved at run time.
+        "storage": storage_for(os.environ.get(STORAGE_URL_ENV)),
+        "requests": RequestStore(),
+    },
 )

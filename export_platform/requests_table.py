@@ -8,6 +8,8 @@ later release can add columns safely to a table that already holds requests.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 import sqlalchemy as sa
@@ -24,6 +26,15 @@ class Status(str, Enum):
     CANCEL_REQUESTED = "CANCEL_REQUESTED"
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
+
+
+@dataclass(frozen=True)
+class Link:
+    """How a finished file can be fetched, and until when."""
+
+    url: str | None
+    url_expires_at: datetime | None
+    file_expires_at: datetime
 
 
 TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED)
@@ -51,7 +62,9 @@ export_requests = sa.Table(
     sa.Column("file_bytes", sa.BigInteger),
     sa.Column("sha256", sa.Text),
     sa.Column("download_url", sa.Text),
+    sa.Column("download_url_expires_at", sa.DateTime(timezone=True)),
     sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("expired_reason", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.Column("queued_at", sa.DateTime(timezone=True)),
@@ -81,7 +94,14 @@ schema_versions = sa.Table(
 
 # Upgrade steps for tables made by older releases: UPGRADES[i] takes version i + 1 to i + 2.
 # A new column goes into the table above (for fresh installs) and gets a step here.
-UPGRADES: list[Callable[[sa.Connection], None]] = []
+def _v2_links_and_expiry(conn: sa.Connection) -> None:
+    conn.execute(sa.text(
+        "ALTER TABLE export_requests ADD COLUMN IF NOT EXISTS download_url_expires_at timestamptz, "
+        "ADD COLUMN IF NOT EXISTS expired_reason text"
+    ))
+
+
+UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 
@@ -178,7 +198,7 @@ def set_progress(request_id: int, rows: int, pct: float) -> sa.Update:
     return _transition(request_id, (Status.RUNNING,), progress_rows=rows, progress_pct=round(pct, 2))
 
 
-def mark_completed(request_id: int, *, rows: int, uri: str, size: int, sha256: str) -> sa.Update:
+def mark_completed(request_id: int, *, rows: int, uri: str, size: int, sha256: str, link: Link) -> sa.Update:
     return _transition(
         request_id,
         (Status.RUNNING,),
@@ -190,6 +210,31 @@ def mark_completed(request_id: int, *, rows: int, uri: str, size: int, sha256: s
         file_bytes=size,
         sha256=sha256,
         finished_at=_now,
+        download_url=link.url,
+        download_url_expires_at=link.url_expires_at,
+        expires_at=link.file_expires_at,
+    )
+
+
+def set_link(request_id: int, url: str, url_expires_at: datetime) -> sa.Update:
+    return _transition(request_id, (Status.COMPLETED,), download_url=url, download_url_expires_at=url_expires_at)
+
+
+def expired_files(limit: int) -> sa.Select:
+    """Completed exports past their expiry, oldest first."""
+    return (
+        sa.select(t.c.id, t.c.file_uri, t.c.file_bytes)
+        .where(t.c.status == Status.COMPLETED.value, t.c.expires_at < sa.func.now())
+        .order_by(t.c.expires_at)
+        .limit(limit)
+    )
+
+
+def mark_expired(request_id: int, reason: str) -> sa.Update:
+    """The file is gone: deleted by retention (`retention`) or on request (`deleted`)."""
+    return _transition(
+        request_id, (Status.COMPLETED,), status=Status.EXPIRED.value, expired_reason=reason, download_url=None,
+        download_url_expires_at=None,
     )
 
 

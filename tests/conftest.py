@@ -28,6 +28,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         os.environ[DATABASE_URL_ENV] = url
     with psycopg.connect(url, autocommit=True) as conn:
         seed(conn, SEED_ROWS)
+    RequestStore(url=url).migrate()
     return url
 
 
@@ -53,3 +54,25 @@ def resources(database_url: str, storage_root: Path) -> dict:
         "storage": LocalStorage(root=str(storage_root)),
         "requests": RequestStore(url=database_url),
     }
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A real S3-compatible server (moto) on a loopback port; AWS variables point every client at it."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="exports")
+    yield endpoint
+    server.stop()

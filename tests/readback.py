@@ -17,13 +17,14 @@ from export_platform.jobs import build_export_job
 from export_platform.ops.export import plan_op_name
 
 
-def run_job(export_type: str, config: dict[str, Any], resources: dict, tags=None) -> dg.ExecuteInProcessResult:
+def run_job(export_type: str, config: dict[str, Any], resources: dict, tags=None, instance=None) -> dg.ExecuteInProcessResult:
     job = build_export_job(REGISTRY.get(export_type))
     return job.execute_in_process(
         run_config={"ops": {plan_op_name(export_type): {"config": config}}},
         resources=resources,
         raise_on_error=False,
         tags=tags,
+        instance=instance,
     )
 
 

@@ -2,9 +2,10 @@
 
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,7 @@ from ..resources.storage import ExportStorage
 from ..sinks import scan_batches, sink
 
 PROGRESS_INTERVAL_SECONDS = 1.0
+SCHEDULE_TAG = "export_platform/schedule"
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,26 @@ def _digest(path: Path) -> tuple[str, int]:
         return hashlib.file_digest(f, "sha256").hexdigest(), path.stat().st_size
 
 
-def _storage_key(context: dg.OpExecutionContext, plan: ExportPlan) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{plan.export_type}/{plan.export_type}-{stamp}-{context.run_id[:8]}.{plan.format.extension}"
+def _path_part(value: str) -> str:
+    """A user or schedule name made safe as one path segment."""
+    part = re.sub(r"[^A-Za-z0-9._@-]", "_", value)[:100]
+    return "_" if part in ("", ".", "..") else part
+
+
+def storage_key(tags: dict[str, str], plan: ExportPlan, run_id: str, now: datetime) -> str:
+    """requests/<requested_by>/…, schedules/<schedule>/<date>/…, or <type>/… for Launchpad runs."""
+    name = f"{plan.export_type}-{now:%Y%m%dT%H%M%SZ}-{run_id[:8]}.{plan.format.extension}"
+    if schedule := tags.get(SCHEDULE_TAG):
+        return f"schedules/{_path_part(schedule)}/{now:%Y-%m-%d}/{name}"
+    if request_id_of(tags) is not None:
+        return f"requests/{_path_part(tags.get('requested_by') or 'anonymous')}/{name}"
+    return f"{plan.export_type}/{name}"
+
+
+def link_for(storage: ExportStorage, uri: str, now: datetime) -> rt.Link:
+    url_expires = now + timedelta(seconds=storage.download_url_seconds)
+    url = storage.signed_url(uri, storage.download_url_seconds)
+    return rt.Link(url, url_expires if url else None, now + timedelta(days=storage.retention_days))
 
 
 @dg.op(description="Check the row count, checksum the file and move it into place atomically.")
@@ -157,15 +176,17 @@ def publish_export(
             description=f"wrote {staged.rows} rows but the snapshot counted {staged.expected_rows}; file discarded"
         )
     sha256, size = _digest(path)
+    now = datetime.now(timezone.utc)
     if plan.output_path:
         target = Path(plan.output_path).resolve()
         path.replace(target)
         uri = target.as_uri()
     else:
-        uri = storage.publish(path, _storage_key(context, plan))
+        uri = storage.publish(path, storage_key(context.run.tags, plan, context.run_id, now))
     request_id = request_id_of(context.run.tags)
     if request_id is not None:
-        requests.run(rt.mark_completed(request_id, rows=staged.rows, uri=uri, size=size, sha256=sha256))
+        link = link_for(storage, uri, now)
+        requests.run(rt.mark_completed(request_id, rows=staged.rows, uri=uri, size=size, sha256=sha256, link=link))
     seconds = time.time() - staged.started
     context.add_output_metadata(
         {

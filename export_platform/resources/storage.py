@@ -1,58 +1,169 @@
-"""Where finished files go. One interface; the local folder is the default implementation."""
+"""Where finished files go: one interface, a local folder or an S3-compatible bucket.
+
+Every export is first written to a local temp file; `publish` then makes it visible under its
+final key in one step (a rename on one filesystem, or an S3 upload that only appears once it is
+complete), so nobody ever reads a partial file.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ..embedded_postgres import platform_home
 
 STORAGE_URL_ENV = "EXPORT_PLATFORM_STORAGE_URL"
+TEMP_FOLDER = ".tmp"
+
+
+class StorageError(RuntimeError):
+    pass
 
 
 class ExportStorage(dg.ConfigurableResource, ABC):
+    retention_days: int = Field(
+        default=7, description="Days a finished export is kept; the retention cleanup deletes it after."
+    )
+    download_url_seconds: int = Field(
+        default=24 * 3600, description="How long a signed download URL stays valid (where the storage can sign)."
+    )
+
     @abstractmethod
+    def temp_folder(self) -> Path:
+        """Local folder for files being written; their names start with the run id."""
+
     def temp_path(self, name: str) -> Path:
-        """A local path to write a file to before it is published."""
+        folder = self.temp_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+    def discard_temp(self, run_id: str) -> int:
+        """Remove what a run left in the temp folder (it failed or was cancelled); returns how many."""
+        leftovers = list(self.temp_folder().glob(f"{run_id}.*"))
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def stale_temp_files(self, older_than_seconds: float) -> list[Path]:
+        folder, cutoff = self.temp_folder(), time.time() - older_than_seconds
+        return [p for p in folder.glob("*") if p.is_file() and p.stat().st_mtime < cutoff] if folder.exists() else []
 
     @abstractmethod
     def publish(self, temp_path: Path, key: str) -> str:
         """Move a finished temp file to `key` atomically; return its URI."""
 
     @abstractmethod
-    def discard_temp(self, run_id: str) -> int:
-        """Remove what a run left in the temp area (it failed or was cancelled); returns how many."""
+    def delete(self, uri: str) -> int:
+        """Delete a published file; returns the bytes freed (0 if it was already gone)."""
+
+    def signed_url(self, uri: str, seconds: int) -> str | None:
+        """A URL anyone can GET for `seconds`, or None where the storage cannot sign."""
+        return None
 
 
 class LocalStorage(ExportStorage):
     root: str | None = Field(
         default=None,
-        description="Folder for finished exports. Unset: EXPORT_PLATFORM_STORAGE_URL, "
-        "else .export_platform/exports.",
+        description="Folder for finished exports. Unset: EXPORT_PLATFORM_STORAGE_URL, else .export_platform/exports.",
     )
 
     def folder(self) -> Path:
         root = self.root or os.environ.get(STORAGE_URL_ENV) or str(platform_home() / "exports")
         return Path(root.removeprefix("file://")).resolve()
 
-    def temp_path(self, name: str) -> Path:
+    def temp_folder(self) -> Path:
         # Inside the storage folder, so that publishing is a rename on one filesystem.
-        tmp = self.folder() / ".tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        return tmp / name
-
-    def discard_temp(self, run_id: str) -> int:
-        leftovers = list((self.folder() / ".tmp").glob(f"{run_id}.*"))
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        return len(leftovers)
+        return self.folder() / TEMP_FOLDER
 
     def publish(self, temp_path: Path, key: str) -> str:
         target = self.folder() / key
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp_path, target)
         return target.as_uri()
+
+    def _path(self, uri: str) -> Path:
+        path = Path(urlparse(uri).path).resolve()
+        if not path.is_relative_to(self.folder()):
+            raise StorageError(f"{uri} is not in the storage folder {self.folder()}")
+        return path
+
+    def delete(self, uri: str) -> int:
+        path = self._path(uri)
+        size = path.stat().st_size if path.exists() else 0
+        path.unlink(missing_ok=True)
+        return size
+
+
+class S3Storage(ExportStorage):
+    """Any S3-compatible service. Endpoint and credentials come from the usual AWS variables
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)."""
+
+    url: str = Field(description="s3://bucket/prefix under which exports are stored.")
+    staging_folder: str | None = Field(
+        default=None, description="Local folder for files being written before upload (default .export_platform/staging)."
+    )
+
+    _client = PrivateAttr(default=None)
+
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client("s3", config=Config(signature_version="s3v4"))
+        return self._client
+
+    def _bucket_and_prefix(self) -> tuple[str, str]:
+        parsed = urlparse(self.url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise StorageError(f"expected s3://bucket/prefix, got {self.url!r}")
+        return parsed.netloc, parsed.path.strip("/")
+
+    def _location(self, uri: str) -> tuple[str, str]:
+        parsed = urlparse(uri)
+        bucket, prefix = self._bucket_and_prefix()
+        if parsed.netloc != bucket or not parsed.path.lstrip("/").startswith(prefix):
+            raise StorageError(f"{uri} is not under {self.url}")
+        return bucket, parsed.path.lstrip("/")
+
+    def temp_folder(self) -> Path:
+        return Path(self.staging_folder or platform_home() / "staging").resolve()
+
+    def publish(self, temp_path: Path, key: str) -> str:
+        bucket, prefix = self._bucket_and_prefix()
+        object_key = f"{prefix}/{key}" if prefix else key
+        # upload_file streams the file in multipart chunks: memory stays flat, and the object
+        # becomes visible only when the upload completes.
+        self.client().upload_file(str(temp_path), bucket, object_key)
+        temp_path.unlink()
+        return f"s3://{bucket}/{object_key}"
+
+    def delete(self, uri: str) -> int:
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._location(uri)
+        try:
+            size = self.client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except ClientError:
+            return 0
+        self.client().delete_object(Bucket=bucket, Key=key)
+        return size
+
+    def signed_url(self, uri: str, seconds: int) -> str | None:
+        bucket, key = self._location(uri)
+        return self.client().generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+        )
+
+
+def storage_for(url: str | None) -> ExportStorage:
+    """The storage resource for EXPORT_PLATFORM_STORAGE_URL: s3://… or a local folder."""
+    if url and url.startswith("s3://"):
+        return S3Storage(url=url)
+    return LocalStorage()

@@ -1,0 +1,119 @@
+"""Local and S3-compatible storage (a real moto server): per-user keys, signed URLs, fresh links,
+delete, and the request table's migration that added the link columns."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from export_platform import requests_table as rt
+from export_platform.client import ExportClient, Refused
+from export_platform.embedded_postgres import ensure_database
+from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.storage import S3Storage
+from readback import db_rows, file_rows, run_job
+from test_request_sensor import insert, row
+
+COLUMNS = ["id", "amount", "memo"]
+
+
+@pytest.fixture
+def s3(s3_endpoint, tmp_path) -> S3Storage:
+    return S3Storage(url="s3://exports/ci", download_url_seconds=120, staging_folder=str(tmp_path / "staging"))
+
+
+def export_request(db, resources, storage, user="alice o'hara") -> dict:
+    request_id = insert(db, "ledger_postings", user=user)
+    db.execute("UPDATE export_requests SET status = 'QUEUED' WHERE id = %s", (request_id,))
+    result = run_job(
+        "ledger_postings",
+        {"format": "csv", "columns": COLUMNS},
+        {**resources, "storage": storage},
+        tags={REQUEST_ID_TAG: str(request_id), "requested_by": user},
+    )
+    assert result.success
+    return row(db, request_id)
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+def test_s3_export_is_published_under_the_user_with_a_working_signed_url(db, resources, s3, tmp_path):
+    final = export_request(db, resources, s3)
+    assert final["status"] == "COMPLETED"
+    assert final["file_uri"].startswith("s3://exports/ci/requests/alice_o_hara/ledger_postings-")
+    body = fetch(final["download_url"])
+    assert hashlib.sha256(body).hexdigest() == final["sha256"] and len(body) == final["file_bytes"]
+    (tmp_path / "download.csv").write_bytes(body)
+    assert file_rows(db, "ledger_postings", COLUMNS, "csv", tmp_path / "download.csv") == db_rows(
+        db, "ledger_postings", COLUMNS
+    )
+    assert abs(final["download_url_expires_at"] - final["finished_at"] - timedelta(seconds=120)) < timedelta(seconds=5)
+    assert abs(final["expires_at"] - final["finished_at"] - timedelta(days=7)) < timedelta(seconds=5)
+    assert list((tmp_path / "staging").iterdir()) == []  # the staged file went up and was removed
+
+
+def test_local_storage_uses_the_user_prefix_and_cannot_sign(db, resources, storage_root):
+    final = export_request(db, resources, resources["storage"], user="bob")
+    assert final["file_uri"].startswith((storage_root / "requests" / "bob").as_uri())
+    assert final["download_url"] is None and final["expires_at"] is not None
+    with pytest.raises(Refused, match="cannot sign"):
+        ExportClient(db.info.dsn, resources["storage"]).fresh_url(final["id"])
+
+
+def test_fresh_url_is_minted_for_a_live_file_and_refused_otherwise(db, resources, s3):
+    final = export_request(db, resources, s3)
+    client = ExportClient(db.info.dsn, s3)
+    url = client.fresh_url(final["id"], seconds=2)
+    assert parse_qs(urlparse(url).query)["X-Amz-Expires"] == ["2"]
+    assert fetch(url) == fetch(final["download_url"])
+    stored = row(db, final["id"])
+    assert stored["download_url"] == url
+    assert stored["download_url_expires_at"] - datetime.now(timezone.utc) < timedelta(seconds=3)
+
+    db.execute("UPDATE export_requests SET expires_at = now() - interval '1 second' WHERE id = %s", (final["id"],))
+    with pytest.raises(Refused, match="expired"):
+        client.fresh_url(final["id"])
+    failed = insert(db, "nope")
+    db.execute("UPDATE export_requests SET status = 'FAILED' WHERE id = %s", (failed,))
+    with pytest.raises(Refused, match="FAILED, not COMPLETED"):
+        client.fresh_url(failed)
+
+
+def test_delete_removes_the_object_and_expires_the_row(db, resources, s3):
+    final = export_request(db, resources, s3)
+    client = ExportClient(db.info.dsn, s3)
+    assert client.delete(final["id"]) == final["file_bytes"]
+    key = urlparse(final["file_uri"]).path.lstrip("/")
+    assert boto3.client("s3").list_objects_v2(Bucket="exports", Prefix=key).get("KeyCount") == 0
+    deleted = row(db, final["id"])
+    assert (deleted["status"], deleted["expired_reason"], deleted["download_url"]) == ("EXPIRED", "deleted", None)
+    with pytest.raises(Refused, match="EXPIRED"):
+        client.delete(final["id"])
+
+
+def test_migration_upgrades_a_version_1_table_in_place(database_url):
+    ensure_database(database_url, "migration_check")
+    url = make_conninfo(**{**conninfo_to_dict(database_url), "dbname": "migration_check"})
+    store = RequestStore(url=url)
+    store.migrate()
+    with psycopg.connect(url, autocommit=True) as conn:  # make it look like a release-1 table
+        conn.execute("ALTER TABLE export_requests DROP COLUMN download_url_expires_at, DROP COLUMN expired_reason")
+        conn.execute("UPDATE export_platform_schema SET version = 1")
+        conn.execute("INSERT INTO export_requests (export_type, requested_by) VALUES ('users', 'old')")
+    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION == 2
+    with RequestStore(url=url).transaction() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("export_requests")}
+        assert {"download_url_expires_at", "expired_reason"} <= columns
+        assert conn.execute(sa.text("SELECT requested_by FROM export_requests")).scalars().all() == ["old"]
+    assert RequestStore(url=url).migrate() == 2  # and again: nothing to do
