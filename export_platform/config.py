@@ -21,6 +21,14 @@ class CsvOptions(dg.Config):
     header: bool = Field(default=True, description="Write a header row with the column names.")
 
 
+class IncrementalConfig(dg.Config):
+    column: str = Field(
+        description="timestamptz column that writers set to now() (e.g. updated_at); rows above the last "
+        "successful run's high-water mark are exported."
+    )
+    key: str = Field(description="Name under which the high-water mark is kept, one per recurring export.")
+
+
 class ExportConfig(dg.Config):
     format: ExportFormat = Field(
         default=ExportFormat.csv,
@@ -34,6 +42,9 @@ class ExportConfig(dg.Config):
     output_path: Optional[str] = Field(
         default=None,
         description="Write the file to this local path instead of the storage folder (atomically replaced).",
+    )
+    incremental: Optional[IncrementalConfig] = Field(
+        default=None, description="Export only rows changed since the last successful run with the same key."
     )
 
 

@@ -8,12 +8,13 @@ from .resources.postgres import PostgresResource
 from .resources.requests import RequestStore
 from .resources.storage import STORAGE_URL_ENV, storage_for
 from .sensors.request_sensor import build_request_sensor
+from .schedules.recurring import build_recurring_schedules
 from .schedules.retention import retention_schedule
 from .sensors.run_status import build_run_status_sensors
 
 defs = dg.Definitions(
     jobs=[*EXPORT_JOBS, retention_cleanup],
-    schedules=[retention_schedule],
+    schedules=[retention_schedule, *build_recurring_schedules()],
     sensors=[build_request_sensor(EXPORT_JOBS), *build_run_status_sensors(EXPORT_JOBS)],
     resources={
         "postgres": PostgresResource(),

@@ -41,6 +41,8 @@ def run_config_for(plan: ExportPlan) -> dict[str, Any]:
     }
     if plan.output_path:
         config["output_path"] = plan.output_path
+    if plan.incremental:
+        config["incremental"] = {"column": plan.incremental.column, "key": plan.incremental.key}
     return {"ops": {plan_op_name(plan.export_type): {"config": config}}}
 
 

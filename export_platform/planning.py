@@ -45,6 +45,13 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Incremental:
+    column: str
+    key: str
+    lower: str | None  # the last high-water mark (inclusive lower bound); None on the first run
+
+
+@dataclass(frozen=True)
 class ExportPlan:
     export_type: str
     relation: str
@@ -55,6 +62,7 @@ class ExportPlan:
     filters: dict[str, Any]
     csv: CsvOptions
     output_path: str | None = None
+    incremental: Incremental | None = None
 
 
 def export_type_named(name: Any) -> ExportType:
@@ -238,8 +246,11 @@ def plan_export(
     columns: Any = None,
     csv: CsvOptions | None = None,
     output_path: str | None = None,
+    incremental: Incremental | None = None,
 ) -> ExportPlan:
     export_type = export_type_named(export_type_name)
+    if incremental is not None and incremental.column not in export_type.columns:
+        raise RequestError("incremental.column", f"unknown column {incremental.column!r} for {export_type.name}")
     export_format = parse_format(format)
     normalised, conditions = check_filters(export_type, filters)
     return ExportPlan(
@@ -252,4 +263,5 @@ def plan_export(
         filters=normalised,
         csv=check_csv_options(csv or CsvOptions()),
         output_path=output_path,
+        incremental=incremental,
     )

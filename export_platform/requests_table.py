@@ -85,6 +85,17 @@ export_requests = sa.Table(
     sa.Index("export_requests_by_user", "requested_by", sa.column("id").desc()),
 )
 
+# High-water marks of incremental recurring exports; advanced only after a file is published.
+watermarks = sa.Table(
+    "export_watermarks",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("column_name", sa.Text, nullable=False),
+    sa.Column("high_water", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
 schema_versions = sa.Table(
     "export_platform_schema",
     metadata,
@@ -298,3 +309,17 @@ def listing(requested_by: str | None, limit: int, offset: int) -> sa.Select:
 
 def queue_depth() -> sa.Select:
     return sa.select(sa.func.count()).where(t.c.status.in_([Status.PENDING.value, Status.QUEUED.value]))
+
+
+def high_water(key: str) -> sa.Select:
+    return sa.select(sa.cast(watermarks.c.high_water, sa.Text)).where(watermarks.c.key == key)
+
+
+def advance_high_water(key: str, column: str, value: str, run_id: str):
+    """Record a published export's upper bound; never moves a mark backwards."""
+    statement = pg_insert(watermarks).values(key=key, column_name=column, high_water=sa.cast(value, sa.DateTime(timezone=True)), run_id=run_id)
+    return statement.on_conflict_do_update(
+        index_elements=[watermarks.c.key],
+        set_={"high_water": statement.excluded.high_water, "run_id": run_id, "column_name": column, "updated_at": _now},
+        where=watermarks.c.high_water < statement.excluded.high_water,
+    )

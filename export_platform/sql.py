@@ -47,26 +47,52 @@ def _predicate(index: int, condition: Condition) -> sql.Composable:
     return sql.SQL("{} {} {}::{}").format(column, _COMPARE[condition.op], _setting(index), cast)
 
 
+def _incremental_predicates(plan: ExportPlan) -> list[sql.Composable]:
+    if plan.incremental is None:
+        return []
+    column = sql.Identifier(plan.incremental.column)
+    upper = sql.SQL("{} < current_setting('export_platform.upper')::timestamptz").format(column)
+    if plan.incremental.lower is None:
+        return [upper]
+    return [sql.SQL("{} >= current_setting('export_platform.lower')::timestamptz").format(column), upper]
+
+
 def _where(plan: ExportPlan) -> sql.Composable:
-    if not plan.conditions:
+    predicates = [_predicate(i, c) for i, c in enumerate(plan.conditions)] + _incremental_predicates(plan)
+    if not predicates:
         return sql.SQL("")
-    predicates = [_predicate(i, c) for i, c in enumerate(plan.conditions)]
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(predicates)
 
 
+def _settings(plan: ExportPlan) -> list[str]:
+    names = [f"export_platform.p{i}" for i in range(len(plan.conditions))]
+    return names + (["export_platform.lower"] if plan.incremental and plan.incremental.lower else [])
+
+
 def parameters(plan: ExportPlan) -> tuple[str, ...]:
-    """The values bound to `bind_statement`, one text per condition."""
-    return tuple(json.dumps(list(c.values)) if c.multi else c.values[0] for c in plan.conditions)
+    """The values bound to `bind_statement`, one text per setting."""
+    values = tuple(json.dumps(list(c.values)) if c.multi else c.values[0] for c in plan.conditions)
+    return values + ((plan.incremental.lower,) if plan.incremental and plan.incremental.lower else ())
 
 
 def bind_statement(plan: ExportPlan) -> str | None:
-    if not plan.conditions:
+    names = _settings(plan)
+    if not names:
         return None
     calls = [
-        sql.SQL("set_config({}, {}, true)").format(sql.Literal(f"export_platform.p{i}"), sql.SQL(f"${i + 1}"))
-        for i in range(len(plan.conditions))
+        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.SQL(f"${i + 1}"))
+        for i, name in enumerate(names)
     ]
     return (sql.SQL("SELECT ") + sql.SQL(", ").join(calls)).as_string()
+
+
+# The incremental upper bound, fixed inside the export's snapshot: no later than the start of the
+# oldest transaction still writing. Rows such a transaction stamps with its now() are at or above
+# the bound, so they go to the next run instead of being missed once they commit.
+SET_UPPER_BOUND = (
+    "SELECT set_config('export_platform.upper', (SELECT least(now(), min(xact_start)) "
+    "FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid())::text, true)"
+)
 
 
 def select_statement(plan: ExportPlan) -> str:

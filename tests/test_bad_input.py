@@ -20,7 +20,7 @@ def fingerprint(db) -> list[tuple]:
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
     ).fetchall()
     sums = [
-        db.execute(f'SELECT count(*), md5(string_agg(md5(t::text), \'\' ORDER BY id)) FROM "{name}" t').fetchone()
+        db.execute(f'SELECT count(*), md5(string_agg(md5(t::text), \'\' ORDER BY t::text)) FROM "{name}" t').fetchone()
         for (name,) in tables
     ]
     return tables + sums

@@ -12,7 +12,7 @@ import dagster as dg
 
 from .. import requests_table as rt
 from ..config import ExportConfig
-from ..planning import ExportPlan, RequestError, plan_export
+from ..planning import ExportPlan, Incremental, RequestError, plan_export
 from ..registry import ExportType
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
@@ -29,6 +29,7 @@ class StagedFile:
     rows: int
     expected_rows: int
     started: float
+    high_water: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
         request_id = request_id_of(context.run.tags)
         if request_id is not None:
             requests.run(rt.mark_running(request_id, context.run_id))
+        incremental = None
+        if config.incremental is not None:
+            lower = requests.run(rt.high_water(config.incremental.key)).scalar()
+            incremental = Incremental(config.incremental.column, config.incremental.key, lower)
         try:
             result = plan_export(
                 export_type.name,
@@ -66,11 +71,17 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
                 config.columns,
                 config.csv,
                 config.output_path,
+                incremental,
             )
         except RequestError as error:
             raise dg.Failure(description=str(error), metadata={"field": error.field}) from None
         context.add_output_metadata(
-            {"format": result.format.value, "columns": ", ".join(result.columns), "filters": result.filters}
+            {
+                "format": result.format.value,
+                "columns": ", ".join(result.columns),
+                "filters": result.filters,
+                "incremental_from": (incremental.lower or "the beginning") if incremental else "not incremental",
+            }
         )
         return result
 
@@ -124,14 +135,14 @@ def extract_export(
     started = time.time()  # wall clock: publish may run in another process
     path = _temp_path(context, plan, storage)
     try:
-        with postgres.snapshot_stream(plan, session_name(context.run_id)) as (expected, reader):
-            context.log.info(f"{expected:,} rows to export")
-            progress = _Progress(context, expected, requests)
-            sink(scan_batches(reader, progress), plan, path)
+        with postgres.snapshot_stream(plan, session_name(context.run_id)) as snapshot:
+            context.log.info(f"{snapshot.count:,} rows to export")
+            progress = _Progress(context, snapshot.count, requests)
+            sink(scan_batches(snapshot.reader, progress), plan, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return StagedFile(path=str(path), rows=progress.rows, expected_rows=expected, started=started)
+    return StagedFile(str(path), progress.rows, snapshot.count, started, snapshot.high_water)
 
 
 def _digest(path: Path) -> tuple[str, int]:
@@ -183,6 +194,9 @@ def publish_export(
         uri = target.as_uri()
     else:
         uri = storage.publish(path, storage_key(context.run.tags, plan, context.run_id, now))
+    if plan.incremental is not None:
+        inc = plan.incremental
+        requests.run(rt.advance_high_water(inc.key, inc.column, staged.high_water, context.run_id))
     request_id = request_id_of(context.run.tags)
     if request_id is not None:
         link = link_for(storage, uri, now)
@@ -196,6 +210,7 @@ def publish_export(
             "rows_per_second": round(staged.rows / seconds) if seconds else 0,
             "sha256": sha256,
             "path": dg.MetadataValue.path(uri),
+            "high_water": staged.high_water or "",
         }
     )
     return PublishedExport(uri=uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
@@ -14,6 +15,13 @@ from pydantic import Field
 from .. import sql
 from ..embedded_postgres import database_url
 from ..planning import ExportPlan
+
+
+@dataclass
+class Snapshot:
+    count: int
+    reader: pa.RecordBatchReader
+    high_water: str | None
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -39,11 +47,12 @@ class PostgresResource(dg.ConfigurableResource):
             return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
 
     @contextmanager
-    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[tuple[int, pa.RecordBatchReader]]:
+    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[Snapshot]:
         """Count and stream the plan's rows inside one REPEATABLE READ transaction.
 
-        Yields (row count, batch reader); both see the same snapshot, so the count is exactly
-        the number of rows the reader will produce. `session_name` becomes the connection's
+        Yields the row count and the batch reader (both see the same snapshot, so the count is
+        exactly the number of rows the reader will produce) and, for an incremental plan, the
+        high-water mark this export reaches. `session_name` becomes the connection's
         application_name, by which a cancel finds the query.
         """
         with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
@@ -55,6 +64,10 @@ class PostgresResource(dg.ConfigurableResource):
             cursor.execute(sql.BEGIN_SNAPSHOT)
             try:
                 cursor.execute(sql.SET_UTC)
+                high_water = None
+                if plan.incremental is not None:
+                    cursor.execute(sql.SET_UPPER_BOUND)
+                    (high_water,) = cursor.fetchone()
                 bind = sql.bind_statement(plan)
                 if bind:
                     cursor.execute(bind, parameters=sql.parameters(plan))
@@ -62,6 +75,6 @@ class PostgresResource(dg.ConfigurableResource):
                 cursor.execute(sql.count_statement(plan))
                 (count,) = cursor.fetchone()
                 cursor.execute(sql.select_statement(plan))
-                yield count, cursor.fetch_record_batch()
+                yield Snapshot(count, cursor.fetch_record_batch(), high_water)
             finally:
                 cursor.execute("ROLLBACK")  # read-only: nothing to commit

@@ -1,0 +1,90 @@
+"""Recurring exports, declared in recurring_exports.yaml, each built into a Dagster schedule.
+
+A bad entry (unknown type, filter or column, bad cron or time zone) fails loading the code
+location with the entry's name, so it never reaches production silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import dagster as dg
+import yaml
+from dagster._utils.schedules import is_valid_cron_string
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..jobs import run_config_for
+from ..ops.export import SCHEDULE_TAG
+from ..planning import Incremental, RequestError, plan_export, plan_request
+
+RECURRING_EXPORTS = Path(__file__).with_name("recurring_exports.yaml")
+
+
+class IncrementalSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    column: str
+
+
+class RecurringExport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    export_type: str
+    cron: str
+    timezone: str = "UTC"
+    format: str = "csv"
+    params: dict = {}
+    incremental: IncrementalSpec | None = None
+    enabled: bool = True
+    description: str = ""
+
+
+class RecurringExportError(ValueError):
+    pass
+
+
+def _run_config(entry: RecurringExport) -> dict:
+    plan = plan_request(entry.export_type, entry.format, entry.params)
+    if entry.incremental is not None:
+        incremental = Incremental(entry.incremental.column, entry.name, None)
+        plan = plan_export(
+            plan.export_type, plan.format, plan.filters, list(plan.columns), plan.csv, incremental=incremental
+        )
+    return run_config_for(plan)
+
+
+def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
+    try:
+        run_config = _run_config(entry)
+        ZoneInfo(entry.timezone)
+    except (RequestError, ZoneInfoNotFoundError, ValueError) as error:
+        raise RecurringExportError(f"recurring export {entry.name!r}: {error}") from None
+    if not is_valid_cron_string(entry.cron):
+        raise RecurringExportError(f"recurring export {entry.name!r}: invalid cron {entry.cron!r}")
+    return dg.ScheduleDefinition(
+        name=f"recurring_{entry.name}",
+        job_name=f"export_{entry.export_type}",
+        cron_schedule=entry.cron,
+        execution_timezone=entry.timezone,
+        run_config=run_config,
+        tags={SCHEDULE_TAG: entry.name, "export_type": entry.export_type},
+        description=entry.description or f"{entry.export_type} as {entry.format}, {entry.cron} ({entry.timezone})",
+        default_status=dg.DefaultScheduleStatus.RUNNING if entry.enabled else dg.DefaultScheduleStatus.STOPPED,
+    )
+
+
+def load_recurring_exports(path: Path = RECURRING_EXPORTS) -> list[RecurringExport]:
+    entries = yaml.safe_load(path.read_text()) or []
+    try:
+        parsed = [RecurringExport(**entry) for entry in entries]
+    except (TypeError, ValidationError) as error:
+        raise RecurringExportError(f"{path.name}: {error}") from None
+    names = [e.name for e in parsed]
+    if len(set(names)) != len(names):
+        raise RecurringExportError(f"{path.name}: two recurring exports share a name")
+    return parsed
+
+
+def build_recurring_schedules(path: Path = RECURRING_EXPORTS) -> list[dg.ScheduleDefinition]:
+    return [build_recurring_schedule(entry) for entry in load_recurring_exports(path)]
