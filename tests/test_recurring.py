@@ -20,6 +20,11 @@ from export_platform.schedules.recurring import RecurringExportError, build_recu
 from readback import published_path, run_job
 
 
+@pytest.fixture(autouse=True)
+def fresh_marks(db):
+    db.execute("DELETE FROM export_watermarks")
+
+
 def evaluate(schedule: dg.ScheduleDefinition) -> dg.RunRequest:
     with dg.build_schedule_context() as context:
         [run_request] = schedule.evaluate_tick(context).run_requests
@@ -41,15 +46,18 @@ def test_every_declared_recurring_export_is_a_schedule_of_its_job():
     assert config["incremental"] == {"column": "updated_at", "key": "ezpass_changes_hourly"}
 
 
-def test_a_scheduled_run_writes_to_its_dated_folder(resources, storage_root):
-    schedule = defs.get_schedule_def("recurring_us_users_daily")
+@pytest.mark.parametrize("name", ["us_users_daily", "ezpass_changes_hourly", "ledger_weekly"])
+def test_every_scheduled_run_executes_into_its_dated_folder(db, resources, storage_root, name):
+    schedule = defs.get_schedule_def(f"recurring_{name}")
     run_request = evaluate(schedule)
-    config = run_request.run_config["ops"]["plan_users"]["config"]
-    result = run_job("users", config, resources, tags=run_request.tags)
+    export_type = schedule.job_name.removeprefix("export_")
+    [op_config] = run_request.run_config["ops"].values()
+    result = run_job(export_type, op_config["config"], resources, tags=run_request.tags)
+    assert result.success
     path = published_path(result)
-    assert path.parent.parent == storage_root / "schedules" / "us_users_daily"
-    frame = pl.read_csv(path)
-    assert frame.columns == config["columns"] and frame.height > 0
+    assert path.parent.parent == storage_root / "schedules" / name
+    published = result.output_for_node("publish_export")
+    assert published.rows > 0 and published.bytes == path.stat().st_size
 
 
 @pytest.mark.parametrize(
