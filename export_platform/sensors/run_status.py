@@ -24,11 +24,15 @@ def failure_message(context: dg.RunFailureSensorContext) -> str:
 
 
 def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefinition]:
+    common = {
+        "monitored_jobs": jobs,
+        "minimum_interval_seconds": INTERVAL_SECONDS,
+        "default_status": dg.DefaultSensorStatus.RUNNING,
+    }
+
     @dg.run_failure_sensor(
         name="export_failure_sensor",
-        monitored_jobs=jobs,
-        minimum_interval_seconds=INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        **common,
         description="Marks the request FAILED with the run's error and removes its temp file.",
     )
     def export_failure_sensor(
@@ -42,9 +46,7 @@ def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefi
     @dg.run_status_sensor(
         name="export_canceling_sensor",
         run_status=dg.DagsterRunStatus.CANCELING,
-        monitored_jobs=jobs,
-        minimum_interval_seconds=INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        **common,
         description="Stops the Postgres query of a run being terminated, so no scan outlives it.",
     )
     def export_canceling_sensor(context: dg.RunStatusSensorContext, postgres: PostgresResource) -> None:
@@ -53,9 +55,7 @@ def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefi
     @dg.run_status_sensor(
         name="export_canceled_sensor",
         run_status=dg.DagsterRunStatus.CANCELED,
-        monitored_jobs=jobs,
-        minimum_interval_seconds=INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
+        **common,
         description="Marks the request CANCELLED, stops its query and removes its temp file.",
     )
     def export_canceled_sensor(
