@@ -1,0 +1,96 @@
+"""Fuzzed request rows: whatever an application inserts, the sensor never raises, every row ends
+QUEUED with a run request the job accepts or FAILED with a message, and no user text reaches the
+SQL except as a bound parameter."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from export_platform import sql
+from export_platform.definitions import defs
+from export_platform.export_types import REGISTRY
+from export_platform.formats import ExportFormat
+from export_platform.planning import plan_request
+from export_platform.resources.requests import RequestStore
+from test_request_sensor import row, tick
+
+INJECTION = "x'); DROP TABLE users;--"
+# jsonb and text columns cannot hold NUL or lone surrogates, so an application could not insert them.
+text = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=40) | st.just(INJECTION)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | text,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=12,
+)
+filter_names = st.sampled_from(sorted({f.name for t in REGISTRY for f in t.filters})) | text
+filter_values = json_values | st.dates().map(str) | st.just(list(range(20_000))) | st.just(["US"] * 10_001)
+column_names = st.sampled_from(sorted({c for t in REGISTRY for c in t.columns})) | text
+params = st.fixed_dictionaries(
+    {},
+    optional={
+        "filters": st.dictionaries(filter_names, filter_values, max_size=4) | json_values,
+        "columns": st.lists(column_names, max_size=5) | json_values,
+        "csv": st.fixed_dictionaries({}, optional={"delimiter": text, "quote_char": text, "header": json_values}),
+    },
+) | json_values
+
+
+@pytest.fixture
+def clean_queue(db):
+    db.execute("UPDATE export_requests SET status = 'CANCELLED' WHERE status IN ('PENDING', 'QUEUED')")
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def store(database_url):
+    return RequestStore(url=database_url)
+
+
+def strings_in(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in strings_in(k) + strings_in(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    export_type=st.sampled_from(REGISTRY.names()) | text,
+    fmt=st.sampled_from([f.value for f in ExportFormat] + [f.name for f in ExportFormat]) | text,
+    params=params,
+)
+def test_any_request_row_ends_in_an_actionable_state(
+    db, database_url, instance, store, clean_queue, export_type, fmt, params
+):
+    request_id = db.execute(
+        "INSERT INTO export_requests (export_type, format, params, requested_by) VALUES (%s, %s, %s, 'fuzz') RETURNING id",
+        (export_type, fmt, json.dumps(params)),
+    ).fetchone()[0]
+    result = tick(instance, store, database_url)  # must not raise
+    final = row(db, request_id)
+    if final["status"] == "FAILED":
+        assert final["error"] and ": " in final["error"]
+        assert [r for r in result.run_requests if r.run_key == str(request_id)] == []
+        return
+    assert final["status"] == "QUEUED"
+    [run_request] = [r for r in result.run_requests if r.run_key == str(request_id)]
+    assert dg.validate_run_config(defs.resolve_job_def(run_request.job_name), run_request.run_config)
+    plan = plan_request(export_type, fmt, params)
+    statements = sql.select_statement(plan) + sql.count_statement(plan) + (sql.bind_statement(plan) or "")
+    identifiers = set(plan.columns) | {c.column for c in plan.conditions} | {plan.relation}
+    for value in strings_in((params or {}).get("filters")):
+        if len(value) >= 4 and value not in identifiers and value not in ("true", "text", "date"):
+            assert value not in statements
