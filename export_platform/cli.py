@@ -12,6 +12,7 @@ import dagster as dg
 
 from .config import CsvOptions
 from .embedded_postgres import database_url
+from .errors import root_message
 from .export_types import REGISTRY
 from .formats import ExportFormat
 from .jobs import run_config_for
@@ -33,7 +34,7 @@ def run_export(plan: ExportPlan) -> PublishedExport:
     job = defs.resolve_job_def(f"export_{plan.export_type}")
     result = job.execute_in_process(run_config={**run_config_for(plan), **QUIET_LOGGERS}, raise_on_error=False)
     if not result.success:
-        failures = [e.step_failure_data.error.message.strip() for e in result.all_events if e.is_step_failure]
+        failures = [root_message(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
         raise ExportFailed("; ".join(failures) or "the run failed")
     return result.output_for_node("publish_export")
 

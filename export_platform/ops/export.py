@@ -20,6 +20,10 @@ from ..resources.storage import ExportStorage
 from ..sinks import scan_batches, sink
 
 PROGRESS_INTERVAL_SECONDS = 1.0
+# A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
+# cancelled query or bad data is not.
+_CONNECTION_LOST = ("server closed the connection", "terminating connection", "no connection to the server")
+EXTRACT_RETRIES = 2
 SCHEDULE_TAG = "export_platform/schedule"
 
 
@@ -139,8 +143,14 @@ def extract_export(
             context.log.info(f"{snapshot.count:,} rows to export")
             progress = _Progress(context, snapshot.count, requests)
             sink(scan_batches(snapshot.reader, progress), plan, path)
-    except BaseException:
+    except BaseException as error:
         path.unlink(missing_ok=True)
+        if isinstance(error, Exception) and any(m in str(error) for m in _CONNECTION_LOST):
+            if context.retry_number < EXTRACT_RETRIES:
+                context.log.warning(f"lost the database connection; retrying the extract: {error}")
+                raise dg.RetryRequested(max_retries=EXTRACT_RETRIES, seconds_to_wait=1) from error
+            attempts = EXTRACT_RETRIES + 1
+            raise dg.Failure(f"lost the database connection on all {attempts} attempts: {error}") from error
         raise
     return StagedFile(str(path), progress.rows, snapshot.count, started, snapshot.high_water)
 

@@ -77,4 +77,7 @@ class PostgresResource(dg.ConfigurableResource):
                 cursor.execute(sql.select_statement(plan))
                 yield Snapshot(count, cursor.fetch_record_batch(), high_water)
             finally:
-                cursor.execute("ROLLBACK")  # read-only: nothing to commit
+                try:
+                    cursor.execute("ROLLBACK")  # read-only: nothing to commit
+                except adbc.Error:
+                    pass  # the connection is gone; the error that ended the export is the one to raise

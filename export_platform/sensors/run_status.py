@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .. import requests_table as rt
+from ..errors import root_message
 from ..ops.export import session_name
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
@@ -19,7 +20,7 @@ INTERVAL_SECONDS = 2
 
 def failure_message(context: dg.RunFailureSensorContext) -> str:
     steps = [e.step_failure_data.error for e in context.get_step_failure_events() if e.step_failure_data.error]
-    messages = [error.message.strip() for error in steps]
+    messages = [root_message(error) for error in steps]
     return "; ".join(messages) or context.failure_event.message or "the run failed"
 
 

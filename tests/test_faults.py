@@ -1,0 +1,92 @@
+"""Faults with real parts: a connection killed mid-stream, storage that cannot be written."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from export_platform.embedded_postgres import ensure_database
+from export_platform.errors import root_message
+from export_platform.ops.export import EXTRACT_RETRIES
+from export_platform.resources.postgres import PostgresResource
+from export_platform.resources.storage import LocalStorage
+from export_platform.sample_data import seed
+from readback import db_rows, file_rows, published_path, run_job
+
+pytestmark = pytest.mark.slow
+BIG = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def big_db(database_url) -> str:
+    ensure_database(database_url, "fault_check")
+    url = make_conninfo(**{**conninfo_to_dict(database_url), "dbname": "fault_check"})
+    with psycopg.connect(url, autocommit=True) as conn:
+        seed(conn, BIG, ("users",))
+    return url
+
+
+def kill_exports(url: str, times: int, stop: threading.Event) -> list[int]:
+    """Terminate each export session once it has streamed for a moment, `times` times."""
+    killed: list[int] = []
+
+    def loop() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while len(killed) < times and not stop.is_set():
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'export_platform:%%' "
+                    "AND datname = current_database() AND state = 'active' AND query LIKE 'COPY%%' "
+                    "AND now() - query_start > interval '300 milliseconds' AND pid <> pg_backend_pid()"
+                ).fetchall()
+                for (pid,) in rows[:1]:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    killed.append(pid)
+                time.sleep(0.05)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return killed
+
+
+def resources_for(url: str, root) -> dict:
+    # Small batches keep the export streaming long enough to be hit mid-stream.
+    return {"postgres": PostgresResource(url=url, batch_size_hint_bytes=64 * 1024), "storage": LocalStorage(root=str(root))}
+
+
+def test_a_killed_connection_is_retried_and_the_file_is_complete(big_db, resources, tmp_path):
+    stop = threading.Event()
+    killed = kill_exports(big_db, 1, stop)
+    columns = ["id", "email"]
+    result = run_job("users", {"format": "csv", "columns": columns}, {**resources, **resources_for(big_db, tmp_path)})
+    stop.set()
+    assert len(killed) == 1
+    assert result.success
+    assert [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    with psycopg.connect(big_db) as conn:
+        assert file_rows(conn, "users", columns, "csv", published_path(result)) == db_rows(conn, "users", columns)
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+def test_a_connection_killed_on_every_attempt_fails_naming_the_cause(big_db, resources, tmp_path):
+    stop = threading.Event()
+    killed = kill_exports(big_db, EXTRACT_RETRIES + 1, stop)
+    result = run_job("users", {"format": "parquet"}, {**resources, **resources_for(big_db, tmp_path)})
+    stop.set()
+    assert len(killed) == EXTRACT_RETRIES + 1 and not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "server closed the connection" in root_message(failure.step_failure_data.error)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing published, no temp left
+
+
+def test_unwritable_storage_fails_with_a_clear_error(resources, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    result = run_job("ledger_postings", {"format": "csv"}, {**resources, "storage": LocalStorage(root=str(blocker / "exports"))})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = root_message(failure.step_failure_data.error)
+    assert message.startswith("NotADirectoryError") and "not-a-folder" in message
+    assert blocker.read_text() == ""
