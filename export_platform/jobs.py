@@ -19,7 +19,7 @@ def build_export_job(export_type: ExportType) -> dg.JobDefinition:
     @dg.job(
         name=export_type.job_name,
         description=export_type.description,
-        tags={"export_type": export_type.name},
+        tags={"export_type": export_type.name, "dagster/max_runtime": str(export_type.max_runtime_seconds)},
         # The steps run one after another on one stream; a process per step would only add
         # seconds of start-up to every export.
         executor_def=dg.in_process_executor,

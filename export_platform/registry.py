@@ -57,6 +57,8 @@ class ExportType:
     filters: tuple[Filter, ...] = ()
     description: str = ""
     default_columns: tuple[str, ...] = field(default=())
+    # Run monitoring ends a run that takes longer (a hung export); its request ends FAILED.
+    max_runtime_seconds: int = 3600
 
     def __post_init__(self) -> None:
         unknown = [c for c in (*self.order_by, *self.default_columns) if c not in self.columns]

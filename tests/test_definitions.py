@@ -31,6 +31,7 @@ def test_config_is_typed_and_described(export_type):
     nested = [*fields.values(), *filter_fields.values(), *_fields(fields["csv"].annotation).values()]
     assert all(f.description for f in nested)
     job = defs.resolve_job_def(export_type.job_name)
+    assert job.tags["dagster/max_runtime"] == str(export_type.max_runtime_seconds)
     plan_config = job.graph.node_named(f"plan_{export_type.name}").definition.config_schema.as_field().config_type
     assert "filters" in plan_config.fields and plan_config.fields["filters"].description
 
