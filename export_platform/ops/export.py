@@ -10,8 +10,9 @@ from pathlib import Path
 import dagster as dg
 
 from .. import requests_table as rt
-from ..config import ExportConfig
+from ..config import ExportConfig, options_of
 from ..planning import ExportPlan, RequestError, plan_export
+from ..preflight import preflight
 from ..registry import ExportType
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
@@ -46,12 +47,14 @@ def plan_op_name(export_type_name: str) -> str:
 def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> dg.OpDefinition:
     @dg.op(
         name=plan_op_name(export_type.name),
-        description=f"Check the {export_type.name} request against the registry and build its query.",
+        description=f"Check the {export_type.name} request against the registry and its format (row limit, "
+        "number precision, time zone) and build its query.",
     )
     def plan(
         context: dg.OpExecutionContext,
         config: config_class,  # type: ignore[valid-type]
         requests: RequestStore,
+        postgres: PostgresResource,
     ) -> ExportPlan:
         request_id = request_id_of(context.run.tags)
         if request_id is not None:
@@ -62,13 +65,19 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
                 config.format,
                 config.filters.model_dump(exclude_none=True),
                 config.columns,
-                config.csv,
+                options_of(config),
                 config.output_path,
             )
+            decisions = preflight(result, postgres, session_name(context.run_id))
         except RequestError as error:
             raise dg.Failure(description=str(error), metadata={"field": error.field}) from None
         context.add_output_metadata(
-            {"format": result.format.value, "columns": ", ".join(result.columns), "filters": result.filters}
+            {
+                "format": result.format.value,
+                "columns": ", ".join(result.columns),
+                "filters": result.filters,
+                "preflight": decisions,
+            }
         )
         return result
 

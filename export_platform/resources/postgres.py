@@ -39,12 +39,10 @@ class PostgresResource(dg.ConfigurableResource):
             return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
 
     @contextmanager
-    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[tuple[int, pa.RecordBatchReader]]:
-        """Count and stream the plan's rows inside one REPEATABLE READ transaction.
+    def _snapshot(self, plan: ExportPlan, session_name: str) -> Iterator[adbc.Cursor]:
+        """A cursor inside one REPEATABLE READ READ ONLY transaction, with the plan's parameters bound.
 
-        Yields (row count, batch reader); both see the same snapshot, so the count is exactly
-        the number of rows the reader will produce. `session_name` becomes the connection's
-        application_name, by which a cancel finds the query.
+        `session_name` becomes the connection's application_name, by which a cancel finds the query.
         """
         with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
             cursor.adbc_statement.set_options(
@@ -59,9 +57,32 @@ class PostgresResource(dg.ConfigurableResource):
                 if bind:
                     cursor.execute(bind, parameters=sql.parameters(plan))
                     cursor.fetchall()
-                cursor.execute(sql.count_statement(plan))
-                (count,) = cursor.fetchone()
-                cursor.execute(sql.select_statement(plan))
-                yield count, cursor.fetch_record_batch()
+                yield cursor
             finally:
                 cursor.execute("ROLLBACK")  # read-only: nothing to commit
+
+    @staticmethod
+    def _count(cursor: adbc.Cursor, plan: ExportPlan) -> int:
+        cursor.execute(sql.count_statement(plan))
+        (count,) = cursor.fetchone()
+        return count
+
+    @contextmanager
+    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[tuple[int, pa.RecordBatchReader]]:
+        """Count and stream the plan's rows inside one snapshot.
+
+        Yields (row count, batch reader); both see the same snapshot, so the count is exactly
+        the number of rows the reader will produce.
+        """
+        with self._snapshot(plan, session_name) as cursor:
+            count = self._count(cursor, plan)
+            cursor.execute(sql.select_statement(plan))
+            yield count, cursor.fetch_record_batch()
+
+    def preflight_facts(self, plan: ExportPlan, session_name: str, count: bool) -> tuple[int | None, pa.Schema]:
+        """What a format check needs before any row is read: the row count (when `count`) and
+        the columns' Arrow types as the export will see them."""
+        with self._snapshot(plan, session_name) as cursor:
+            rows = self._count(cursor, plan) if count else None
+            cursor.execute(sql.columns_statement(plan))
+            return rows, cursor.fetch_arrow_table().schema

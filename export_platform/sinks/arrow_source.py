@@ -1,47 +1,54 @@
-"""Arrow record batches from Postgres → a lazy Polars scan → a Polars sink writing one file.
+"""Arrow record batches from Postgres → a lazy Polars scan, with NUMERIC mapped exactly.
 
 Nothing here collects a frame: `scan_batches` wraps the driver's batch reader as a Polars IO
-source, and the `sink_*` calls stream it to disk, so memory stays flat whatever the row count.
+source that the writers stream from, so memory stays flat whatever the row count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from polars.io.plugins import register_io_source
 
-from .formats import ExportFormat
-from .planning import ExportPlan
-
-# ISO 8601 with the offset written out; timestamptz columns arrive in UTC, so this is +00:00.
-TIMESTAMPTZ_FORMAT = "%Y-%m-%dT%H:%M:%S%.6f%:z"
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6f"
 _MAX_DECIMAL_PRECISION = 38
 
 
-def _numeric_type(field: pa.Field) -> pa.DataType | None:
+def is_numeric(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(b"ADBC:postgresql:typname") == b"numeric"
+
+
+def _precision_scale(field: pa.Field) -> tuple[int, int] | None:
+    """The declared (precision, scale) of a NUMERIC column; None when unconstrained."""
+    typmod = int((field.metadata or {}).get(b"POSTGRESQL:typmod", b"-1"))
+    if not is_numeric(field) or typmod < 4:
+        return None
+    return ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+
+
+def numeric_declaration(field: pa.Field) -> str:
+    """How the column is declared in Postgres, e.g. NUMERIC(10,2); for messages."""
+    declared = _precision_scale(field)
+    return f"NUMERIC({declared[0]},{declared[1]})" if declared else "NUMERIC"
+
+
+def numeric_type(field: pa.Field) -> pa.DataType | None:
     """The exact decimal for a Postgres NUMERIC(p, s), or None when unconstrained (kept as text).
 
     The ADBC driver hands NUMERIC over as an opaque extension type with string storage.
     """
-    metadata = field.metadata or {}
-    if metadata.get(b"ADBC:postgresql:typname") != b"numeric":
+    declared = _precision_scale(field)
+    if declared is None or declared[0] > _MAX_DECIMAL_PRECISION:
         return None
-    typmod = int(metadata.get(b"POSTGRESQL:typmod", b"-1"))
-    if typmod < 4:
-        return None
-    precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
-    return pa.decimal128(precision, scale) if precision <= _MAX_DECIMAL_PRECISION else None
+    return pa.decimal128(*declared)
 
 
 def _column_converter(field: pa.Field) -> Callable[[pa.Array], pa.Array] | None:
     if not isinstance(field.type, pa.BaseExtensionType):
         return None
-    decimal = _numeric_type(field)
+    decimal = numeric_type(field)
     if decimal is not None:
         return lambda array: pc.cast(array.storage, decimal)
     return lambda array: array.storage
@@ -49,7 +56,7 @@ def _column_converter(field: pa.Field) -> Callable[[pa.Array], pa.Array] | None:
 
 def _target_type(field: pa.Field) -> pa.DataType:
     if isinstance(field.type, pa.BaseExtensionType):
-        return _numeric_type(field) or field.type.storage_type
+        return numeric_type(field) or field.type.storage_type
     return field.type
 
 
@@ -85,33 +92,3 @@ def scan_batches(reader: pa.RecordBatchReader, on_rows: Callable[[int], None]) -
                 return
 
     return register_io_source(source, schema=polars_schema(reader.schema), explain_name="postgres")
-
-
-def _text_timestamps(frame: pl.LazyFrame) -> tuple[pl.LazyFrame, str]:
-    """Naive timestamps are written without an offset; aware ones use the sink's format with one."""
-    naive = [name for name, dtype in frame.collect_schema().items() if dtype == pl.Datetime and dtype.time_zone is None]
-    if naive:
-        frame = frame.with_columns(pl.col(naive).dt.to_string(TIMESTAMP_FORMAT))
-    return frame, TIMESTAMPTZ_FORMAT
-
-
-def sink(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
-    """Stream `frame` into `path` in the plan's format."""
-    fmt = plan.format
-    if fmt.is_csv:
-        frame, datetime_format = _text_timestamps(frame)
-        frame.sink_csv(
-            path,
-            separator=plan.csv.delimiter,
-            quote_char=plan.csv.quote_char,
-            include_header=plan.csv.header,
-            datetime_format=datetime_format,
-            compression="gzip" if fmt is ExportFormat.csv_gz else "uncompressed",
-            check_extension=False,
-        )
-    elif fmt is ExportFormat.parquet:
-        frame.sink_parquet(path, compression="zstd")
-    elif fmt is ExportFormat.ndjson:
-        frame.sink_ndjson(path, check_extension=False)
-    else:  # a format added to ExportFormat without a writer here
-        raise NotImplementedError(fmt)
