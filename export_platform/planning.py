@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pydantic import ValidationError
-
 import polars as pl
+from pydantic import ValidationError
 
 from .config import CsvOptions, ExportOptions, FormulaProtection, ParquetCompression
 from .export_types import REGISTRY

@@ -17,7 +17,7 @@ from ..registry import ExportType
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
-from ..sinks import scan_batches, sink
+from ..sinks import Pacer, scan_batches, sink
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 
@@ -133,8 +133,8 @@ def extract_export(
     try:
         with postgres.snapshot_stream(plan, session_name(context.run_id)) as (expected, reader):
             context.log.info(f"{expected:,} rows to export")
-            progress = _Progress(context, expected, requests)
-            sink(scan_batches(reader, progress), plan, path)
+            progress, pacer = _Progress(context, expected, requests), Pacer()
+            sink(scan_batches(reader, progress, pacer), plan, path, pacer)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

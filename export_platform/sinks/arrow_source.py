@@ -6,6 +6,7 @@ source that the writers stream from, so memory stays flat whatever the row count
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import polars as pl
@@ -65,8 +66,38 @@ def polars_schema(arrow_schema: pa.Schema) -> pl.Schema:
     return pl.Schema(pl.from_arrow(plain.empty_table()).schema)
 
 
-def scan_batches(reader: pa.RecordBatchReader, on_rows: Callable[[int], None]) -> pl.LazyFrame:
-    """A LazyFrame over the reader's batches; `on_rows(total_so_far)` is called after each batch."""
+class Pacer:
+    """Keeps the scan at most `ahead` rows in front of a Python writer.
+
+    Polars pulls the source on its own threads; while a slow writer (xlsx, pdf, json) releases
+    the GIL, the source would otherwise read on and queue the whole result in memory. The writer
+    reports each batch it has written; the source waits while it is too far ahead, and after
+    `stall_seconds` without progress reads on anyway, so a Polars plan that needs more input
+    before it emits can never deadlock.
+    """
+
+    def __init__(self, ahead: int = 100_000, stall_seconds: float = 30.0):
+        self.ahead, self.stall_seconds = ahead, stall_seconds
+        self.written = 0
+        self._changed = threading.Condition()
+
+    def wait_for_room(self, read: int) -> None:
+        with self._changed:
+            while read - self.written > self.ahead:
+                if not self._changed.wait(self.stall_seconds):
+                    return
+
+    def wrote(self, rows: int) -> None:
+        with self._changed:
+            self.written += rows
+            self._changed.notify_all()
+
+
+def scan_batches(
+    reader: pa.RecordBatchReader, on_rows: Callable[[int], None], pacer: Pacer | None = None
+) -> pl.LazyFrame:
+    """A LazyFrame over the reader's batches; `on_rows(total_so_far)` is called after each batch.
+    With a `pacer`, reading waits for the writer (see `Pacer`)."""
     fields = list(reader.schema)
     converters = [_column_converter(f) for f in fields]
     names = [f.name for f in fields]
@@ -78,6 +109,8 @@ def scan_batches(reader: pa.RecordBatchReader, on_rows: Callable[[int], None]) -
     def source(with_columns, predicate, n_rows, _batch_size) -> Iterator[pl.DataFrame]:
         total = 0
         for batch in reader:
+            if pacer is not None:
+                pacer.wait_for_room(total)
             frame = to_frame(batch)
             if with_columns is not None:
                 frame = frame.select(with_columns)
@@ -92,3 +125,11 @@ def scan_batches(reader: pa.RecordBatchReader, on_rows: Callable[[int], None]) -
                 return
 
     return register_io_source(source, schema=polars_schema(reader.schema), explain_name="postgres")
+
+
+def paced_batches(frame: pl.LazyFrame, pacer: Pacer | None) -> Iterator[pl.DataFrame]:
+    """The frame's batches for a Python writer, telling the pacer as each one has been written."""
+    for batch in frame.collect_batches():
+        yield batch  # the writer handles it before asking for the next
+        if pacer is not None:
+            pacer.wrote(batch.height)

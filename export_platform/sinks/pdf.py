@@ -19,6 +19,7 @@ from fpdf import FPDF
 from fpdf.fonts import FontFace
 
 from ..planning import ExportPlan
+from .arrow_source import Pacer, paced_batches
 from .columns import ISO_DATE, in_time_zone, temporals_as_text
 
 FONT = "DejaVuSansCondensed"
@@ -90,7 +91,7 @@ def _widths(pdf: _Report, labels: list[str], batch: pl.DataFrame) -> list[float]
     return [low + (want - low) * room / growth for low, want in zip(minimum, wanted)]
 
 
-def write_pdf(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
+def write_pdf(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer | None = None) -> None:
     frame = in_time_zone(frame, plan.options.time_zone)
     schema = frame.collect_schema()
     aligns = tuple("RIGHT" if dtype.is_numeric() else "LEFT" for dtype in schema.values())
@@ -101,7 +102,7 @@ def write_pdf(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
     pdf = _Report(plan, _now(plan.options.time_zone))
     pdf.title_block(_filters_text(plan.filters), plan.options.time_zone)
     pdf.set_font(FONT, size=TABLE_FONT_SIZE)
-    batches = text.collect_batches()
+    batches = paced_batches(text, pacer)
     first = next(iter(batches), pl.DataFrame(schema={name: pl.String for name in schema}))
     table_options = {"text_align": aligns, "line_height": 3.6, "headings_style": _HEADINGS, "padding": (0.6, 1)}
     with pdf.table(col_widths=_widths(pdf, labels, first), **table_options) as table:

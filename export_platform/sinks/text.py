@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from ..planning import ExportPlan
+from .arrow_source import Pacer, paced_batches
 from .columns import ISO_DATE, ISO_TIMESTAMP, ISO_TIMESTAMPTZ, in_time_zone, neutralise_formulas, relabel, temporals_as_text
 
 
@@ -43,12 +44,12 @@ def write_ndjson(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
     _zoned_and_labelled(frame, plan).sink_ndjson(path, compression=plan.format.compression, check_extension=False)
 
 
-def write_json(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
+def write_json(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer | None = None) -> None:
     """One JSON array, an object per line, written batch by batch (Polars has no streaming JSON sink)."""
     separator = "\n"
     with path.open("w", encoding="utf-8") as out:
         out.write("[")
-        for batch in _zoned_and_labelled(frame, plan).collect_batches():
+        for batch in paced_batches(_zoned_and_labelled(frame, plan), pacer):
             if batch.height:
                 # JSON text never holds a raw line break, so the lines are exactly the objects.
                 out.write(separator + batch.write_ndjson().rstrip("\n").replace("\n", ",\n"))

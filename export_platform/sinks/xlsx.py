@@ -20,6 +20,7 @@ from xlsxwriter.worksheet import Worksheet
 
 from ..formats import XLSX_ROWS_PER_SHEET
 from ..planning import ExportPlan
+from .arrow_source import Pacer, paced_batches
 from .columns import ISO_DATE, ISO_TIMESTAMP, in_time_zone, neutralise_formulas
 
 EXCEL_DIGITS = 15  # significant digits a double holds exactly
@@ -175,7 +176,13 @@ class _Sheets:
             self._new_sheet()
 
 
-def write_xlsx(frame: pl.LazyFrame, plan: ExportPlan, path: Path, rows_per_sheet: int = XLSX_ROWS_PER_SHEET) -> None:
+def write_xlsx(
+    frame: pl.LazyFrame,
+    plan: ExportPlan,
+    path: Path,
+    pacer: Pacer | None = None,
+    rows_per_sheet: int = XLSX_ROWS_PER_SHEET,
+) -> None:
     frame = in_time_zone(frame, plan.options.time_zone)
     if plan.protects_formulas:
         frame = neutralise_formulas(frame)
@@ -187,7 +194,7 @@ def write_xlsx(frame: pl.LazyFrame, plan: ExportPlan, path: Path, rows_per_sheet
         str(path), {"constant_memory": True, "tmpdir": str(path.parent), "nan_inf_to_errors": True}
     )
     sheets = _Sheets(workbook, columns, plan.options.xlsx.sheet_name or plan.export_type[:31], rows_per_sheet)
-    for batch in frame.collect_batches():
+    for batch in paced_batches(frame, pacer):
         _check_text_fits(batch, text)
         sheets.append(batch)
     sheets.finish()
