@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/export_vs_copy.py                       # 1M rows of users
     .venv/bin/python benchmarks/export_vs_copy.py --rows 1000000 10000000
+    .venv/bin/python benchmarks/export_vs_copy.py --repeat 1 --formats csv,csv.gz,csv.zst,parquet,ndjson,json,xlsx
 
 For each size: seeds `users` with N rows, then runs each contender as a whole process and
 records wall time and that process's peak RSS (from wait4):
   - copy:    psycopg `COPY (SELECT ...) TO STDOUT WITH (FORMAT csv, HEADER)` into a file, the
              same SELECT (columns, ORDER BY) the export runs; the equivalent of psql's \\copy
-  - csv, parquet, ...: `export-platform run users --format F --output FILE`
+  - csv, parquet, ...: `export-platform run users --format F --output FILE`, for every format
+    given (names or extensions: csv_zst or csv.zst; pdf only up to its 10,000-row limit)
   - with --s3: the same exports published to an S3-compatible server (moto, on a loopback port)
     instead of a local file, to show memory stays flat when the target is object storage
 The fastest of --repeat runs is kept. Whole-process times include Python start-up and the
@@ -95,7 +97,7 @@ def start_s3(folder: Path) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
-    parser.add_argument("--formats", default="csv,parquet", help="comma-separated export formats")
+    parser.add_argument("--formats", default="csv,parquet", help="comma-separated export formats, e.g. csv,xlsx,json")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "export_platform_bench")
     parser.add_argument("--s3", action="store_true", help="also publish each format to a local moto S3 server")
@@ -109,14 +111,14 @@ def main() -> None:
     query = select_statement(plan_export("users", "csv"))
     peak_rss: dict[tuple[str, int], float] = {}
 
-    print(f"{'rows':>11} {'method':<9}{'seconds':>9}{'in run':>9}{'x COPY':>8}{'peak RSS MB':>13}{'bytes':>15}")
+    print(f"{'rows':>11} {'method':<11}{'seconds':>9}{'in run':>9}{'x COPY':>8}{'peak RSS MB':>13}{'bytes':>15}")
     for rows in args.rows:
         with psycopg.connect(url, autocommit=True) as conn:
             seed(conn, rows, tables=("users",))
             conn.execute("VACUUM ANALYZE users")
         copy_file = args.out / "copy.csv"
         copy_seconds, rss, _ = best_of(args.repeat, [sys.executable, "-c", COPY_SCRIPT, url, query, str(copy_file)], env)
-        print(f"{rows:>11,} {'copy':<9}{copy_seconds:>9.2f}{'':>9}{1:>8.2f}{rss:>13.0f}{copy_file.stat().st_size:>15,}")
+        print(f"{rows:>11,} {'copy':<11}{copy_seconds:>9.2f}{'':>9}{1:>8.2f}{rss:>13.0f}{copy_file.stat().st_size:>15,}")
         for fmt in args.formats.split(","):
             target = args.out / f"users.{fmt}"
             seconds, rss, stdout = best_of(
@@ -125,7 +127,7 @@ def main() -> None:
             in_run = float(dict(p.split("=", 1) for p in stdout.split())["seconds"])
             peak_rss[(fmt, rows)] = rss
             print(
-                f"{rows:>11,} {fmt:<9}{seconds:>9.2f}{in_run:>9.2f}{seconds / copy_seconds:>8.2f}"
+                f"{rows:>11,} {fmt:<11}{seconds:>9.2f}{in_run:>9.2f}{seconds / copy_seconds:>8.2f}"
                 f"{rss:>13.0f}{target.stat().st_size:>15,}"
             )
             if s3_env:

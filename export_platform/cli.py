@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import dagster as dg
 
 
-from .config import CsvOptions
 from .embedded_postgres import database_url
 from .errors import root_message
 from .export_types import REGISTRY
@@ -18,7 +19,7 @@ from .formats import ExportFormat
 from .jobs import run_config_for
 from .ops.export import PublishedExport
 from .client import Refused
-from .planning import ExportPlan, RequestError, plan_export
+from .planning import ExportPlan, RequestError, plan_export, plan_request
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -50,9 +51,23 @@ def _filters(pairs: Sequence[str]) -> dict[str, str]:
     return filters
 
 
+def _params(args: argparse.Namespace) -> dict:
+    """The request's params, as an application would store them: --options, then the CSV flags."""
+    try:
+        params = json.loads(args.options) if args.options else {}
+    except ValueError:
+        raise RequestError("options", "expected a JSON object such as '{\"csv\": {\"bom\": true}}'") from None
+    if not isinstance(params, dict) or {"filters", "columns"} & set(params):
+        raise RequestError("options", "expected a JSON object of export options (filters and columns have their own flags)")
+    flags = {"delimiter": args.delimiter, "quote_char": args.quote_char, "header": False if args.no_header else None}
+    csv = {k: v for k, v in flags.items() if v is not None}
+    if csv:
+        params["csv"] = {**(params.get("csv") or {}), **csv}
+    return {"filters": _filters(args.filter), "columns": args.columns, **params}
+
+
 def _plan_from_args(args: argparse.Namespace) -> ExportPlan:
-    csv = CsvOptions(delimiter=args.delimiter, quote_char=args.quote_char, header=not args.no_header)
-    return plan_export(args.type, args.format, _filters(args.filter), args.columns, csv, getattr(args, "output", None))
+    return replace(plan_request(args.type, args.format, _params(args)), output_path=getattr(args, "output", None))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -97,14 +112,18 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"database: {database_url()}")
     print(f"seeded {args.rows:,} rows per sample type in {_seed(args.rows):.1f} s")
-    header = f"{'type':<22}{'format':<9}{'rows':>10}{'bytes':>14}{'seconds':>9}  path"
+    header = f"{'type':<22}{'format':<11}{'rows':>10}{'bytes':>14}{'seconds':>9}  path"
     print(header)
     print("-" * len(header))
     for export_type in REGISTRY:
         for fmt in ExportFormat:
-            published = run_export(plan_export(export_type.name, fmt))
+            try:
+                published = run_export(plan_export(export_type.name, fmt))
+            except ExportFailed as refused:  # pdf above its row limit: the preflight's message is the demo
+                print(f"{export_type.name:<22}{fmt.value:<11}refused: {refused}")
+                continue
             print(
-                f"{export_type.name:<22}{fmt.value:<9}{published.rows:>10,}{published.bytes:>14,}"
+                f"{export_type.name:<22}{fmt.value:<11}{published.rows:>10,}{published.bytes:>14,}"
                 f"{published.seconds:>9.2f}  {published.uri.removeprefix('file://')}"
             )
     return 0
@@ -113,11 +132,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_request(args: argparse.Namespace) -> int:
     from .client import ExportClient
 
-    plan = _plan_from_args(args)
-    params = {"filters": _filters(args.filter), "columns": list(plan.columns) if args.columns else None,
-              "csv": plan.csv.model_dump() if plan.csv != CsvOptions() else None}
+    params = _params(args)
+    plan = plan_request(args.type, args.format, params)
     request_id = ExportClient().request(
-        args.type, args.format, **params, requested_by=args.user, idempotency_key=args.idempotency_key
+        args.type,
+        args.format,
+        filters=params.pop("filters"),
+        columns=list(plan.columns) if params.pop("columns") else None,
+        options=params,
+        requested_by=args.user,
+        idempotency_key=args.idempotency_key,
     )
     print(request_id)
     return 0
@@ -244,13 +268,20 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 def _export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("type", help=f"export type: {', '.join(REGISTRY.names())}")
-    parser.add_argument("--format", default="csv", help="csv, csv.gz, parquet or ndjson (default csv)")
+    formats = ", ".join(f.value for f in ExportFormat)
+    parser.add_argument("--format", default="csv", help=f"{formats} (default csv)")
     parser.add_argument("--filter", action="append", default=[], metavar="NAME=VALUE",
                         help="a filter; a list is NAME=a,b; repeatable")
     parser.add_argument("--columns", help="comma-separated columns, in order (default: all)")
-    parser.add_argument("--delimiter", default=",", help="CSV delimiter (default ,)")
-    parser.add_argument("--quote-char", default='"', help='CSV quote character (default ")')
+    parser.add_argument("--delimiter", help="CSV delimiter (default ,)")
+    parser.add_argument("--quote-char", help='CSV quote character (default ")')
     parser.add_argument("--no-header", action="store_true", help="CSV without a header row")
+    parser.add_argument(
+        "--options",
+        metavar="JSON",
+        help='export options as in a request\'s params, e.g. \'{"csv": {"bom": true}, "time_zone": "Europe/Paris", '
+        '"labels": {"email": "E-mail"}}\' (keys: labels, time_zone, formula_protection, csv, parquet, xlsx, pdf)',
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,12 +41,16 @@ class ExportClient:
         *,
         filters: dict | None = None,
         columns: list[str] | None = None,
-        csv: dict | None = None,
+        options: dict | None = None,
         requested_by: str | None = None,
         idempotency_key: str | None = None,
     ) -> int:
-        """Insert a request; with an idempotency_key already used by requested_by, return that id."""
-        params = {k: v for k, v in {"filters": filters, "columns": columns, "csv": csv}.items() if v}
+        """Insert a request; with an idempotency_key already used by requested_by, return that id.
+
+        `options` are the export options of a request's params: labels, time_zone,
+        formula_protection, csv, parquet, xlsx, pdf (e.g. `{"csv": {"delimiter": ";"}}`).
+        """
+        params = {k: v for k, v in {"filters": filters, "columns": columns, **(options or {})}.items() if v}
         plan_request(export_type, format, params)
         request_id = self.store.run(rt.insert(export_type, format, params, requested_by, idempotency_key)).scalar()
         if request_id is None:

@@ -6,19 +6,107 @@ typed from the export type's declaration, so the Launchpad offers exactly that t
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from enum import Enum
+from typing import Any, Dict, List, Optional
 
 import dagster as dg
-from pydantic import Field, create_model
+from pydantic import ConfigDict, Field, create_model
 
 from .formats import ExportFormat
 from .registry import ExportType, Filter, ValueType
 
 
-class CsvOptions(dg.Config):
+class QuoteStyle(str, Enum):
+    necessary = "necessary"
+    always = "always"
+    non_numeric = "non_numeric"
+    never = "never"
+
+
+class LineTerminator(str, Enum):
+    lf = "lf"
+    crlf = "crlf"
+
+    @property
+    def text(self) -> str:
+        return "\r\n" if self is LineTerminator.crlf else "\n"
+
+
+class FormulaProtection(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class ParquetCompression(str, Enum):
+    zstd = "zstd"
+    snappy = "snappy"
+    gzip = "gzip"
+    lz4 = "lz4"
+    brotli = "brotli"
+    uncompressed = "uncompressed"
+
+
+class PdfOrientation(str, Enum):
+    landscape = "landscape"
+    portrait = "portrait"
+
+
+class _Options(dg.Config):
+    # Dagster's config check refuses unknown keys in run config; this does the same for request
+    # params, which are validated by pydantic alone.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CsvOptions(_Options):
     delimiter: str = Field(default=",", description="Field delimiter: one character, e.g. ',' ';' '|' or a tab.")
     quote_char: str = Field(default='"', description="Quote character: one character, different from the delimiter.")
-    header: bool = Field(default=True, description="Write a header row with the column names.")
+    quote_style: QuoteStyle = Field(
+        default=QuoteStyle.necessary,
+        description="When to quote a field: necessary (only when it holds the delimiter, the quote, a line break, "
+        "or is an empty string), always, non_numeric (every field that is not a number), never (no quoting: only "
+        "for data known to hold none of those).",
+    )
+    header: bool = Field(default=True, description="Write a header row with the column names (or labels).")
+    null_value: str = Field(
+        default="", description="Text written for NULL. Default: an empty field (an empty string is written as \"\")."
+    )
+    line_terminator: LineTerminator = Field(default=LineTerminator.lf, description="Line ending: lf or crlf.")
+    bom: bool = Field(
+        default=False,
+        description="Start the file with a UTF-8 byte-order mark, so that Excel opens it as UTF-8. Turns formula "
+        "protection on unless formula_protection is off.",
+    )
+    date_format: Optional[str] = Field(
+        default=None, description="strftime-style format for dates, e.g. '%d/%m/%Y'. Default: ISO 8601 (2024-01-31)."
+    )
+    timestamp_format: Optional[str] = Field(
+        default=None,
+        description="strftime-style format for timestamps, e.g. '%Y-%m-%d %H:%M:%S%z' (in time_zone). Default: "
+        "ISO 8601 with microseconds and, for timestamptz, the offset (2024-01-31T09:30:00.000000+00:00).",
+    )
+
+
+class ParquetOptions(_Options):
+    compression: ParquetCompression = Field(
+        default=ParquetCompression.zstd, description="Compression codec: zstd, snappy, gzip, lz4, brotli or uncompressed."
+    )
+    compression_level: Optional[int] = Field(
+        default=None, description="Codec level: zstd 1-22, gzip 0-9, brotli 0-11; unset: the codec's default."
+    )
+
+
+class XlsxOptions(_Options):
+    sheet_name: Optional[str] = Field(
+        default=None,
+        description="Name of the first sheet (at most 31 characters, none of []:*?/\\). Default: the export type. "
+        "Rows past Excel's 1,048,575 per sheet continue on 'NAME (2)', 'NAME (3)', ...",
+    )
+
+
+class PdfOptions(_Options):
+    title: Optional[str] = Field(default=None, description="Title printed on the first page. Default: '<type> export'.")
+    orientation: PdfOrientation = Field(default=PdfOrientation.landscape, description="Page orientation (A4).")
 
 
 class IncrementalConfig(dg.Config):
@@ -29,16 +117,45 @@ class IncrementalConfig(dg.Config):
     key: str = Field(description="Name under which the high-water mark is kept, one per recurring export.")
 
 
-class ExportConfig(dg.Config):
-    format: ExportFormat = Field(
-        default=ExportFormat.csv,
-        description="File format: csv, csv_gz (gzip-compressed CSV), parquet or ndjson (one JSON object per line).",
+class ExportOptions(_Options):
+    """How the file is written: everything but what is exported (format, columns, filters)."""
+
+    labels: Dict[str, str] = Field(
+        default_factory=dict,
+        description="Header names for columns, e.g. {email: 'E-mail address'}: the header row of csv, xlsx and pdf, "
+        "the keys of json and ndjson, the column names of parquet. Unlisted columns keep their names.",
     )
+    time_zone: str = Field(
+        default="UTC",
+        description="IANA time zone (e.g. Europe/Paris) that timestamptz values are written in: with their offset "
+        "in csv, json and ndjson, as wall-clock time in xlsx and pdf; parquet keeps the instants, tagged with "
+        "this zone.",
+    )
+    formula_protection: FormulaProtection = Field(
+        default=FormulaProtection.auto,
+        description="Neutralise text starting with = + - @ tab or CR (a ' is put before it) in csv and xlsx, so "
+        "that a spreadsheet cannot run it as a formula. auto: on for xlsx and for csv with a BOM; on; off (the "
+        "raw text, for systems that need it). Numbers are never changed.",
+    )
+    csv: CsvOptions = Field(default_factory=CsvOptions, description="Options for csv, csv_gz and csv_zst.")
+    parquet: ParquetOptions = Field(default_factory=ParquetOptions, description="Options for parquet.")
+    xlsx: XlsxOptions = Field(default_factory=XlsxOptions, description="Options for xlsx.")
+    pdf: PdfOptions = Field(default_factory=PdfOptions, description="Options for pdf.")
+
+
+FORMATS_HELP = (
+    "File format: csv, csv_gz / csv_zst (gzip / zstd-compressed CSV), parquet, ndjson (one JSON object per line; "
+    "ndjson_gz, ndjson_zst compressed), json (one JSON array), xlsx (Excel) or pdf (a printable table, at most "
+    "10,000 rows)."
+)
+
+
+class ExportConfig(ExportOptions):
+    format: ExportFormat = Field(default=ExportFormat.csv, description=FORMATS_HELP)
     columns: List[str] = Field(
         default_factory=list,
         description="Columns to export, in this order. Empty: every exportable column.",
     )
-    csv: CsvOptions = Field(default_factory=CsvOptions, description="Options for csv and csv_gz.")
     output_path: Optional[str] = Field(
         default=None,
         description="Write the file to this local path instead of the storage folder (atomically replaced).",
@@ -46,6 +163,10 @@ class ExportConfig(dg.Config):
     incremental: Optional[IncrementalConfig] = Field(
         default=None, description="Export only rows changed since the last successful run with the same key."
     )
+
+
+def options_of(config: ExportConfig) -> ExportOptions:
+    return ExportOptions.model_validate(config.model_dump(include=set(ExportOptions.model_fields)))
 
 
 _SCALAR = {ValueType.TEXT: str, ValueType.INTEGER: int, ValueType.NUMERIC: str, ValueType.DATE: str}

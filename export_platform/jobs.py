@@ -37,7 +37,7 @@ def run_config_for(plan: ExportPlan) -> dict[str, Any]:
         "format": plan.format.name,
         "filters": plan.filters,
         "columns": list(plan.columns),
-        "csv": plan.csv.model_dump(),
+        **plan.options.model_dump(mode="json"),
     }
     if plan.output_path:
         config["output_path"] = plan.output_path

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import polars as pl
 from pydantic import ValidationError
 
-from .config import CsvOptions
+from .config import CsvOptions, ExportOptions, FormulaProtection, ParquetCompression
 from .export_types import REGISTRY
 from .formats import ExportFormat
 from .registry import ExportType, Filter, Operator, ValueType
@@ -60,9 +61,24 @@ class ExportPlan:
     order_by: tuple[str, ...]
     conditions: tuple[Condition, ...]
     filters: dict[str, Any]
-    csv: CsvOptions
+    options: ExportOptions
     output_path: str | None = None
     incremental: Incremental | None = None
+
+    @property
+    def csv(self) -> CsvOptions:
+        return self.options.csv
+
+    def label(self, column: str) -> str:
+        return self.options.labels.get(column, column)
+
+    @property
+    def protects_formulas(self) -> bool:
+        """Whether text that a spreadsheet would run as a formula is neutralised (csv and xlsx only)."""
+        protection = self.options.formula_protection
+        if protection is FormulaProtection.off or not (self.format.is_csv or self.format is ExportFormat.xlsx):
+            return False
+        return protection is FormulaProtection.on or self.format is ExportFormat.xlsx or self.csv.bom
 
 
 def export_type_named(name: Any) -> ExportType:
@@ -206,17 +222,95 @@ def check_columns(export_type: ExportType, columns: Any) -> tuple[str, ...]:
     return tuple(columns)
 
 
+def _one_character(field: str, value: str) -> None:
+    if len(value) != 1 or value in "\r\n":
+        raise RequestError(field, f"must be exactly one character other than a line break, got {value!r}")
+
+
+def _strftime(field: str, pattern: str | None, sample: pl.Series) -> None:
+    if pattern is None:
+        return
+    _text(field, pattern)
+    try:
+        sample.dt.to_string(pattern)
+    except pl.exceptions.PolarsError:
+        raise RequestError(field, f"not a valid strftime format: {pattern!r}") from None
+
+
+_SAMPLE_DATE = pl.Series([dt.date(2024, 1, 31)])
+_SAMPLE_TIMESTAMP = pl.Series([dt.datetime(2024, 1, 31, 9, 30, tzinfo=dt.timezone.utc)])
+
+
 def check_csv_options(options: CsvOptions) -> CsvOptions:
-    for name in ("delimiter", "quote_char"):
-        value = getattr(options, name)
-        if len(value) != 1 or value in "\r\n":
-            raise RequestError(f"csv.{name}", f"must be exactly one character other than a line break, got {value!r}")
+    _one_character("csv.delimiter", options.delimiter)
+    _one_character("csv.quote_char", options.quote_char)
     if options.delimiter == options.quote_char:
         raise RequestError("csv.quote_char", "must differ from the delimiter")
+    _text("csv.null_value", options.null_value)
+    if any(c in options.null_value for c in (options.delimiter, options.quote_char, "\r", "\n")):
+        raise RequestError("csv.null_value", "must not contain the delimiter, the quote character or a line break")
+    _strftime("csv.date_format", options.date_format, _SAMPLE_DATE)
+    _strftime("csv.timestamp_format", options.timestamp_format, _SAMPLE_TIMESTAMP)
     return options
 
 
-PARAM_KEYS = ("filters", "columns", "csv")
+def _check_labels(labels: dict[str, str], columns: tuple[str, ...]) -> None:
+    for column, label in labels.items():
+        if column not in columns:
+            raise RequestError(f"labels.{column}", f"not an exported column; exported: {', '.join(columns)}")
+        if not _text(f"labels.{column}", label).strip():
+            raise RequestError(f"labels.{column}", "a label cannot be blank")
+    names = [labels.get(c, c) for c in columns]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise RequestError("labels", f"two columns would both be called {twice!r}")
+
+
+def _check_time_zone(name: str) -> None:
+    try:
+        _SAMPLE_TIMESTAMP.dt.convert_time_zone(_text("time_zone", name))
+    except pl.exceptions.PolarsError:
+        raise RequestError("time_zone", f"unknown time zone {name!r}; use an IANA name such as Europe/Paris") from None
+
+
+_LEVELS = {ParquetCompression.zstd: (1, 22), ParquetCompression.gzip: (0, 9), ParquetCompression.brotli: (0, 11)}
+_SHEET_NAME_FORBIDDEN = set("[]:*?/\\")
+MAX_SHEET_NAME = 31
+
+
+def _check_format_options(options: ExportOptions) -> None:
+    level, levels = options.parquet.compression_level, _LEVELS.get(options.parquet.compression)
+    if level is not None and levels is None:
+        raise RequestError("parquet.compression_level", f"{options.parquet.compression.value} takes no level")
+    if level is not None and not levels[0] <= level <= levels[1]:
+        raise RequestError(
+            "parquet.compression_level",
+            f"{options.parquet.compression.value} levels are {levels[0]} to {levels[1]}, got {level}",
+        )
+    name = options.xlsx.sheet_name
+    if name is not None and (not name.strip() or len(name) > MAX_SHEET_NAME or _SHEET_NAME_FORBIDDEN & set(name)):
+        raise RequestError("xlsx.sheet_name", f"Excel sheet names have 1 to 31 characters, none of []:*?/\\; got {name!r}")
+    if options.pdf.title is not None:
+        _text("pdf.title", options.pdf.title)
+
+
+def check_options(options: ExportOptions, columns: tuple[str, ...]) -> ExportOptions:
+    check_csv_options(options.csv)
+    _check_labels(options.labels, columns)
+    _check_time_zone(options.time_zone)
+    _check_format_options(options)
+    return options
+
+
+PARAM_KEYS = ("filters", "columns", *ExportOptions.model_fields)
+
+
+def _options_from_params(params: Mapping[str, Any]) -> ExportOptions:
+    try:
+        return ExportOptions.model_validate({k: v for k, v in params.items() if k in ExportOptions.model_fields})
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise RequestError(".".join(map(str, first["loc"])), first["msg"]) from None
 
 
 def plan_request(export_type_name: Any, format: Any, params: Any) -> ExportPlan:
@@ -228,15 +322,8 @@ def plan_request(export_type_name: Any, format: Any, params: Any) -> ExportPlan:
     unknown = [k for k in params if k not in PARAM_KEYS]
     if unknown:
         raise RequestError(f"params.{unknown[0]}", f"unknown option; known: {', '.join(PARAM_KEYS)}")
-    csv = params.get("csv") or {}
-    if not isinstance(csv, Mapping):
-        raise RequestError("csv", "expected an object of CSV options")
-    try:
-        csv_options = CsvOptions(**csv)
-    except ValidationError as error:
-        first = error.errors()[0]
-        raise RequestError(f"csv.{'.'.join(map(str, first['loc']))}", first["msg"]) from None
-    return plan_export(export_type_name, format, params.get("filters"), params.get("columns"), csv_options)
+    options = _options_from_params({k: v for k, v in params.items() if v is not None})
+    return plan_export(export_type_name, format, params.get("filters"), params.get("columns"), options)
 
 
 def plan_export(
@@ -244,7 +331,7 @@ def plan_export(
     format: Any,
     filters: Any = None,
     columns: Any = None,
-    csv: CsvOptions | None = None,
+    options: ExportOptions | None = None,
     output_path: str | None = None,
     incremental: Incremental | None = None,
 ) -> ExportPlan:
@@ -253,15 +340,16 @@ def plan_export(
         raise RequestError("incremental.column", f"unknown column {incremental.column!r} for {export_type.name}")
     export_format = parse_format(format)
     normalised, conditions = check_filters(export_type, filters)
+    chosen = check_columns(export_type, columns)
     return ExportPlan(
         export_type=export_type.name,
         relation=export_type.relation,
         format=export_format,
-        columns=check_columns(export_type, columns),
+        columns=chosen,
         order_by=export_type.order_by,
         conditions=conditions,
         filters=normalised,
-        csv=check_csv_options(csv or CsvOptions()),
+        options=check_options(options or ExportOptions(), chosen),
         output_path=output_path,
         incremental=incremental,
     )

@@ -104,6 +104,13 @@ def select_statement(plan: ExportPlan) -> str:
     ).as_string()
 
 
+def columns_statement(plan: ExportPlan) -> str:
+    """The export's columns with their types and no rows: what a preflight needs to know."""
+    return sql.SQL("SELECT {columns} FROM {relation} LIMIT 0").format(
+        columns=sql.SQL(", ").join(map(sql.Identifier, plan.columns)), relation=_identifier(plan.relation)
+    ).as_string()
+
+
 def count_statement(plan: ExportPlan) -> str:
     return sql.SQL("SELECT count(*) FROM {relation}{where}").format(
         relation=_identifier(plan.relation), where=_where(plan)

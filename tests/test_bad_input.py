@@ -51,6 +51,10 @@ def unchanged(db, storage_root):
             "filters.signup_date_to: reversed range",
         ),
         ({"csv": {"delimiter": "\n"}}, "csv.delimiter: must be exactly one character"),
+        ({"csv": {"date_format": "%Q"}}, "csv.date_format: not a valid strftime format"),
+        ({"time_zone": "Nowhere/Land"}, "time_zone: unknown time zone 'Nowhere/Land'"),
+        ({"labels": {"password": "Password"}}, "labels.password: not an exported column"),
+        ({"format": "parquet", "parquet": {"compression": "lz4", "compression_level": 1}}, "parquet.compression_level"),
     ],
 )
 def test_job_fails_at_planning_naming_the_field(resources, unchanged, config, message):
@@ -106,3 +110,13 @@ def test_cli_reports_bad_input_and_exits_2(database_url, storage_root, unchanged
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_pdf_above_its_row_limit_is_refused_before_any_data_is_read(resources, unchanged, monkeypatch):
+    monkeypatch.setattr("export_platform.formats.PDF_ROW_LIMIT", 100)  # the sample tables hold 3,000 rows
+    result = run_job("users", {"format": "pdf"}, resources)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "plan_users"
+    assert "format: pdf holds at most 100 rows and this request matches 3,000" in failure.step_failure_data.error.message
+    assert not [e for e in result.all_events if e.step_key == "extract_export" and e.is_step_start]

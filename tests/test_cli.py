@@ -12,6 +12,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from export_platform.embedded_postgres import DATABASE_URL_ENV, ensure_database
+from export_platform.formats import ExportFormat
 from readback import db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.cli"]
@@ -44,6 +45,16 @@ def test_run_prints_rows_bytes_seconds_and_path(db, database_url, tmp_path):
     assert file_rows(db, "users", ["id", "name", "country_code"], "csv", output) == expected
 
 
+def test_run_takes_export_options_as_json(db, tmp_path):
+    output = tmp_path / "excel.csv"
+    cli("run", "users", "--columns", "id,email", "--delimiter", ";", "--output", str(output),
+        "--options", '{"csv": {"bom": true, "line_terminator": "crlf"}, "labels": {"email": "E-mail"}}')
+    data = output.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbfid;E-mail\r\n1;\"\"\r\n")
+    rows = file_rows(db, "users", ["id", "email"], "csv", output, delimiter=";", bom=True, labels=["id", "E-mail"])
+    assert rows[4] == (5, "'+1@example.com")  # a BOM turns formula protection on
+
+
 @pytest.mark.slow
 def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_path):
     url = database_named(database_url, "cli_check")
@@ -61,7 +72,7 @@ def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_p
 
     table = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["users"], ["ezpass_transactions"], ["ledger_postings"])]
     assert sorted((row[0], row[1]) for row in table) == sorted(
-        (t, f) for t in ("users", "ezpass_transactions", "ledger_postings") for f in ("csv", "csv.gz", "parquet", "ndjson")
+        (t, f.value) for t in ("users", "ezpass_transactions", "ledger_postings") for f in ExportFormat
     )
     for row in table:
         assert row[2] == "500" and Path(row[5]).stat().st_size == int(row[3].replace(",", ""))

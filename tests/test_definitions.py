@@ -25,10 +25,12 @@ def test_config_is_typed_and_described(export_type):
     config_class = config_class_for(export_type)
     assert issubclass(config_class, ExportConfig)
     fields = _fields(config_class)
-    assert {"format", "filters", "columns", "csv", "output_path"} <= set(fields)
+    sections = ["csv", "parquet", "xlsx", "pdf"]
+    assert {"format", "filters", "columns", "labels", "time_zone", "formula_protection", *sections, "output_path"} <= set(fields)
     filter_fields = _fields(fields["filters"].annotation)
     assert list(filter_fields) == [f.name for f in export_type.filters]
-    nested = [*fields.values(), *filter_fields.values(), *_fields(fields["csv"].annotation).values()]
+    nested = [*fields.values(), *filter_fields.values()]
+    nested += [f for section in sections for f in _fields(fields[section].annotation).values()]
     assert all(f.description for f in nested)
     job = defs.resolve_job_def(export_type.job_name)
     assert job.tags["dagster/max_runtime"] == str(export_type.max_runtime_seconds)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from export_platform.config import CsvOptions
+import dagster as dg
+
+from export_platform.config import CsvOptions, ExportOptions
+from export_platform.definitions import defs
 from export_platform.formats import ExportFormat
-from export_platform.planning import RequestError, plan_export
+from export_platform.jobs import run_config_for
+from export_platform.planning import RequestError, plan_export, plan_request
 from export_platform.registry import Operator
 
 INJECTION = "x'); DROP TABLE users;--"
@@ -56,9 +60,9 @@ def error_for(*args, **kwargs) -> RequestError:
             "filters.to_transaction_date",
             "reversed range",
         ),
-        (("users", "csv"), {"csv": CsvOptions(delimiter=",,")}, "csv.delimiter", "one character"),
-        (("users", "csv"), {"csv": CsvOptions(delimiter="\n")}, "csv.delimiter", "line break"),
-        (("users", "csv"), {"csv": CsvOptions(quote_char=",")}, "csv.quote_char", "differ"),
+        (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(delimiter=",,"))}, "csv.delimiter", "one character"),
+        (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(delimiter="\n"))}, "csv.delimiter", "line break"),
+        (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(quote_char=","))}, "csv.quote_char", "differ"),
     ],
 )
 def test_bad_request_names_the_field(args, kwargs, field, words):
@@ -97,3 +101,85 @@ def test_values_are_normalised_and_ranges_may_be_equal():
 def test_default_columns_and_chosen_order():
     assert plan_export("users", "csv").columns[:2] == ("id", "name")
     assert plan_export("users", "csv", columns="email, id").columns == ("email", "id")
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "words"),
+    [
+        ({"csv": {"quote_style": "sometimes"}}, "csv.quote_style", "necessary"),
+        ({"csv": {"line_terminator": "cr"}}, "csv.line_terminator", "lf"),
+        ({"csv": {"bogus": 1}}, "csv.bogus", "not permitted"),
+        ({"csv": "semicolons"}, "csv", "dictionary"),
+        ({"csv": {"date_format": "%Q"}}, "csv.date_format", "strftime"),
+        ({"csv": {"timestamp_format": "%Y-%m-%d %"}}, "csv.timestamp_format", "strftime"),
+        ({"csv": {"null_value": "a,b"}}, "csv.null_value", "delimiter"),
+        ({"time_zone": "Mars/Olympus_Mons"}, "time_zone", "unknown time zone"),
+        ({"time_zone": 5}, "time_zone", "string"),
+        ({"labels": {"password": "Password"}}, "labels.password", "not an exported column"),
+        ({"labels": {"email": " "}}, "labels.email", "blank"),
+        ({"labels": {"email": "id"}}, "labels", "both be called 'id'"),
+        ({"formula_protection": "maybe"}, "formula_protection", "auto"),
+        ({"parquet": {"compression": "snappy", "compression_level": 3}}, "parquet.compression_level", "no level"),
+        ({"parquet": {"compression_level": 23}}, "parquet.compression_level", "1 to 22"),
+        ({"parquet": {"compression": "zip"}}, "parquet.compression", "zstd"),
+        ({"xlsx": {"sheet_name": "a/b"}}, "xlsx.sheet_name", "31 characters"),
+        ({"xlsx": {"sheet_name": "x" * 32}}, "xlsx.sheet_name", "31 characters"),
+        ({"pdf": {"orientation": "sideways"}}, "pdf.orientation", "landscape"),
+        ({"pdf": {"title": "a\x00b"}}, "pdf.title", "NUL"),
+    ],
+)
+def test_bad_options_in_request_params_name_the_field(params, field, words):
+    with pytest.raises(RequestError) as caught:
+        plan_request("users", "csv", params)
+    assert caught.value.field == field
+    assert words in caught.value.message
+
+
+EVERY_OPTION = {
+    "columns": ["id", "email", "updated_at"],
+    "labels": {"email": "E-mail address"},
+    "time_zone": "America/New_York",
+    "formula_protection": "on",
+    "csv": {
+        "delimiter": ";", "quote_char": "'", "quote_style": "always", "header": False, "null_value": "NULL",
+        "line_terminator": "crlf", "bom": True, "date_format": "%d/%m/%Y", "timestamp_format": "%Y-%m-%d %H:%M",
+    },
+    "parquet": {"compression": "gzip", "compression_level": 9},
+    "xlsx": {"sheet_name": "Users"},
+    "pdf": {"title": "Our users", "orientation": "portrait"},
+}
+
+
+@pytest.mark.parametrize("fmt", [f.value for f in ExportFormat] + [f.name for f in ExportFormat])
+def test_every_option_round_trips_through_run_config(fmt):
+    plan = plan_request("users", fmt, EVERY_OPTION)
+    assert plan.options.labels == {"email": "E-mail address"} and plan.csv.line_terminator.text == "\r\n"
+    run_config = run_config_for(plan)
+    job = defs.resolve_job_def("export_users")
+    assert dg.validate_run_config(job, run_config)
+    op_config = run_config["ops"]["plan_users"]["config"]
+    assert op_config["format"] == ExportFormat.parse(fmt).name
+    assert ExportOptions.model_validate({k: op_config[k] for k in ExportOptions.model_fields}) == plan.options
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "protected"),
+    [
+        ("csv", {}, False),
+        ("csv", {"csv": {"bom": True}}, True),
+        ("csv.gz", {"formula_protection": "on"}, True),
+        ("csv", {"csv": {"bom": True}, "formula_protection": "off"}, False),
+        ("xlsx", {}, True),
+        ("xlsx", {"formula_protection": "off"}, False),
+        ("ndjson", {"formula_protection": "on"}, False),  # JSON is not opened by spreadsheets as text cells
+        ("parquet", {"formula_protection": "on"}, False),
+    ],
+)
+def test_formula_protection_default_and_choices(fmt, options, protected):
+    assert plan_request("users", fmt, options).protects_formulas is protected
+
+
+def test_every_format_parses_from_name_and_extension():
+    for member in ExportFormat:
+        assert ExportFormat.parse(member.name) is ExportFormat.parse(member.value) is member
+        assert member.name.isidentifier()

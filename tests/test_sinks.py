@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import decimal
 
+import datetime as dt
+import json
+from dataclasses import replace
+from decimal import Decimal
+
 import adbc_driver_postgresql.dbapi as adbc
+import openpyxl
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from export_platform.planning import plan_export
+from export_platform.planning import plan_request
 from export_platform.sinks import scan_batches, sink
+from export_platform.sinks.xlsx import write_xlsx
+from readback import xlsx_sheets
 
 QUERY = """
 SELECT 1.50::numeric(5, 2) AS exact,
@@ -23,13 +31,19 @@ SELECT 1.50::numeric(5, 2) AS exact,
 """
 
 
-def stream(database_url: str, query: str, fmt: str, path):
+def stream(database_url: str, query: str, fmt: str, path, options=None, writer=sink):
+    """Write `query`'s rows through a plan for `fmt` with `options` (labels may name the query's columns)."""
+    options = dict(options or {})
+    labels = options.pop("labels", {})
+    plan = plan_request("users", fmt, options)
+    plan = replace(plan, options=plan.options.model_copy(update={"labels": labels}))
     rows = []
     with adbc.connect(database_url) as conn, conn.cursor() as cursor:
+        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": "65536"})
         cursor.execute("SET TIME ZONE 'UTC'")
         cursor.execute(query)
         reader = cursor.fetch_record_batch()
-        sink(scan_batches(reader, rows.append), plan_export("users", fmt), path)
+        writer(scan_batches(reader, rows.append), plan, path)
     return rows
 
 
@@ -62,13 +76,89 @@ def test_progress_is_reported_per_batch_and_rows_are_all_there(database_url, tmp
         cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": "65536"})
         cursor.execute(query)
         seen = []
-        sink(scan_batches(cursor.fetch_record_batch(), seen.append), plan_export("users", "parquet"), path)
+        sink(scan_batches(cursor.fetch_record_batch(), seen.append), plan_request("users", "parquet", {}), path)
     assert len(seen) > 10 and seen == sorted(seen) and seen[-1] == 200000
     assert pl.read_parquet(path)["id"].to_list() == list(range(1, 200001))
 
 
-@pytest.mark.parametrize("fmt", ["csv", "ndjson"])
-def test_empty_result_still_writes_a_valid_file(database_url, tmp_path, fmt):
+@pytest.mark.parametrize(("fmt", "text"), [("csv", "id\n"), ("ndjson", ""), ("json", "[]\n")])
+def test_empty_result_still_writes_a_valid_file(database_url, tmp_path, fmt, text):
     path = tmp_path / f"empty.{fmt}"
     stream(database_url, "SELECT 1 AS id WHERE false", fmt, path)
-    assert path.read_text() == ("id\n" if fmt == "csv" else "")
+    assert path.read_text() == text
+
+
+def test_empty_xlsx_has_its_header(database_url, tmp_path):
+    path = tmp_path / "empty.xlsx"
+    stream(database_url, "SELECT 1 AS id, 'x' AS name WHERE false", "xlsx", path)
+    assert xlsx_sheets(path, ["id", "name"]) == {"users": []}
+
+
+def test_json_is_one_array_with_times_in_the_chosen_zone(database_url, tmp_path):
+    path = tmp_path / "types.json"
+    stream(database_url, QUERY, "json", path, {"time_zone": "Asia/Kolkata", "labels": {"exact": "Exact value"}})
+    [row] = json.loads(path.read_text())
+    assert row["Exact value"] == "1.50" and row["unconstrained"] == "12345678901234567890.123456789"
+    assert row["aware"] == "2024-01-02T03:04:05.678+05:30" and row["missing"] is None and row["empty"] == ""
+
+
+def test_csv_formats_dates_and_timestamps_in_the_chosen_zone(database_url, tmp_path):
+    path = tmp_path / "types.csv"
+    options = {
+        "time_zone": "America/New_York",
+        "csv": {"date_format": "%d/%m/%Y", "timestamp_format": "%d/%m/%Y %H:%M:%S %z", "null_value": "NULL"},
+    }
+    query = "SELECT date '2024-01-31' AS d, timestamptz '2024-07-01 12:00:00+00' AS summer, NULL::int AS n"
+    stream(database_url, query, "csv", path, options)
+    assert path.read_text().splitlines() == ["d,summer,n", "31/01/2024,01/07/2024 08:00:00 -0400,NULL"]
+
+
+XLSX_QUERY = """
+SELECT 1.50::numeric(5, 2) AS exact,
+       (-12345678901234.5)::numeric(15, 1) AS widest_number,
+       123456789012345678.12::numeric(20, 2) AS too_precise,
+       12345678901234567890.123456789::numeric AS unconstrained,
+       999999999999999::bigint AS big, 1000000000000000::bigint AS bigger,
+       date '1900-03-01' AS after_phantom, date '1900-02-28' AS before_phantom, date '1899-12-31' AS undatable,
+       timestamptz '2024-01-02 03:04:05.678+05:30' AS aware, timestamp '2024-01-02 03:04:05' AS naive,
+       true AS yes, '=1+1'::text AS formula, '-5'::text AS number_text, ''::text AS empty, NULL::text AS missing
+"""
+
+
+def test_xlsx_cells_are_typed_and_never_rounded(database_url, tmp_path):
+    path = tmp_path / "types.xlsx"
+    stream(database_url, XLSX_QUERY, "xlsx", path)
+    header = [
+        "exact", "widest_number", "too_precise", "unconstrained", "big", "bigger", "after_phantom", "before_phantom",
+        "undatable", "aware", "naive", "yes", "formula", "number_text", "empty", "missing",
+    ]
+    [row] = xlsx_sheets(path, header)["users"]
+    assert row == (
+        Decimal("1.5"), Decimal("-12345678901234.5"), "123456789012345678.12", "12345678901234567890.123456789",
+        999999999999999, "1000000000000000",
+        dt.datetime(1900, 3, 1), dt.datetime(1900, 2, 28), "1899-12-31",
+        dt.datetime(2024, 1, 1, 21, 34, 5, 678000), dt.datetime(2024, 1, 2, 3, 4, 5),
+        True, "'=1+1", "-5", "", None,
+    )
+    sheet = openpyxl.load_workbook(path).active
+    assert sheet.freeze_panes == "A2" and all(cell.font.b for cell in sheet[1])
+    assert [sheet.cell(2, c).number_format for c in (1, 2, 7, 10)] == [
+        "0.00", "0.0", "yyyy-mm-dd", "yyyy-mm-dd hh:mm:ss.000"
+    ]
+    assert sheet.column_dimensions["D"].width > len("12345678901234567890.123456789")
+
+
+def test_xlsx_continues_on_new_sheets_with_the_header_repeated(database_url, tmp_path):
+    path = tmp_path / "many.xlsx"
+    query = "SELECT g AS id, 'row ' || g AS label FROM generate_series(1, 2500) g"
+
+    def write(frame, plan, target):
+        write_xlsx(frame, plan, target, rows_per_sheet=1000)
+
+    seen = stream(database_url, query, "xlsx", path, {"xlsx": {"sheet_name": "Rows"}, "labels": {"label": "Label"}},
+                  writer=write)
+    sheets = xlsx_sheets(path, ["id", "Label"])
+    assert list(sheets) == ["Rows", "Rows (2)", "Rows (3)"]
+    assert [len(rows) for rows in sheets.values()] == [1000, 1000, 500]
+    assert [row for rows in sheets.values() for row in rows] == [(g, f"row {g}") for g in range(1, 2501)]
+    assert seen[-1] == 2500

@@ -11,13 +11,14 @@ from pathlib import Path
 import dagster as dg
 
 from .. import requests_table as rt
-from ..config import ExportConfig
+from ..config import ExportConfig, options_of
 from ..planning import ExportPlan, Incremental, RequestError, plan_export
+from ..preflight import preflight
 from ..registry import ExportType
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
-from ..sinks import scan_batches, sink
+from ..sinks import Pacer, scan_batches, sink
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 # A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
@@ -53,12 +54,14 @@ def plan_op_name(export_type_name: str) -> str:
 def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> dg.OpDefinition:
     @dg.op(
         name=plan_op_name(export_type.name),
-        description=f"Check the {export_type.name} request against the registry and build its query.",
+        description=f"Check the {export_type.name} request against the registry and its format (row limit, "
+        "number precision, time zone) and build its query.",
     )
     def plan(
         context: dg.OpExecutionContext,
         config: config_class,  # type: ignore[valid-type]
         requests: RequestStore,
+        postgres: PostgresResource,
     ) -> ExportPlan:
         request_id = request_id_of(context.run.tags)
         if request_id is not None:
@@ -73,10 +76,11 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
                 config.format,
                 config.filters.model_dump(exclude_none=True),
                 config.columns,
-                config.csv,
+                options_of(config),
                 config.output_path,
                 incremental,
             )
+            decisions = preflight(result, postgres, session_name(context.run_id))
         except RequestError as error:
             raise dg.Failure(description=str(error), metadata={"field": error.field}) from None
         context.add_output_metadata(
@@ -85,6 +89,7 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
                 "columns": ", ".join(result.columns),
                 "filters": result.filters,
                 "incremental_from": (incremental.lower or "the beginning") if incremental else "not incremental",
+                "preflight": decisions,
             }
         )
         return result
@@ -141,8 +146,8 @@ def extract_export(
     try:
         with postgres.snapshot_stream(plan, session_name(context.run_id)) as snapshot:
             context.log.info(f"{snapshot.count:,} rows to export")
-            progress = _Progress(context, snapshot.count, requests)
-            sink(scan_batches(snapshot.reader, progress), plan, path)
+            progress, pacer = _Progress(context, snapshot.count, requests), Pacer()
+            sink(scan_batches(snapshot.reader, progress, pacer), plan, path, pacer)
     except BaseException as error:
         path.unlink(missing_ok=True)
         if isinstance(error, Exception) and any(m in str(error) for m in _CONNECTION_LOST):

@@ -47,13 +47,11 @@ class PostgresResource(dg.ConfigurableResource):
             return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
 
     @contextmanager
-    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[Snapshot]:
-        """Count and stream the plan's rows inside one REPEATABLE READ transaction.
+    def _snapshot(self, plan: ExportPlan, session_name: str) -> Iterator[tuple[adbc.Cursor, str | None]]:
+        """A cursor inside one REPEATABLE READ READ ONLY transaction with the plan's parameters bound,
+        and, for an incremental plan, the upper bound fixed in that snapshot.
 
-        Yields the row count and the batch reader (both see the same snapshot, so the count is
-        exactly the number of rows the reader will produce) and, for an incremental plan, the
-        high-water mark this export reaches. `session_name` becomes the connection's
-        application_name, by which a cancel finds the query.
+        `session_name` becomes the connection's application_name, by which a cancel finds the query.
         """
         with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
             cursor.adbc_statement.set_options(
@@ -72,12 +70,35 @@ class PostgresResource(dg.ConfigurableResource):
                 if bind:
                     cursor.execute(bind, parameters=sql.parameters(plan))
                     cursor.fetchall()
-                cursor.execute(sql.count_statement(plan))
-                (count,) = cursor.fetchone()
-                cursor.execute(sql.select_statement(plan))
-                yield Snapshot(count, cursor.fetch_record_batch(), high_water)
+                yield cursor, high_water
             finally:
                 try:
                     cursor.execute("ROLLBACK")  # read-only: nothing to commit
                 except adbc.Error:
                     pass  # the connection is gone; the error that ended the export is the one to raise
+
+    @staticmethod
+    def _count(cursor: adbc.Cursor, plan: ExportPlan) -> int:
+        cursor.execute(sql.count_statement(plan))
+        (count,) = cursor.fetchone()
+        return count
+
+    @contextmanager
+    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[Snapshot]:
+        """Count and stream the plan's rows inside one snapshot.
+
+        The count and the reader see the same snapshot, so the count is exactly the number of rows
+        the reader will produce; `high_water` is the incremental bound this export reaches.
+        """
+        with self._snapshot(plan, session_name) as (cursor, high_water):
+            count = self._count(cursor, plan)
+            cursor.execute(sql.select_statement(plan))
+            yield Snapshot(count, cursor.fetch_record_batch(), high_water)
+
+    def preflight_facts(self, plan: ExportPlan, session_name: str, count: bool) -> tuple[int | None, pa.Schema]:
+        """What a format check needs before any row is read: the row count (when `count`) and
+        the columns' Arrow types as the export will see them."""
+        with self._snapshot(plan, session_name) as (cursor, _):
+            rows = self._count(cursor, plan) if count else None
+            cursor.execute(sql.columns_statement(plan))
+            return rows, cursor.fetch_arrow_table().schema

@@ -49,7 +49,7 @@ def _run_config(entry: RecurringExport) -> dict:
     if entry.incremental is not None:
         incremental = Incremental(entry.incremental.column, entry.name, None)
         plan = plan_export(
-            plan.export_type, plan.format, plan.filters, list(plan.columns), plan.csv, incremental=incremental
+            plan.export_type, plan.format, plan.filters, list(plan.columns), plan.options, incremental=incremental
         )
     return run_config_for(plan)
 

@@ -1,0 +1,42 @@
+"""Arrow record batches from Postgres → a lazy Polars scan → one writer per format family.
+
+`sink(frame, plan, path)` is the single entry point the extract op calls. Polars' own sinks
+write csv, ndjson and parquet; json, xlsx and pdf take the scan's batches one at a time
+(`LazyFrame.collect_batches`), so no writer ever holds the whole result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from ..planning import ExportPlan
+from .arrow_source import Pacer, polars_schema, scan_batches
+from .pdf import write_pdf
+from .text import write_csv, write_json, write_ndjson, write_parquet
+from .xlsx import write_xlsx
+
+__all__ = ["Pacer", "polars_schema", "scan_batches", "sink"]
+
+POLARS_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path], None]] = {
+    "csv": write_csv,
+    "ndjson": write_ndjson,
+    "parquet": write_parquet,
+}
+PYTHON_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path, Pacer | None], None]] = {
+    "json": write_json,
+    "xlsx": write_xlsx,
+    "pdf": write_pdf,
+}
+
+
+def sink(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer | None = None) -> None:
+    """Stream `frame` into `path` in the plan's format. Pass the `pacer` given to `scan_batches`,
+    so that a writer slower than Postgres holds back the scan instead of queueing its rows."""
+    family = plan.format.family
+    if family in POLARS_WRITERS:
+        POLARS_WRITERS[family](frame, plan, path)
+    else:
+        PYTHON_WRITERS[family](frame, plan, path, pacer)

@@ -1,0 +1,135 @@
+"""Arrow record batches from Postgres → a lazy Polars scan, with NUMERIC mapped exactly.
+
+Nothing here collects a frame: `scan_batches` wraps the driver's batch reader as a Polars IO
+source that the writers stream from, so memory stays flat whatever the row count.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from polars.io.plugins import register_io_source
+
+_MAX_DECIMAL_PRECISION = 38
+
+
+def is_numeric(field: pa.Field) -> bool:
+    return (field.metadata or {}).get(b"ADBC:postgresql:typname") == b"numeric"
+
+
+def _precision_scale(field: pa.Field) -> tuple[int, int] | None:
+    """The declared (precision, scale) of a NUMERIC column; None when unconstrained."""
+    typmod = int((field.metadata or {}).get(b"POSTGRESQL:typmod", b"-1"))
+    if not is_numeric(field) or typmod < 4:
+        return None
+    return ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+
+
+def numeric_declaration(field: pa.Field) -> str:
+    """How the column is declared in Postgres, e.g. NUMERIC(10,2); for messages."""
+    declared = _precision_scale(field)
+    return f"NUMERIC({declared[0]},{declared[1]})" if declared else "NUMERIC"
+
+
+def numeric_type(field: pa.Field) -> pa.DataType | None:
+    """The exact decimal for a Postgres NUMERIC(p, s), or None when unconstrained (kept as text).
+
+    The ADBC driver hands NUMERIC over as an opaque extension type with string storage.
+    """
+    declared = _precision_scale(field)
+    if declared is None or declared[0] > _MAX_DECIMAL_PRECISION:
+        return None
+    return pa.decimal128(*declared)
+
+
+def _column_converter(field: pa.Field) -> Callable[[pa.Array], pa.Array] | None:
+    if not isinstance(field.type, pa.BaseExtensionType):
+        return None
+    decimal = numeric_type(field)
+    if decimal is not None:
+        return lambda array: pc.cast(array.storage, decimal)
+    return lambda array: array.storage
+
+
+def _target_type(field: pa.Field) -> pa.DataType:
+    if isinstance(field.type, pa.BaseExtensionType):
+        return numeric_type(field) or field.type.storage_type
+    return field.type
+
+
+def polars_schema(arrow_schema: pa.Schema) -> pl.Schema:
+    plain = pa.schema([pa.field(f.name, _target_type(f)) for f in arrow_schema])
+    return pl.Schema(pl.from_arrow(plain.empty_table()).schema)
+
+
+class Pacer:
+    """Keeps the scan at most `ahead` rows in front of a Python writer.
+
+    Polars pulls the source on its own threads; while a slow writer (xlsx, pdf, json) releases
+    the GIL, the source would otherwise read on and queue the whole result in memory. The writer
+    reports each batch it has written; the source waits while it is too far ahead, and after
+    `stall_seconds` without progress reads on anyway, so a Polars plan that needs more input
+    before it emits can never deadlock.
+    """
+
+    def __init__(self, ahead: int = 100_000, stall_seconds: float = 30.0):
+        self.ahead, self.stall_seconds = ahead, stall_seconds
+        self.written = 0
+        self._changed = threading.Condition()
+
+    def wait_for_room(self, read: int) -> None:
+        with self._changed:
+            while read - self.written > self.ahead:
+                if not self._changed.wait(self.stall_seconds):
+                    return
+
+    def wrote(self, rows: int) -> None:
+        with self._changed:
+            self.written += rows
+            self._changed.notify_all()
+
+
+def scan_batches(
+    reader: pa.RecordBatchReader, on_rows: Callable[[int], None], pacer: Pacer | None = None
+) -> pl.LazyFrame:
+    """A LazyFrame over the reader's batches; `on_rows(total_so_far)` is called after each batch.
+    With a `pacer`, reading waits for the writer (see `Pacer`)."""
+    fields = list(reader.schema)
+    converters = [_column_converter(f) for f in fields]
+    names = [f.name for f in fields]
+
+    def to_frame(batch: pa.RecordBatch) -> pl.DataFrame:
+        arrays = [convert(col) if convert else col for convert, col in zip(converters, batch.columns)]
+        return pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=names))
+
+    def source(with_columns, predicate, n_rows, _batch_size) -> Iterator[pl.DataFrame]:
+        total = 0
+        for batch in reader:
+            if pacer is not None:
+                pacer.wait_for_room(total)
+            frame = to_frame(batch)
+            if with_columns is not None:
+                frame = frame.select(with_columns)
+            if predicate is not None:
+                frame = frame.filter(predicate)
+            if n_rows is not None and total + frame.height >= n_rows:
+                frame = frame.head(n_rows - total)
+            total += frame.height
+            on_rows(total)
+            yield frame
+            if n_rows is not None and total >= n_rows:
+                return
+
+    return register_io_source(source, schema=polars_schema(reader.schema), explain_name="postgres")
+
+
+def paced_batches(frame: pl.LazyFrame, pacer: Pacer | None) -> Iterator[pl.DataFrame]:
+    """The frame's batches for a Python writer, telling the pacer as each one has been written."""
+    for batch in frame.collect_batches():
+        yield batch  # the writer handles it before asking for the next
+        if pacer is not None:
+            pacer.wrote(batch.height)
