@@ -18,7 +18,7 @@ from ..registry import ExportType
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
-from ..sinks import Pacer, scan_batches, sink
+from ..sinks import pacer_for, scan_batches, sink
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 # A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
@@ -146,7 +146,7 @@ def extract_export(
     try:
         with postgres.snapshot_stream(plan, session_name(context.run_id)) as snapshot:
             context.log.info(f"{snapshot.count:,} rows to export")
-            progress, pacer = _Progress(context, snapshot.count, requests), Pacer()
+            progress, pacer = _Progress(context, snapshot.count, requests), pacer_for(plan)
             sink(scan_batches(snapshot.reader, progress, pacer), plan, path, pacer)
     except BaseException as error:
         path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from .pdf import write_pdf
 from .text import write_csv, write_json, write_ndjson, write_parquet
 from .xlsx import write_xlsx
 
-__all__ = ["Pacer", "polars_schema", "scan_batches", "sink"]
+__all__ = ["Pacer", "pacer_for", "polars_schema", "scan_batches", "sink"]
 
 POLARS_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path], None]] = {
     "csv": write_csv,
@@ -30,6 +30,12 @@ PYTHON_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path, Pacer | None
     "xlsx": write_xlsx,
     "pdf": write_pdf,
 }
+
+
+def pacer_for(plan: ExportPlan) -> Pacer | None:
+    """A pacer for the Python writers, which are slower than the scan; Polars' own sinks pull at
+    their own pace and never report to a pacer (one would stall the scan every 100,000 rows)."""
+    return Pacer() if plan.format.family in PYTHON_WRITERS else None
 
 
 def sink(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer | None = None) -> None:
