@@ -162,3 +162,12 @@ def test_xlsx_continues_on_new_sheets_with_the_header_repeated(database_url, tmp
     assert [len(rows) for rows in sheets.values()] == [1000, 1000, 500]
     assert [row for rows in sheets.values() for row in rows] == [(g, f"row {g}") for g in range(1, 2501)]
     assert seen[-1] == 2500
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet", "ndjson", "json", "xlsx", "pdf"])
+def test_only_python_writers_hold_back_the_scan(fmt):
+    # Polars' sinks never report progress to a pacer: pacing them would stall the scan.
+    from export_platform.sinks import Pacer, pacer_for
+
+    pacer = pacer_for(plan_request("users", fmt, {}))
+    assert isinstance(pacer, Pacer) if fmt in ("json", "xlsx", "pdf") else pacer is None
