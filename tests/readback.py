@@ -19,6 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pypdf
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from export_platform.embedded_postgres import ensure_database
 
 from export_platform.export_types import REGISTRY
 from export_platform.jobs import build_export_job
@@ -257,3 +260,9 @@ def file_rows(conn, relation: str, columns: list[str], fmt: str, path: Path, **o
     if family == "json":
         return json_rows(conn, relation, columns, path, **options)
     return parquet_rows(path, columns)
+
+
+def database_beside(url: str, name: str) -> str:
+    """A connection string for database `name` on the same server, created if missing."""
+    ensure_database(url, name)
+    return make_conninfo(**{**conninfo_to_dict(url), "dbname": name})

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from export_platform.embedded_postgres import DATABASE_URL_ENV, ensure_database
+from export_platform.embedded_postgres import DATABASE_URL_ENV
 from export_platform.formats import ExportFormat
-from readback import db_rows, file_rows
+from readback import database_beside, db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.cli"]
 
@@ -22,11 +21,6 @@ def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.C
     done = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env or os.environ, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done
-
-
-def database_named(url: str, name: str) -> str:
-    ensure_database(url, name)
-    return make_conninfo(**{**conninfo_to_dict(url), "dbname": name})
 
 
 def test_db_url_prints_the_configured_database(database_url):
@@ -57,7 +51,7 @@ def test_run_takes_export_options_as_json(db, tmp_path):
 
 @pytest.mark.slow
 def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_path):
-    url = database_named(database_url, "cli_check")
+    url = database_beside(database_url, "cli_check")
     env = {**os.environ, DATABASE_URL_ENV: url, "EXPORT_PLATFORM_STORAGE_URL": str(tmp_path / "exports")}
     digest = "SELECT md5(string_agg(md5(t::text), '' ORDER BY id)) FROM {} t"
 

@@ -7,15 +7,13 @@ import time
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from export_platform.embedded_postgres import ensure_database
 from export_platform.errors import root_message
 from export_platform.ops.export import EXTRACT_RETRIES
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.storage import LocalStorage
 from export_platform.sample_data import seed
-from readback import db_rows, file_rows, published_path, run_job
+from readback import database_beside, db_rows, file_rows, published_path, run_job
 
 pytestmark = pytest.mark.slow
 BIG = 1_000_000
@@ -23,8 +21,7 @@ BIG = 1_000_000
 
 @pytest.fixture(scope="module")
 def big_db(database_url) -> str:
-    ensure_database(database_url, "fault_check")
-    url = make_conninfo(**{**conninfo_to_dict(database_url), "dbname": "fault_check"})
+    url = database_beside(database_url, "fault_check")
     with psycopg.connect(url, autocommit=True) as conn:
         seed(conn, BIG, ("users",))
     return url

@@ -8,16 +8,14 @@ import dagster as dg
 import polars as pl
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from export_platform.definitions import defs
-from export_platform.embedded_postgres import ensure_database
 from export_platform.ops.export import SCHEDULE_TAG
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
 from export_platform.sample_data import seed
 from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules
-from readback import published_path, run_job
+from readback import database_beside, published_path, run_job
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +78,7 @@ def test_a_bad_entry_fails_loading_with_its_name(tmp_path, entry, message):
 
 @pytest.fixture
 def incremental_db(database_url, storage_root) -> tuple[str, dict]:
-    ensure_database(database_url, "incremental_check")
-    url = make_conninfo(**{**conninfo_to_dict(database_url), "dbname": "incremental_check"})
+    url = database_beside(database_url, "incremental_check")
     with psycopg.connect(url, autocommit=True) as conn:
         seed(conn, 500, ("users",))
     store = RequestStore(url=url)

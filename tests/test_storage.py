@@ -12,14 +12,12 @@ import boto3
 import psycopg
 import pytest
 import sqlalchemy as sa
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from export_platform import requests_table as rt
 from export_platform.client import ExportClient, Refused
-from export_platform.embedded_postgres import ensure_database
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
 from export_platform.resources.storage import S3Storage
-from readback import db_rows, file_rows, run_job
+from readback import database_beside, db_rows, file_rows, run_job
 from test_request_sensor import insert, row
 
 COLUMNS = ["id", "amount", "memo"]
@@ -103,8 +101,7 @@ def test_delete_removes_the_object_and_expires_the_row(db, resources, s3):
 
 
 def test_migration_upgrades_a_version_1_table_in_place(database_url):
-    ensure_database(database_url, "migration_check")
-    url = make_conninfo(**{**conninfo_to_dict(database_url), "dbname": "migration_check"})
+    url = database_beside(database_url, "migration_check")
     store = RequestStore(url=url)
     store.migrate()
     with psycopg.connect(url, autocommit=True) as conn:  # make it look like a release-1 table
