@@ -22,7 +22,6 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from export_platform.embedded_postgres import ensure_database
-
 from export_platform.export_types import REGISTRY
 from export_platform.jobs import build_export_job
 from export_platform.ops.export import plan_op_name
