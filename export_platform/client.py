@@ -11,12 +11,11 @@ Requests are checked here as the sensor would check them, so a bad one fails at 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from typing import Any
-
-import os
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from . import requests_table as rt
 from .planning import plan_request

@@ -7,6 +7,7 @@ every export forever.
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from pydantic import Field
 
 from .. import requests_table as rt
@@ -15,8 +16,6 @@ from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
 
 BATCH = 500
-_IN_FLIGHT = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING}
 
 
 class RetentionConfig(dg.Config):
@@ -54,7 +53,7 @@ def remove_orphaned_temp_files(
     files = freed = 0
     for path in storage.stale_temp_files(config.orphan_hours * 3600):
         run = context.instance.get_run_by_id(path.name.split(".", 1)[0])
-        if run is not None and run.status in _IN_FLIGHT:
+        if run is not None and not run.is_finished:
             continue
         files, freed = files + 1, freed + path.stat().st_size
         if not config.dry_run:
@@ -65,11 +64,10 @@ def remove_orphaned_temp_files(
 @dg.op(description="Delete Dagster's run records and event logs of finished export runs past the history window.")
 def prune_run_history(context: dg.OpExecutionContext, config: RetentionConfig) -> None:
     cutoff = datetime.now(timezone.utc) - timedelta(days=config.run_history_days)
-    finished = [s for s in dg.DagsterRunStatus if s not in _IN_FLIGHT]
     runs = 0
     for export_type in REGISTRY:
         records = context.instance.get_run_records(
-            dg.RunsFilter(job_name=export_type.job_name, statuses=finished, updated_before=cutoff)
+            dg.RunsFilter(job_name=export_type.job_name, statuses=list(FINISHED_STATUSES), updated_before=cutoff)
         )
         runs += len(records)
         if not config.dry_run:

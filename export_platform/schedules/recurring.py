@@ -6,7 +6,6 @@ location with the entry's name, so it never reaches production silently.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
