@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from sqlalchemy.engine import make_url
 
 from .embedded_postgres import DATABASE_URL_ENV, database_url, ensure_database, platform_home
@@ -65,9 +66,11 @@ def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def wait_for_daemon(instance, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll until the sensor daemon has sent a heartbeat (the daemon is then ticking)."""
+    """Poll until the sensor daemon has sent a heartbeat since `process` started (the daemon is
+    then ticking; an earlier daemon's heartbeats stay in the instance storage)."""
+    started = psutil.Process(process.pid).create_time()
     deadline = time.monotonic() + timeout
-    while "SENSOR" not in instance.get_daemon_heartbeats():
+    while (beat := instance.get_daemon_heartbeats().get("SENSOR")) is None or beat.timestamp < started:
         if process.poll() is not None:
             raise RuntimeError(f"dagster-daemon exited with {process.returncode}")
         if time.monotonic() > deadline:

@@ -3,126 +3,45 @@
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import psutil
 import psycopg
 import pytest
-from psycopg import sql as pgsql
-from sqlalchemy.engine import make_url
 
-from export_platform.embedded_postgres import ensure_database
+from daemon_stack import daemon_stack, export_sessions, files_in, insert, row, runs_for, wait_for, wait_status
 from export_platform.export_types import REGISTRY
-from export_platform.instance import (
-    DAGSTER_DATABASE_URL_ENV,
-    INSTANCE_YAML,
-    prepare_dagster_home,
-    start_daemon,
-    wait_for_daemon,
-)
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
-from export_platform.resources.storage import STORAGE_URL_ENV
-from export_platform.sample_data import seed
+from export_platform.instance import INSTANCE_YAML
+from export_platform.resources.requests import REQUEST_ID_TAG
+from export_platform.run_launcher import run_worker
 from readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow
 
 BIG_USERS = 4_000_000  # large enough that an export is still streaming when a cancel arrives
-TIMEOUT = 180
-
-
-def fresh_database(url: str, name: str) -> str:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
-    ensure_database(url, name)
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="module")
 def stack(database_url, tmp_path_factory):
-    """A seeded app database, a fresh Dagster database, DAGSTER_HOME and a running daemon."""
-    tmp = tmp_path_factory.mktemp("daemon")
-    app_url = fresh_database(database_url, "daemon_app")
-    with psycopg.connect(app_url, autocommit=True) as conn:
-        seed(conn, 3_000, ("ezpass_transactions", "ledger_postings"))
-        seed(conn, BIG_USERS, ("users",))
-    RequestStore(url=app_url).migrate()  # deployed before applications insert
-    dagster_url = make_url(fresh_database(database_url, "daemon_dagster")).set(drivername="postgresql+psycopg2")
-    os.environ[DAGSTER_DATABASE_URL_ENV] = dagster_url.render_as_string(hide_password=False)
-    env = {
-        **os.environ,
-        **prepare_dagster_home(tmp / "dagster_home", app_url),
-        STORAGE_URL_ENV: str(tmp / "exports"),
-    }
-    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    daemon = start_daemon(env, tmp / "daemon.log")
-    try:
-        wait_for_daemon(instance, daemon)
-        yield {"env": env, "instance": instance, "app_url": app_url, "exports": tmp / "exports", "tmp": tmp}
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        instance.dispose()
-        del os.environ[DAGSTER_DATABASE_URL_ENV]
+    seeds = {"ezpass_transactions": 3_000, "ledger_postings": 3_000, "users": BIG_USERS}
+    with daemon_stack(database_url, tmp_path_factory.mktemp("daemon"), seeds) as stack:
+        yield stack
 
 
 @pytest.fixture
 def app(stack):
-    with psycopg.connect(stack["app_url"], autocommit=True) as conn:
+    with psycopg.connect(stack.app_url, autocommit=True) as conn:
         yield conn
-
-
-def insert(app, export_type, fmt="csv", params=None, user="alice", status="PENDING") -> int:
-    return app.execute(
-        "INSERT INTO export_requests (export_type, format, params, requested_by, status) "
-        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (export_type, fmt, json.dumps(params or {}), user, status),
-    ).fetchone()[0]
-
-
-def row(app, request_id) -> dict:
-    cursor = app.execute("SELECT * FROM export_requests WHERE id = %s", (request_id,))
-    return dict(zip([c.name for c in cursor.description], cursor.fetchone()))
-
-
-def wait_for(predicate, timeout=TIMEOUT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def wait_status(app, request_id, statuses, timeout=TIMEOUT) -> dict:
-    return wait_for(
-        lambda: (r := row(app, request_id))["status"] in statuses and r,
-        timeout,
-        f"request {request_id} to reach {statuses} (now {row(app, request_id)['status']})",
-    )
-
-
-def runs_for(instance, request_id) -> list:
-    return instance.get_run_records(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}))
-
-
-def files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
-def export_sessions(app, run_id) -> list:
-    return app.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"export_platform:{run_id}",)
-    ).fetchall()
 
 
 def max_overlap(intervals) -> int:
@@ -150,7 +69,7 @@ def users_where(params: dict) -> tuple[str, tuple]:
 
 
 def test_twenty_requests_complete_once_each_within_the_queue_limits(stack, app):
-    instance = stack["instance"]
+    instance = stack.instance
     requests = []
     for i in range(20):
         export_type = ("ezpass_transactions", "ledger_postings", "users")[i % 3]
@@ -195,11 +114,11 @@ def test_an_invalid_request_fails_with_its_message_and_no_run(stack, app):
     assert "filters.lifetime_value_min: expected a decimal number" in wait_status(app, bad, {"FAILED"})["error"]
     assert "export_type: unknown export type 'invoices'" in wait_status(app, unknown, {"FAILED"})["error"]
     assert wait_status(app, good, {"COMPLETED", "FAILED"})["status"] == "COMPLETED"
-    assert runs_for(stack["instance"], bad) == [] and runs_for(stack["instance"], unknown) == []
+    assert runs_for(stack.instance, bad) == [] and runs_for(stack.instance, unknown) == []
 
 
 def test_cancel_during_a_large_export_stops_run_query_and_file(stack, app):
-    exports_before = files_in(stack["exports"])
+    exports_before = files_in(stack.exports)
     request_id = insert(app, "users", "csv")
     running = wait_for(lambda: (r := row(app, request_id))["progress_rows"] and r, what="the export to stream")
     assert running["status"] == "RUNNING" and running["total_rows"] == BIG_USERS
@@ -211,11 +130,38 @@ def test_cancel_during_a_large_export_stops_run_query_and_file(stack, app):
     run_id = final["run_id"]
     assert wait_for(lambda: not export_sessions(app, run_id), 30, "the export query to stop")
     run = wait_for(
-        lambda: (r := stack["instance"].get_run_by_id(run_id)).is_finished and r, 60, "the run to finish"
+        lambda: (r := stack.instance.get_run_by_id(run_id)).is_finished and r, 60, "the run to finish"
     )
     assert run.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE)
-    assert len(runs_for(stack["instance"], request_id)) == 1  # not retried
-    assert files_in(stack["exports"]) == exports_before  # neither a partial file nor a temp file
+    assert len(runs_for(stack.instance, request_id)) == 1  # not retried
+    assert files_in(stack.exports) == exports_before  # neither a partial file nor a temp file
+
+
+@pytest.mark.parametrize("with_code_server", [False, True], ids=["worker", "worker and code server"])
+def test_a_killed_run_worker_fails_its_request_and_stops_its_query(stack, app, with_code_server):
+    """The code server notices its worker dying; with the code server killed first, only run
+    monitoring (asking the launcher whether the worker's pid is alive) can."""
+    exports_before = files_in(stack.exports)
+    instance = stack.instance
+    request_id = insert(app, "users", "csv", user="victim")
+    running = wait_for(lambda: (r := row(app, request_id))["progress_rows"] and r, what="the export to stream")
+    pid, _ = wait_for(lambda: run_worker(instance, running["run_id"]), 30, "the worker's pid")
+    if with_code_server:
+        os.kill(psutil.Process(pid).ppid(), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+
+    # Run monitoring polls every 5 s; the bound here is a fraction of the 3600 s maximum runtime.
+    final = wait_status(app, request_id, {"FAILED", "COMPLETED", "CANCELLED"}, timeout=60)
+    assert final["status"] == "FAILED"
+    by_monitoring = f"the run worker process (pid {pid}) is gone"
+    if with_code_server:
+        assert by_monitoring in final["error"]
+    else:  # whichever noticed first
+        assert "terminated by signal 9 (SIGKILL)" in final["error"] or by_monitoring in final["error"]
+    assert instance.get_run_by_id(running["run_id"]).status == dg.DagsterRunStatus.FAILURE
+    assert wait_for(lambda: not export_sessions(app, running["run_id"]), 30, "the orphaned query to stop")
+    assert len(runs_for(instance, request_id)) == 1
+    assert files_in(stack.exports) == exports_before  # the killed worker's temp file is removed
 
 
 def free_port() -> int:
@@ -230,10 +176,10 @@ def graphql(stack):
 
     port = free_port()
     webserver = Path(sys.executable).with_name("dagster-webserver")
-    with (stack["tmp"] / "webserver.log").open("ab") as log:
+    with (stack.tmp / "webserver.log").open("ab") as log:
         process = subprocess.Popen(
             [str(webserver), "-m", "export_platform.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            env=stack["env"], cwd=INSTANCE_YAML.parent, stdout=log, stderr=subprocess.STDOUT,
+            env=stack.env, cwd=INSTANCE_YAML.parent, stdout=log, stderr=subprocess.STDOUT,
         )
 
     def ready() -> bool:
@@ -257,8 +203,8 @@ def test_launchpad_run_through_graphql(stack, app, graphql):
         "export_ledger_postings", run_config={"ops": {"plan_ledger_postings": {"config": config}}}
     )
     wait_for(lambda: graphql.get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS, what="the Launchpad run")
-    published = stack["instance"].get_run_by_id(run_id)
-    [path] = [p for p in files_in(stack["exports"]) if run_id[:8] in p.name]
+    published = stack.instance.get_run_by_id(run_id)
+    [path] = [p for p in files_in(stack.exports) if run_id[:8] in p.name]
     columns = db_columns(app, "ledger_postings")
     assert file_rows(app, "ledger_postings", columns, "parquet", path) == db_rows(
         app, "ledger_postings", columns, "WHERE currency = 'EUR'"
@@ -272,7 +218,7 @@ def test_terminating_from_the_ui_ends_the_request_cancelled(stack, app, graphql)
     graphql.terminate_run(running["run_id"])
     assert wait_status(app, request_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=60)["status"] == "CANCELLED"
     assert wait_for(lambda: not export_sessions(app, running["run_id"]), 30, "the export query to stop")
-    assert not [p for p in files_in(stack["exports"]) if running["run_id"] in p.name or running["run_id"][:8] in p.name]
+    assert not [p for p in files_in(stack.exports) if running["run_id"] in p.name or running["run_id"][:8] in p.name]
 
 
 def test_a_failing_run_leaves_its_request_failed_with_the_error(stack, app, graphql):
@@ -286,3 +232,40 @@ def test_a_failing_run_leaves_its_request_failed_with_the_error(stack, app, grap
     final = wait_status(app, request_id, {"FAILED", "COMPLETED", "CANCELLED"})
     assert final["status"] == "FAILED"
     assert "filters.lifetime_value_max: reversed range" in final["error"]
+
+
+def test_requests_inserted_across_a_daemon_restart_all_complete_exactly_once(stack, app):
+    """The daemon is stopped while an application is inserting 100 requests and started again
+    before it has finished: none is lost and none runs twice."""
+    ids: list[int] = []
+
+    def application() -> None:
+        with psycopg.connect(stack.app_url, autocommit=True) as conn:
+            for i in range(100):
+                ids.append(insert(conn, "ledger_postings", "csv", {"columns": ["id", "amount"]}, f"restart{i % 5}"))
+                # An application's steady trickle, so that the stop and the restart fall mid-stream.
+                time.sleep(0.15)
+
+    inserter = threading.Thread(target=application)
+    inserter.start()
+    try:
+        wait_for(lambda: len(ids) >= 20, 60, "the first requests")
+        stack.stop_daemon()
+        assert len(ids) < 100, "the daemon stopped only after every request was in"
+        stack.start_daemon()
+    finally:
+        inserter.join()
+    assert len(ids) == 100
+
+    expected = db_rows(app, "ledger_postings", ["id", "amount"])
+    for request_id in ids:
+        final = wait_status(app, request_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=600)
+        assert final["status"] == "COMPLETED", final["error"]
+        assert final["row_count"] == len(expected)
+    for request_id in ids[::10]:
+        path = Path(row(app, request_id)["file_uri"].removeprefix("file://"))
+        assert file_rows(app, "ledger_postings", ["id", "amount"], "csv", path) == expected
+    runs = Counter(r.dagster_run.tags[REQUEST_ID_TAG] for i in ids for r in runs_for(stack.instance, i))
+    assert runs == Counter(str(i) for i in ids)  # exactly one run each
+    published = [p for p in files_in(stack.exports) if p.parent.name.startswith("restart")]
+    assert len(published) == 100

@@ -19,6 +19,7 @@ from ..planning import ExportPlan, RequestError, plan_request
 from ..requests_table import Status
 from ..resources.postgres import PostgresResource
 from ..resources.requests import REQUEST_ID_TAG, RequestStore
+from .run_status import failure_message
 
 ROWS_PER_TICK = 50
 # An active row this long without an update gets its run's status checked.
@@ -66,11 +67,11 @@ def _cancel(context, requests: RequestStore, postgres: PostgresResource, request
         requests.run(rt.mark_cancelled(request_id))
 
 
-def _reconcile(requests: RequestStore, request_id: int, run: dg.DagsterRun) -> None:
+def _reconcile(context, requests: RequestStore, request_id: int, run: dg.DagsterRun) -> None:
     """A run that ended without its outcome reaching the row (e.g. it failed to launch before the
-    failure sensor was watching): the run's status decides."""
+    failure sensor was watching, or while the code server was down): the run's status decides."""
     if run.status is dg.DagsterRunStatus.FAILURE:
-        requests.run(rt.mark_failed(request_id, f"run {run.run_id} failed; see its log in Dagster"))
+        requests.run(rt.mark_failed(request_id, failure_message(context.instance, run.run_id)))
     elif run.status is dg.DagsterRunStatus.NOT_STARTED:  # created, but its launch failed
         requests.run(rt.mark_failed(request_id, f"run {run.run_id} was created but never launched"))
     elif run.status is dg.DagsterRunStatus.CANCELED:
@@ -87,7 +88,7 @@ def _attend(context, requests: RequestStore, postgres: PostgresResource) -> None
         elif run is not None:
             if row.run_id is None:
                 requests.run(rt.set_run_id(row.id, run.run_id))
-            _reconcile(requests, row.id, run)
+            _reconcile(context, requests, row.id, run)
         elif row.queued_at is not None and now - row.queued_at > REQUEUE_AFTER:
             context.log.warning(f"request {row.id}: no run appeared; offering it again")
             requests.run(rt.requeue(row.id))

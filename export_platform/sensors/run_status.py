@@ -18,10 +18,22 @@ from ..resources.storage import ExportStorage
 INTERVAL_SECONDS = 2
 
 
-def failure_message(context: dg.RunFailureSensorContext) -> str:
-    steps = [e.step_failure_data.error for e in context.get_step_failure_events() if e.step_failure_data.error]
-    messages = [root_message(error) for error in steps]
-    return "; ".join(messages) or context.failure_event.message or "the run failed"
+# When a run worker dies, the code server that started it logs why (e.g. "[DagsterApiServer] Run
+# execution process for … was terminated by signal 9 (SIGKILL)…") and fails the run without a message.
+_WORKER_CRASH = "Run execution process for"
+_WHY = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.RUN_FAILURE}
+
+
+def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Why a run failed, for a person reading the request row: its steps' root errors, else why its
+    worker died, else the run's own failure message."""
+    events = [r.dagster_event for r in instance.all_logs(run_id, of_type=_WHY) if r.dagster_event]
+    steps = [e.step_failure_data.error for e in events if e.is_step_failure and e.step_failure_data.error]
+    if steps:
+        return "; ".join(root_message(error) for error in steps)
+    crashes = [m[m.index(_WORKER_CRASH) :] for e in events if e.is_engine_event and _WORKER_CRASH in (m := e.message or "")]
+    failures = [e.message for e in events if e.event_type is dg.DagsterEventType.RUN_FAILURE and e.message]
+    return (crashes or failures or ["the run failed"])[-1]
 
 
 def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefinition]:
@@ -34,15 +46,18 @@ def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefi
     @dg.run_failure_sensor(
         name="export_failure_sensor",
         **common,
-        description="Marks the request FAILED with the run's error and removes its temp file.",
+        description="Marks the request FAILED with the run's error, stops its query and removes its temp file.",
     )
     def export_failure_sensor(
-        context: dg.RunFailureSensorContext, requests: RequestStore, storage: ExportStorage
+        context: dg.RunFailureSensorContext, requests: RequestStore, postgres: PostgresResource, storage: ExportStorage
     ) -> None:
-        storage.discard_temp(context.dagster_run.run_id)
+        run_id = context.dagster_run.run_id
+        # A killed worker's query runs on until the server next writes to the dead socket.
+        postgres.cancel_queries(session_name(run_id))
+        storage.discard_temp(run_id)
         request_id = request_id_of(context.dagster_run.tags)
         if request_id is not None:
-            requests.run(rt.mark_failed(request_id, failure_message(context)))
+            requests.run(rt.mark_failed(request_id, failure_message(context.instance, run_id)))
 
     @dg.run_status_sensor(
         name="export_canceling_sensor",

@@ -1,0 +1,120 @@
+"""A real Dagster deployment for end-to-end tests: an app database with the request table, a fresh
+Dagster database, DAGSTER_HOME from the top-level dagster.yaml, and a running `dagster-daemon`
+that can be stopped and started again. Plus the small helpers those tests poll with."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+from psycopg import sql as pgsql
+from sqlalchemy.engine import make_url
+
+from export_platform.embedded_postgres import ensure_database
+from export_platform.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home, start_daemon, wait_for_daemon
+from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.storage import STORAGE_URL_ENV
+from export_platform.sample_data import seed
+
+TIMEOUT = 180
+
+
+def fresh_database(url: str, name: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+    ensure_database(url, name)
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    app_url: str
+    exports: Path
+    tmp: Path
+    daemon: subprocess.Popen | None = None
+
+    def start_daemon(self) -> None:
+        self.daemon = start_daemon(self.env, self.tmp / "daemon.log")
+        wait_for_daemon(self.instance, self.daemon)
+
+    def stop_daemon(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.terminate()
+            self.daemon.wait(timeout=60)
+        self.daemon = None
+
+
+@contextmanager
+def daemon_stack(server_url: str, tmp: Path, seeds: dict[str, int]) -> Iterator[Stack]:
+    """`seeds` maps sample export types to their row counts."""
+    app_url = fresh_database(server_url, "daemon_app")
+    with psycopg.connect(app_url, autocommit=True) as conn:
+        for export_type, rows in seeds.items():
+            seed(conn, rows, (export_type,))
+    RequestStore(url=app_url).migrate()  # deployed before applications insert
+    dagster_url = make_url(fresh_database(server_url, "daemon_dagster")).set(drivername="postgresql+psycopg2")
+    os.environ[DAGSTER_DATABASE_URL_ENV] = dagster_url.render_as_string(hide_password=False)
+    env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", app_url), STORAGE_URL_ENV: str(tmp / "exports")}
+    stack = Stack(env, dg.DagsterInstance.from_config(env["DAGSTER_HOME"]), app_url, tmp / "exports", tmp)
+    try:
+        stack.start_daemon()
+        yield stack
+    finally:
+        stack.stop_daemon()
+        stack.instance.dispose()
+        del os.environ[DAGSTER_DATABASE_URL_ENV]
+
+
+def insert(app, export_type, fmt="csv", params=None, user="alice", status="PENDING") -> int:
+    return app.execute(
+        "INSERT INTO export_requests (export_type, format, params, requested_by, status) "
+        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+        (export_type, fmt, json.dumps(params or {}), user, status),
+    ).fetchone()[0]
+
+
+def row(app, request_id) -> dict:
+    cursor = app.execute("SELECT * FROM export_requests WHERE id = %s", (request_id,))
+    return dict(zip([c.name for c in cursor.description], cursor.fetchone()))
+
+
+def wait_for(predicate: Callable, timeout: float = TIMEOUT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def wait_status(app, request_id, statuses, timeout=TIMEOUT) -> dict:
+    return wait_for(
+        lambda: (r := row(app, request_id))["status"] in statuses and r,
+        timeout,
+        f"request {request_id} to reach {statuses} (now {row(app, request_id)['status']})",
+    )
+
+
+def runs_for(instance, request_id) -> list:
+    return instance.get_run_records(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}))
+
+
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def export_sessions(app, run_id) -> list:
+    return app.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"export_platform:{run_id}",)
+    ).fetchall()
