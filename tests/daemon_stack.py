@@ -55,14 +55,17 @@ class Stack:
 
 
 @contextmanager
-def daemon_stack(server_url: str, tmp: Path, seeds: dict[str, int]) -> Iterator[Stack]:
-    """`seeds` maps sample export types to their row counts."""
+def daemon_stack(
+    server_url: str, tmp: Path, seeds: dict[str, int], dagster_server_url: str | None = None
+) -> Iterator[Stack]:
+    """`seeds` maps sample export types to their row counts. Dagster's storage goes on
+    `dagster_server_url` if given, else beside the app database."""
     app_url = fresh_database(server_url, "daemon_app")
     with psycopg.connect(app_url, autocommit=True) as conn:
         for export_type, rows in seeds.items():
             seed(conn, rows, (export_type,))
     RequestStore(url=app_url).migrate()  # deployed before applications insert
-    dagster_url = make_url(fresh_database(server_url, "daemon_dagster")).set(drivername="postgresql+psycopg2")
+    dagster_url = make_url(fresh_database(dagster_server_url or server_url, "daemon_dagster")).set(drivername="postgresql+psycopg2")
     os.environ[DAGSTER_DATABASE_URL_ENV] = dagster_url.render_as_string(hide_password=False)
     env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", app_url), STORAGE_URL_ENV: str(tmp / "exports")}
     stack = Stack(env, dg.DagsterInstance.from_config(env["DAGSTER_HOME"]), app_url, tmp / "exports", tmp)
