@@ -1,7 +1,9 @@
-"""Faults with real parts: a connection killed mid-stream, storage that cannot be written."""
+"""Faults with real parts: a connection killed mid-stream, storage that cannot be written or is full."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 
@@ -87,3 +89,28 @@ def test_unwritable_storage_fails_with_a_clear_error(resources, tmp_path):
     message = root_message(failure.step_failure_data.error)
     assert message.startswith("NotADirectoryError") and "not-a-folder" in message
     assert blocker.read_text() == ""
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A real 1 MiB filesystem (tmpfs). Mounting needs root (CAP_SYS_ADMIN); elsewhere the test is skipped."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mountpoint
+    subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "xlsx"])
+def test_a_full_filesystem_fails_with_a_clear_error_and_leaves_no_temp_file(big_db, resources, tiny_filesystem, fmt):
+    columns = ["id", "email", "name"]
+    config = {"format": fmt, "columns": columns}
+    result = run_job("users", config, {**resources, **resources_for(big_db, tiny_filesystem)})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "No space left on device" in root_message(failure.step_failure_data.error)
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert [p for p in tiny_filesystem.rglob("*") if p.is_file()] == []
+    assert shutil.disk_usage(tiny_filesystem).used < 64 * 1024  # the space is given back

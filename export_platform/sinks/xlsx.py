@@ -193,9 +193,23 @@ def write_xlsx(
     workbook = xlsxwriter.Workbook(
         str(path), {"constant_memory": True, "tmpdir": str(path.parent), "nan_inf_to_errors": True}
     )
-    sheets = _Sheets(workbook, columns, plan.options.xlsx.sheet_name or plan.export_type[:31], rows_per_sheet)
-    for batch in paced_batches(frame, pacer):
-        _check_text_fits(batch, text)
-        sheets.append(batch)
-    sheets.finish()
-    workbook.close()
+    try:
+        sheets = _Sheets(workbook, columns, plan.options.xlsx.sheet_name or plan.export_type[:31], rows_per_sheet)
+        for batch in paced_batches(frame, pacer):
+            _check_text_fits(batch, text)
+            sheets.append(batch)
+        sheets.finish()
+        workbook.close()
+    except BaseException:
+        _discard_spools(workbook)
+        raise
+
+
+def _discard_spools(workbook: xlsxwriter.Workbook) -> None:
+    """Close and delete the sheets' spool files, which xlsxwriter removes only on a successful close
+    (left open, they would also keep a full disk full)."""
+    for sheet in workbook.worksheets():
+        if sheet.row_data_fh is not None and not sheet.row_data_fh.closed:
+            sheet.row_data_fh.close()
+        if getattr(sheet, "row_data_filename", None):
+            Path(sheet.row_data_filename).unlink(missing_ok=True)
