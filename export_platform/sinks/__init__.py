@@ -14,7 +14,6 @@ import polars as pl
 
 from ..planning import ExportPlan
 from .arrow_source import Pacer, polars_schema, scan_batches
-from .pdf import write_pdf
 from .text import write_csv, write_json, write_ndjson, write_parquet
 from .xlsx import write_xlsx
 
@@ -25,10 +24,18 @@ POLARS_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path], None]] = {
     "ndjson": write_ndjson,
     "parquet": write_parquet,
 }
+def _write_pdf(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer | None) -> None:
+    # Imported here: fpdf2 adds ~0.4 s to the start of every run (each run is a new process), and
+    # only pdf exports need it.
+    from .pdf import write_pdf
+
+    write_pdf(frame, plan, path, pacer)
+
+
 PYTHON_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path, Pacer | None], None]] = {
     "json": write_json,
     "xlsx": write_xlsx,
-    "pdf": write_pdf,
+    "pdf": _write_pdf,
 }
 
 
