@@ -42,4 +42,5 @@ def split_range(low: int | None, high: int | None, chunks: int, closed: bool) ->
     cuts = [str(low + width * i // count) for i in range(1, count)]
     lowers = [str(low) if closed else None, *cuts]
     uppers = [*cuts, str(high) if closed else None]
-    return [KeyRange(lo, hi, upper_inclusive=closed and i == count - 1) for i, (lo, hi) in enumerate(zip(lowers, uppers))]
+    last = count - 1
+    return [KeyRange(lo, hi, upper_inclusive=closed and i == last) for i, (lo, hi) in enumerate(zip(lowers, uppers))]

@@ -94,7 +94,8 @@ def _settings(
     if upper is not None:  # a chunk reads up to the bound fixed where the export was planned
         settings.append(("export_platform.upper", upper))
     if key_range is not None:
-        settings += [(name, v) for name, v in ((_KEY_LOWER, key_range.lower), (_KEY_UPPER, key_range.upper)) if v is not None]
+        bounds = ((_KEY_LOWER, key_range.lower), (_KEY_UPPER, key_range.upper))
+        settings += [(name, value) for name, value in bounds if value is not None]
     return settings
 
 

@@ -14,10 +14,13 @@ import dagster as dg
 import psycopg
 import pytest
 
+from export_platform import sql
+from export_platform.chunks import NO_KEYS, KeyRange, split_range
 from export_platform.export_types import REGISTRY
 from export_platform.ops.export import plan_op_name
 from export_platform.planning import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
+from export_platform.resources.storage import LocalStorage
 from export_platform.sample_data import seed
 from readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
 
@@ -252,6 +255,24 @@ def terminate_one_chunk(url: str, stop: threading.Event) -> list[int]:
 
 
 @pytest.mark.slow
+def test_a_killed_stream_restarts_the_extract_from_a_fresh_snapshot(big_db, resources, tmp_path):
+    stop = threading.Event()
+    killed = terminate_one_chunk(big_db, stop)
+    postgres = PostgresResource(url=big_db, batch_size_hint_bytes=64 * 1024)
+    config = {"format": "parquet", "chunks": 3, "columns": ["id", "email", "lifetime_value"]}
+    try:
+        result = run_job("users", config, {**resources, "postgres": postgres, "storage": LocalStorage(root=str(tmp_path))})
+    finally:
+        stop.set()
+    assert len(killed) == 1 and result.success
+    assert _step_events(result, "STEP_UP_FOR_RETRY") == ["extract_export"]
+    with psycopg.connect(big_db) as conn:
+        expected = db_rows(conn, "users", config["columns"])
+    assert file_rows(None, "users", config["columns"], "parquet", published_path(result)) == expected
+    assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+@pytest.mark.slow
 def test_a_chunk_whose_connection_is_killed_is_retried_alone(big_db, instance, storage_root):
     stop = threading.Event()
     killed = terminate_one_chunk(big_db, stop)
@@ -271,3 +292,25 @@ def test_a_chunk_whose_connection_is_killed_is_retried_alone(big_db, instance, s
         path = Path(published.uri.removeprefix("file://"))
         assert file_rows(conn, "users", ["id", "email"], "csv_gz", path) == db_rows(conn, "users", ["id", "email"])
     assert list((storage_root / ".tmp").glob(f"{result.run_id}*")) == []
+
+
+def test_key_ranges_cover_the_extent_once():
+    assert split_range(1, 10, 3, closed=True) == [
+        KeyRange("1", "4"), KeyRange("4", "7"), KeyRange("7", "10", upper_inclusive=True)
+    ]
+    assert split_range(1, 10, 2, closed=False) == [KeyRange(None, "6"), KeyRange("6", None)]
+    assert split_range(5, 6, 8, closed=True) == [KeyRange("5", "6"), KeyRange("6", "6", upper_inclusive=True)]
+    assert split_range(None, None, 4, closed=False) == [KeyRange()]
+    assert split_range(None, None, 4, closed=True) == [NO_KEYS]
+
+
+def test_range_bounds_are_bound_not_written():
+    plan = plan_export("users", "csv", {"country_code": "US"}, chunks=2)
+    key_range = KeyRange("12345", "67890")
+    statement = sql.select_statement(plan, key_range)
+    assert "12345" not in statement and "67890" not in statement
+    assert "\"id\" >= current_setting('export_platform.key_lower')::bigint" in statement
+    assert sql.parameters(plan, key_range) == ('["US"]', "12345", "67890")
+    assert sql.bind_statement(plan, key_range).count("set_config") == 3
+    with pytest.raises(ValueError, match="not a snapshot id"):
+        sql.import_snapshot("x'; DROP TABLE users;--")

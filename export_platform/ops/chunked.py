@@ -24,7 +24,7 @@ from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
 from ..sinks import scan_batches
 from ..sinks.parts import join_parts, part_path, write_part
-from .export import EXTRACT_RETRIES, StagedFile, _Progress, _temp_path, connection_lost, session_name
+from .export import EXTRACT_RETRIES, Progress, StagedFile, connection_lost, session_name, temp_path
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,13 @@ def extract_chunk(
             plan, session_name(context.run_id), key_range=task.key_range, high_water=task.high_water
         ) as snapshot:
             context.log.info(f"chunk {task.index}: {snapshot.count:,} rows ({task.key_range.describe(plan.chunk_key)})")
-            progress = _Progress(context, snapshot.count, requests, chunk=task.index)
+            progress = Progress(context, snapshot.count, requests, chunk=task.index)
             write_part(scan_batches(snapshot.readers[0], progress), plan, path, task.index)
-    except Exception as error:
+    except BaseException as error:
         path.unlink(missing_ok=True)
         if progress is not None:
             progress.withdraw()
-        if connection_lost(error):
+        if not isinstance(error, Exception) or connection_lost(error):
             raise  # the retry policy runs this chunk again, from a fresh snapshot
         raise dg.Failure(f"chunk {task.index}: {error}", allow_retries=False) from error
     context.add_output_metadata(
@@ -110,7 +110,7 @@ def combine_chunks(
     context: dg.OpExecutionContext, plan: ExportPlan, chunks: list[StagedChunk], storage: ExportStorage
 ) -> StagedFile:
     chunks = sorted(chunks, key=lambda c: c.task.index)
-    path = _temp_path(context, plan, storage)
+    path = temp_path(context, plan, storage)
     join_parts(plan, [Path(c.path) for c in chunks], path)
     rows, expected = sum(c.rows for c in chunks), sum(c.expected_rows for c in chunks)
     context.log.info(f"joined {len(chunks)} chunks: {rows:,} rows")

@@ -101,7 +101,7 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
     return plan
 
 
-class _Progress:
+class Progress:
     """Reports streamed rows (to the run log and the request row) at most once per interval,
     whatever the batch size; with several streams, their sum. As one chunk of many (`chunk`), it
     adds this chunk's rows to the request row, which the other chunks' processes update too."""
@@ -156,7 +156,7 @@ def session_name(run_id: str) -> str:
     return f"export_platform:{run_id}"
 
 
-def _temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
+def temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
     name = f"{context.run_id}.{plan.format.extension}"
     if plan.output_path:
         target = Path(plan.output_path).resolve()
@@ -181,12 +181,12 @@ def extract_export(
     requests: RequestStore,
 ) -> StagedFile:
     started = time.time()  # wall clock: publish may run in another process
-    path = _temp_path(context, plan, storage)
+    path = temp_path(context, plan, storage)
     try:
         with postgres.snapshot_stream(plan, session_name(context.run_id), plan.chunks) as snapshot:
             streams = f" in {len(snapshot.readers)} chunks" if len(snapshot.readers) > 1 else ""
             context.log.info(f"{snapshot.count:,} rows to export{streams}")
-            progress = _Progress(context, snapshot.count, requests)
+            progress = Progress(context, snapshot.count, requests)
             sink_streams(snapshot.readers, plan, path, progress.stream)
         context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
     except BaseException as error:
