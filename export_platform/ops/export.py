@@ -24,8 +24,14 @@ from ..sinks.parts import discard_parts, sink_streams
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 # A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
-# cancelled query or bad data is not.
-_CONNECTION_LOST = ("server closed the connection", "terminating connection", "no connection to the server")
+# cancelled query or bad data is not. A chunk's connection cannot adopt the export's snapshot once
+# the connection that exported it has been dropped.
+_CONNECTION_LOST = (
+    "server closed the connection",
+    "terminating connection",
+    "no connection to the server",
+    "invalid snapshot identifier",
+)
 EXTRACT_RETRIES = 2
 SCHEDULE_TAG = "export_platform/schedule"
 

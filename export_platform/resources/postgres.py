@@ -154,12 +154,12 @@ class PostgresResource(dg.ConfigurableResource):
                 if on_exported is not None:
                     on_exported()
             with ExitStack() as others:
-                readers = [self._reader(cursor, plan, ranges[0])]
-                for chunk_range in ranges[1:]:
-                    other, _ = others.enter_context(
-                        self._snapshot(plan, session_name, high_water, snapshot_id, chunk_range)
-                    )
-                    readers.append(self._reader(other, plan, chunk_range))
+                # Every connection adopts the snapshot before any starts streaming.
+                cursors = [cursor] + [
+                    others.enter_context(self._snapshot(plan, session_name, high_water, snapshot_id, r))[0]
+                    for r in ranges[1:]
+                ]
+                readers = [self._reader(c, plan, r) for c, r in zip(cursors, ranges)]
                 yield Snapshot(count, readers, high_water)
 
     def split(self, plan: ExportPlan, session_name: str) -> Split:
