@@ -213,7 +213,7 @@ def add_progress(request_id: int, rows: int) -> sa.Update:
     """Add one chunk's newly streamed rows: the chunks of an export run in separate processes, and
     the row shows their total."""
     done = sa.func.coalesce(t.c.progress_rows, 0) + rows
-    pct = sa.case((t.c.total_rows > 0, sa.func.least(100, 100.0 * done / t.c.total_rows)), else_=100)
+    pct = sa.case((t.c.total_rows > 0, sa.func.least(100, 100 * sa.cast(done, sa.Numeric) / t.c.total_rows)), else_=100)
     return _transition(request_id, (Status.RUNNING,), progress_rows=done, progress_pct=sa.func.round(pct, 2))
 
 

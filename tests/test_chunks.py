@@ -14,12 +14,14 @@ import dagster as dg
 import psycopg
 import pytest
 
+from export_platform import requests_table as rt
 from export_platform import sql
 from export_platform.chunks import NO_KEYS, KeyRange, split_range
 from export_platform.export_types import REGISTRY
 from export_platform.ops.export import plan_op_name
 from export_platform.planning import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
+from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
 from export_platform.resources.storage import LocalStorage
 from export_platform.sample_data import seed
 from readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
@@ -184,7 +186,7 @@ def chunked_users_job() -> dg.JobDefinition:
     return defs.resolve_job_def("export_users_chunked")
 
 
-def _run_chunked(instance, config: dict, database: str) -> dg.ExecuteJobResult:
+def _run_chunked(instance, config: dict, database: str, tags=None) -> dg.ExecuteJobResult:
     run_config = {
         "ops": {plan_op_name("users"): {"config": config}},
         "resources": {"postgres": {"config": {"url": database, "batch_size_hint_bytes": 64 * 1024}}},
@@ -194,7 +196,7 @@ def _run_chunked(instance, config: dict, database: str) -> dg.ExecuteJobResult:
     job = dg.build_reconstructable_job(
         __name__, chunked_users_job.__name__, reconstructor_working_directory=str(Path(__file__).parent)
     )
-    return dg.execute_job(job, instance, run_config=run_config)
+    return dg.execute_job(job, instance, run_config=run_config, tags=tags)
 
 
 @pytest.fixture
@@ -208,9 +210,11 @@ def _step_events(result, kind: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_chunked_job_runs_a_process_per_chunk(skewed_db, instance):
-    fmt = "parquet"
-    with _run_chunked(instance, {"format": fmt, "chunks": 3, "filters": {"country_code": ["US"]}}, skewed_db) as result:
+def test_chunked_job_runs_a_process_per_chunk(skewed_db, database_url, instance):
+    fmt, store = "parquet", RequestStore(url=database_url)
+    request_id = store.run(rt.insert("users", fmt, {}, "chunk-test", None)).scalar()
+    config = {"format": fmt, "chunks": 3, "filters": {"country_code": ["US"]}}
+    with _run_chunked(instance, config, skewed_db, tags={REQUEST_ID_TAG: str(request_id)}) as result:
         assert result.success
         chunk_steps = [k for k in _step_events(result, "STEP_SUCCESS") if k.startswith("extract_chunk")]
         assert chunk_steps == ["extract_chunk[chunk_0]", "extract_chunk[chunk_1]", "extract_chunk[chunk_2]"]
@@ -225,6 +229,8 @@ def test_chunked_job_runs_a_process_per_chunk(skewed_db, instance):
         assert file_rows(conn, "users", USERS, fmt, path) == expected
     assert published.rows == len(expected) == sum(m["rows"] for m in metadata)
     assert [m["chunk"] for m in sorted(metadata, key=lambda m: m["chunk"])] == [0, 1, 2]
+    row = store.run(rt.by_id(request_id)).mappings().one()
+    assert (row["status"], row["total_rows"], row["row_count"]) == ("COMPLETED", len(expected), len(expected))
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +320,23 @@ def test_range_bounds_are_bound_not_written():
     assert sql.bind_statement(plan, key_range).count("set_config") == 3
     with pytest.raises(ValueError, match="not a snapshot id"):
         sql.import_snapshot("x'; DROP TABLE users;--")
+
+
+def test_the_request_row_shows_the_total_of_all_chunks(database_url, resources):
+    store = RequestStore(url=database_url)
+    request_id = store.run(rt.insert("users", "csv", {}, "chunk-test", None)).scalar()
+    result = run_job("users", {"format": "csv", "chunks": 3}, resources, tags={REQUEST_ID_TAG: str(request_id)})
+    row = store.run(rt.by_id(request_id)).mappings().one()
+    assert (row["status"], row["total_rows"], row["row_count"]) == ("COMPLETED", 3000, 3000)
+    assert row["file_uri"] == result.output_for_node("publish_export").uri
+
+    # The chunked job's steps add their rows; a chunk that fails takes back what it had added.
+    running = store.run(rt.insert("users", "csv", {}, "chunk-test", None)).scalar()
+    store.run(rt.mark_running(running, "run"))
+    store.run(rt.set_total(running, 1000))
+    for rows in (300, 450, -300, 550):
+        store.run(rt.add_progress(running, rows))
+    row = store.run(rt.by_id(running)).mappings().one()
+    assert (row["progress_rows"], float(row["progress_pct"])) == (1000, 100.0)
+    store.run(rt.add_progress(running, -250))
+    assert float(store.run(rt.by_id(running)).mappings().one()["progress_pct"]) == 75.0
