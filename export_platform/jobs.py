@@ -36,10 +36,14 @@ def build_export_job(export_type: ExportType, plan_op: dg.OpDefinition | None = 
     return export_job
 
 
-def build_chunked_job(export_type: ExportType, plan_op: dg.OpDefinition | None = None) -> dg.JobDefinition:
+def build_chunked_job(
+    export_type: ExportType,
+    plan_op: dg.OpDefinition | None = None,
+    executor_def: dg.ExecutorDefinition = dg.multiprocess_executor,
+) -> dg.JobDefinition:
     """The type's export with each key-range chunk a step of its own, for an executor that runs
-    steps in separate processes (here) or pods (k8s_job_executor); see ops/chunked.py for what is
-    consistent across chunks."""
+    steps in separate processes (the default) or pods (dagster-k8s's k8s_job_executor); see
+    ops/chunked.py for what is consistent across chunks."""
     plan_op = plan_op or build_plan_op(export_type, config_class_for(export_type))
     on_failure = {discard_chunk_parts}
 
@@ -47,7 +51,7 @@ def build_chunked_job(export_type: ExportType, plan_op: dg.OpDefinition | None =
         name=export_type.chunked_job_name,
         description=f"{export_type.description} Chunked: one step per key range (set chunks), each retried alone.",
         tags=_tags(export_type),
-        executor_def=dg.multiprocess_executor,
+        executor_def=executor_def,
     )
     def chunked_job() -> None:
         plan = plan_op()
