@@ -340,3 +340,23 @@ def test_the_request_row_shows_the_total_of_all_chunks(database_url, resources):
     assert (row["progress_rows"], float(row["progress_pct"])) == (1000, 100.0)
     store.run(rt.add_progress(running, -250))
     assert float(store.run(rt.by_id(running)).mappings().one()["progress_pct"]) == 75.0
+
+
+def test_incremental_bounds_hold_in_every_chunk(skewed_db, resources):
+    store = RequestStore(url=skewed_db)
+    store.migrate()
+    overrides = {"postgres": PostgresResource(url=skewed_db, batch_size_hint_bytes=64 * 1024), "requests": store}
+    config = {"format": "csv", "columns": ["id"], "chunks": 3, "incremental": {"column": "updated_at", "key": "chunks"}}
+    late = 2_000_000_000
+    with psycopg.connect(skewed_db) as slow_writer, psycopg.connect(skewed_db, autocommit=True) as app:
+        try:
+            slow_writer.execute("INSERT INTO users (id, name, updated_at) VALUES (%s, 'late', now())", (late,))
+            first = run_job("users", config, {**resources, **overrides})
+            slow_writer.commit()
+            second = run_job("users", config, {**resources, **overrides})
+            # NULL and future (2099) marks are never exported.
+            expected = [r[0] for r in app.execute("SELECT id FROM users WHERE updated_at < now() ORDER BY id")]
+        finally:
+            app.execute("DELETE FROM users WHERE id = %s", (late,))
+    ids = [[int(line) for line in published_path(r).read_text().splitlines()[1:]] for r in (first, second)]
+    assert ids == [expected[:-1], [late]]
