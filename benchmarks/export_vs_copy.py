@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/export_vs_copy.py                       # 1M rows of users
     .venv/bin/python benchmarks/export_vs_copy.py --rows 1000000 10000000
     .venv/bin/python benchmarks/export_vs_copy.py --repeat 1 --formats csv,csv.gz,csv.zst,parquet,ndjson,json,xlsx
+    .venv/bin/python benchmarks/export_vs_copy.py --rows 10000000 --chunks 1,2 --repeat 3
 
 For each size: seeds `users` with N rows, then runs each contender as a whole process and
 records wall time and that process's peak RSS (from wait4):
@@ -10,6 +11,8 @@ records wall time and that process's peak RSS (from wait4):
              same SELECT (columns, ORDER BY) the export runs; the equivalent of psql's \\copy
   - csv, parquet, ...: `export-platform run users --format F --output FILE`, for every format
     given (names or extensions: csv_zst or csv.zst; pdf only up to its 10,000-row limit)
+  - with --chunks 1,2: each format once per chunk count (`--chunks N`, N streams sharing one
+    snapshot), shown as e.g. `csv x2`
   - with --s3: the same exports published to an S3-compatible server (moto, on a loopback port)
     instead of a local file, to show memory stays flat when the target is object storage
 The fastest of --repeat runs is kept. Whole-process times include Python start-up and the
@@ -101,6 +104,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "export_platform_bench")
     parser.add_argument("--s3", action="store_true", help="also publish each format to a local moto S3 server")
+    parser.add_argument("--chunks", default="1", help="comma-separated chunk counts to run each format with, e.g. 1,2")
     args = parser.parse_args()
 
     url = database_url()
@@ -119,15 +123,15 @@ def main() -> None:
         copy_file = args.out / "copy.csv"
         copy_seconds, rss, _ = best_of(args.repeat, [sys.executable, "-c", COPY_SCRIPT, url, query, str(copy_file)], env)
         print(f"{rows:>11,} {'copy':<11}{copy_seconds:>9.2f}{'':>9}{1:>8.2f}{rss:>13.0f}{copy_file.stat().st_size:>15,}")
-        for fmt in args.formats.split(","):
-            target = args.out / f"users.{fmt}"
+        for fmt, chunks in [(f, int(c)) for f in args.formats.split(",") for c in args.chunks.split(",")]:
+            target, method = args.out / f"users.{fmt}", fmt if chunks == 1 else f"{fmt} x{chunks}"
             seconds, rss, stdout = best_of(
-                args.repeat, [*cli, "run", "users", "--format", fmt, "--output", str(target)], env
+                args.repeat, [*cli, "run", "users", "--format", fmt, "--chunks", str(chunks), "--output", str(target)], env
             )
             in_run = float(dict(p.split("=", 1) for p in stdout.split())["seconds"])
-            peak_rss[(fmt, rows)] = rss
+            peak_rss[(method, rows)] = rss
             print(
-                f"{rows:>11,} {fmt:<11}{seconds:>9.2f}{in_run:>9.2f}{seconds / copy_seconds:>8.2f}"
+                f"{rows:>11,} {method:<11}{seconds:>9.2f}{in_run:>9.2f}{seconds / copy_seconds:>8.2f}"
                 f"{rss:>13.0f}{target.stat().st_size:>15,}"
             )
             if s3_env:
@@ -139,9 +143,9 @@ def main() -> None:
                 )
     if len(args.rows) > 1:
         low, high = min(args.rows), max(args.rows)
-        for fmt in args.formats.split(","):
-            ratio = peak_rss[(fmt, high)] / peak_rss[(fmt, low)]
-            print(f"peak RSS {fmt} {high:,} / {low:,} rows: {ratio:.2f}")
+        for method in sorted({m for m, _ in peak_rss}):
+            ratio = peak_rss[(method, high)] / peak_rss[(method, low)]
+            print(f"peak RSS {method} {high:,} / {low:,} rows: {ratio:.2f}")
 
 
 if __name__ == "__main__":

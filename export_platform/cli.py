@@ -19,7 +19,7 @@ from .formats import ExportFormat
 from .jobs import run_config_for
 from .ops.export import PublishedExport
 from .client import Refused
-from .planning import ExportPlan, RequestError, plan_export, plan_request
+from .planning import ExportPlan, RequestError, check_chunks, export_type_named, plan_export, plan_request
 
 # The command prints its own result or error; Dagster's event log stays in the run record.
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -74,7 +74,9 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def _plan_from_args(args: argparse.Namespace) -> ExportPlan:
-    return replace(plan_request(args.type, args.format, _params(args)), output_path=getattr(args, "output", None))
+    plan = plan_request(args.type, args.format, _params(args))
+    chunks = check_chunks(export_type_named(args.type), plan.format, args.chunks)
+    return replace(plan, output_path=args.output, chunks=chunks)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -314,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an export type's job in this process")
     _export_options(run)
     run.add_argument("--output", help="write the file to this path instead of the storage folder")
+    run.add_argument("--chunks", type=int, default=1, metavar="N",
+                     help="read the type's key range as N parallel streams sharing one snapshot (csv, ndjson, "
+                     "parquet; default 1)")
     run.set_defaults(handler=_cmd_run)
 
     request = commands.add_parser("request", help="insert a row into export_requests; prints its id")

@@ -163,6 +163,12 @@ class ExportConfig(ExportOptions):
     incremental: Optional[IncrementalConfig] = Field(
         default=None, description="Export only rows changed since the last successful run with the same key."
     )
+    chunks: int = Field(
+        default=1,
+        description="Split the type's key range into this many chunks read in parallel (1 to 16; csv, ndjson and "
+        "parquet only), each over its own database connection. In export_<type> they are streams in one process "
+        "sharing one snapshot; in export_<type>_chunked they are steps, each retried alone. 1: one stream.",
+    )
 
 
 def options_of(config: ExportConfig) -> ExportOptions:

@@ -2,7 +2,7 @@ import os
 
 import dagster as dg
 
-from .jobs import EXPORT_JOBS
+from .jobs import CHUNKED_JOBS, EXPORT_JOBS
 from .ops.retention import retention_cleanup
 from .resources.postgres import PostgresResource
 from .resources.requests import RequestStore
@@ -13,9 +13,9 @@ from .schedules.retention import retention_schedule
 from .sensors.run_status import build_run_status_sensors
 
 defs = dg.Definitions(
-    jobs=[*EXPORT_JOBS, retention_cleanup],
+    jobs=[*EXPORT_JOBS, *CHUNKED_JOBS, retention_cleanup],
     schedules=[retention_schedule, *build_recurring_schedules()],
-    sensors=[build_request_sensor(EXPORT_JOBS), *build_run_status_sensors(EXPORT_JOBS)],
+    sensors=[build_request_sensor(EXPORT_JOBS), *build_run_status_sensors([*EXPORT_JOBS, *CHUNKED_JOBS])],
     resources={
         "postgres": PostgresResource(),
         # The scheme picks the implementation when the code location loads; the values are

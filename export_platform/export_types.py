@@ -14,6 +14,7 @@ users = ExportType(
         "lifetime_value", "updated_at",
     ),
     order_by=("id",),
+    chunk_key="id",
     filters=(
         Filter("country_code", "country_code", T, multi=True, description="ISO country code(s)"),
         Filter("subscription_tier", "subscription_tier", T, multi=True, description="Tier(s)"),
@@ -33,6 +34,7 @@ ezpass_transactions = ExportType(
         "entry_plaza", "exit_plaza", "status", "driver_id", "medallion_no", "vin", "updated_at",
     ),
     order_by=("id",),
+    chunk_key="id",
     filters=(
         Filter("from_posting_date", "posting_date", D, MIN, description="Posted on or after"),
         Filter("to_posting_date", "posting_date", D, MAX, description="Posted on or before"),
@@ -61,6 +63,7 @@ ledger_postings = ExportType(
         "description", "memo",
     ),
     order_by=("id",),
+    chunk_key="id",
     filters=(
         Filter("account_code", "account_code", T, multi=True, description="Account code(s)"),
         Filter("currency", "currency", T, multi=True, description="ISO currency code(s)"),

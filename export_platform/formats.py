@@ -45,6 +45,12 @@ class ExportFormat(str, Enum):
         return self.family == "csv"
 
     @property
+    def chunkable(self) -> bool:
+        """Whether parts written in parallel can be joined into one file: text lines (gzip and zstd
+        frames concatenate) and Parquet. A json array, a workbook or a pdf are written as one stream."""
+        return self.family in ("csv", "ndjson", "parquet")
+
+    @property
     def compression(self) -> str:
         """What Polars' text sinks call the codec: `uncompressed`, `gzip` or `zstd`."""
         suffix = self.value.partition(".")[2]

@@ -8,20 +8,25 @@ import dagster as dg
 
 from .config import config_class_for
 from .export_types import REGISTRY
+from .ops.chunked import combine_chunks, discard_chunk_parts, extract_chunk, split_export
 from .ops.export import build_plan_op, extract_export, plan_op_name, publish_export
 from .planning import ExportPlan
 from .registry import ExportType
 
 
-def build_export_job(export_type: ExportType) -> dg.JobDefinition:
-    plan_op = build_plan_op(export_type, config_class_for(export_type))
+def _tags(export_type: ExportType) -> dict[str, str]:
+    return {"export_type": export_type.name, "dagster/max_runtime": str(export_type.max_runtime_seconds)}
+
+
+def build_export_job(export_type: ExportType, plan_op: dg.OpDefinition | None = None) -> dg.JobDefinition:
+    plan_op = plan_op or build_plan_op(export_type, config_class_for(export_type))
 
     @dg.job(
         name=export_type.job_name,
         description=export_type.description,
-        tags={"export_type": export_type.name, "dagster/max_runtime": str(export_type.max_runtime_seconds)},
-        # The steps run one after another on one stream; a process per step would only add
-        # seconds of start-up to every export.
+        tags=_tags(export_type),
+        # The steps run one after another (chunks are threads inside extract); a process per
+        # step would only add seconds of start-up to every export.
         executor_def=dg.in_process_executor,
     )
     def export_job() -> None:
@@ -29,6 +34,39 @@ def build_export_job(export_type: ExportType) -> dg.JobDefinition:
         publish_export(plan, extract_export(plan))
 
     return export_job
+
+
+def build_chunked_job(
+    export_type: ExportType,
+    plan_op: dg.OpDefinition | None = None,
+    executor_def: dg.ExecutorDefinition = dg.multiprocess_executor,
+) -> dg.JobDefinition:
+    """The type's export with each key-range chunk a step of its own, for an executor that runs
+    steps in separate processes (the default) or pods (dagster-k8s's k8s_job_executor); see
+    ops/chunked.py for what is consistent across chunks."""
+    plan_op = plan_op or build_plan_op(export_type, config_class_for(export_type))
+    on_failure = {discard_chunk_parts}
+
+    @dg.job(
+        name=export_type.chunked_job_name,
+        description=f"{export_type.description} Chunked: one step per key range (set chunks), each retried alone.",
+        tags=_tags(export_type),
+        executor_def=executor_def,
+    )
+    def chunked_job() -> None:
+        plan = plan_op()
+        chunks = split_export(plan).map(lambda task: extract_chunk.with_hooks(on_failure)(plan, task))
+        publish_export(plan, combine_chunks.with_hooks(on_failure)(plan, chunks.collect()))
+
+    return chunked_job
+
+
+def build_jobs(export_type: ExportType) -> list[dg.JobDefinition]:
+    """The type's job, and its chunked job when it declares a chunk key; one plan op for both, so
+    both take the same config."""
+    plan_op = build_plan_op(export_type, config_class_for(export_type))
+    chunked = [build_chunked_job(export_type, plan_op)] if export_type.chunk_key else []
+    return [build_export_job(export_type, plan_op), *chunked]
 
 
 def run_config_for(plan: ExportPlan) -> dict[str, Any]:
@@ -41,9 +79,13 @@ def run_config_for(plan: ExportPlan) -> dict[str, Any]:
     }
     if plan.output_path:
         config["output_path"] = plan.output_path
+    if plan.chunks != 1:
+        config["chunks"] = plan.chunks
     if plan.incremental:
         config["incremental"] = {"column": plan.incremental.column, "key": plan.incremental.key}
     return {"ops": {plan_op_name(plan.export_type): {"config": config}}}
 
 
-EXPORT_JOBS = [build_export_job(t) for t in REGISTRY]
+_JOBS = [build_jobs(t) for t in REGISTRY]
+EXPORT_JOBS = [jobs[0] for jobs in _JOBS]
+CHUNKED_JOBS = [job for jobs in _JOBS for job in jobs[1:]]

@@ -23,6 +23,9 @@ from .formats import ExportFormat
 from .registry import ExportType, Filter, Operator, ValueType
 
 MAX_LIST_VALUES = 10_000
+# Each chunk holds a database connection (and, across processes, a step): a bound on the load
+# one export may put on the source database.
+MAX_CHUNKS = 16
 MAX_TEXT_LENGTH = 1_000
 _BIGINT = 2**63
 
@@ -64,6 +67,8 @@ class ExportPlan:
     options: ExportOptions
     output_path: str | None = None
     incremental: Incremental | None = None
+    chunks: int = 1
+    chunk_key: str | None = None
 
     @property
     def csv(self) -> CsvOptions:
@@ -205,6 +210,20 @@ def check_filters(export_type: ExportType, filters: Any) -> tuple[dict[str, Any]
     return normalised, tuple(conditions)
 
 
+def check_chunks(export_type: ExportType, export_format: ExportFormat, chunks: Any) -> int:
+    if isinstance(chunks, bool) or not isinstance(chunks, int):
+        raise RequestError("chunks", f"expected a whole number of chunks, got {chunks!r}")
+    if not 1 <= chunks <= MAX_CHUNKS:
+        raise RequestError("chunks", f"expected 1 to {MAX_CHUNKS} chunks, got {chunks}")
+    if chunks > 1 and export_type.chunk_key is None:
+        raise RequestError("chunks", f"{export_type.name} declares no chunk key: it is exported as one stream")
+    if chunks > 1 and not export_format.chunkable:
+        raise RequestError(
+            "chunks", f"{export_format.value} is written as one stream; use chunks: 1, or csv, ndjson or parquet"
+        )
+    return chunks
+
+
 def check_columns(export_type: ExportType, columns: Any) -> tuple[str, ...]:
     if not columns:
         return export_type.default_columns or export_type.columns
@@ -334,6 +353,7 @@ def plan_export(
     options: ExportOptions | None = None,
     output_path: str | None = None,
     incremental: Incremental | None = None,
+    chunks: Any = 1,
 ) -> ExportPlan:
     export_type = export_type_named(export_type_name)
     if incremental is not None and incremental.column not in export_type.columns:
@@ -352,4 +372,6 @@ def plan_export(
         options=check_options(options or ExportOptions(), chosen),
         output_path=output_path,
         incremental=incremental,
+        chunks=check_chunks(export_type, export_format, chunks),
+        chunk_key=export_type.chunk_key,
     )

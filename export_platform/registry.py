@@ -59,12 +59,17 @@ class ExportType:
     default_columns: tuple[str, ...] = field(default=())
     # Run monitoring ends a run that takes longer (a hung export); its request ends FAILED.
     max_runtime_seconds: int = 3600
+    # An integer, NOT NULL column that leads `order_by`: chunked exports split its range so that
+    # the chunks, concatenated in key order, are the file's row order. None: never chunked.
+    chunk_key: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [c for c in (*self.order_by, *self.default_columns) if c not in self.columns]
         unknown += [f.column for f in self.filters if f.column not in self.columns]
         if unknown:
             raise ValueError(f"export type {self.name!r} refers to undeclared columns {unknown}")
+        if self.chunk_key is not None and self.order_by[:1] != (self.chunk_key,):
+            raise ValueError(f"export type {self.name!r}: chunk_key must be the first order_by column")
         names = [f.name for f in self.filters]
         if len(set(names)) != len(names):
             raise ValueError(f"export type {self.name!r} declares a filter twice")
@@ -75,6 +80,10 @@ class ExportType:
     @property
     def job_name(self) -> str:
         return f"export_{self.name}"
+
+    @property
+    def chunked_job_name(self) -> str:
+        return f"export_{self.name}_chunked"
 
 
 class Registry:

@@ -209,6 +209,14 @@ def set_progress(request_id: int, rows: int, pct: float) -> sa.Update:
     return _transition(request_id, (Status.RUNNING,), progress_rows=rows, progress_pct=round(pct, 2))
 
 
+def add_progress(request_id: int, rows: int) -> sa.Update:
+    """Add one chunk's newly streamed rows: the chunks of an export run in separate processes, and
+    the row shows their total."""
+    done = sa.func.coalesce(t.c.progress_rows, 0) + rows
+    pct = sa.case((t.c.total_rows > 0, sa.func.least(100, 100 * sa.cast(done, sa.Numeric) / t.c.total_rows)), else_=100)
+    return _transition(request_id, (Status.RUNNING,), progress_rows=done, progress_pct=sa.func.round(pct, 2))
+
+
 def mark_completed(request_id: int, *, rows: int, uri: str, size: int, sha256: str, link: Link) -> sa.Update:
     return _transition(
         request_id,

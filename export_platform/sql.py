@@ -13,9 +13,11 @@ the values are bound server-side into transaction-local settings first:
 from __future__ import annotations
 
 import json
+import re
 
 from psycopg import sql
 
+from .chunks import KeyRange
 from .planning import Condition, ExportPlan
 from .registry import Operator, ValueType
 
@@ -57,26 +59,53 @@ def _incremental_predicates(plan: ExportPlan) -> list[sql.Composable]:
     return [sql.SQL("{} >= current_setting('export_platform.lower')::timestamptz").format(column), upper]
 
 
-def _where(plan: ExportPlan) -> sql.Composable:
+_KEY_LOWER, _KEY_UPPER = "export_platform.key_lower", "export_platform.key_upper"
+
+
+def _range_predicates(plan: ExportPlan, key_range: KeyRange | None) -> list[sql.Composable]:
+    # Only the sides a range has: a bare `key >= x AND key < y` lets the planner scan the key's index.
+    if key_range is None:
+        return []
+    key, predicates = sql.Identifier(plan.chunk_key or ""), []
+    if key_range.lower is not None:
+        predicates.append(sql.SQL("{} >= current_setting({})::bigint").format(key, sql.Literal(_KEY_LOWER)))
+    if key_range.upper is not None:
+        compare = sql.SQL("<=" if key_range.upper_inclusive else "<")
+        predicates.append(sql.SQL("{} {} current_setting({})::bigint").format(key, compare, sql.Literal(_KEY_UPPER)))
+    return predicates
+
+
+def _where(plan: ExportPlan, key_range: KeyRange | None = None) -> sql.Composable:
     predicates = [_predicate(i, c) for i, c in enumerate(plan.conditions)] + _incremental_predicates(plan)
+    predicates += _range_predicates(plan, key_range)
     if not predicates:
         return sql.SQL("")
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(predicates)
 
 
-def _settings(plan: ExportPlan) -> list[str]:
-    names = [f"export_platform.p{i}" for i in range(len(plan.conditions))]
-    return names + (["export_platform.lower"] if plan.incremental and plan.incremental.lower else [])
+def _settings(
+    plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None
+) -> list[tuple[str, str]]:
+    """(setting, value) pairs: the plan's filter values, the incremental bounds, a chunk's key range."""
+    values = [json.dumps(list(c.values)) if c.multi else c.values[0] for c in plan.conditions]
+    settings = [(f"export_platform.p{i}", value) for i, value in enumerate(values)]
+    if plan.incremental and plan.incremental.lower:
+        settings.append(("export_platform.lower", plan.incremental.lower))
+    if upper is not None:  # a chunk reads up to the bound fixed where the export was planned
+        settings.append(("export_platform.upper", upper))
+    if key_range is not None:
+        bounds = ((_KEY_LOWER, key_range.lower), (_KEY_UPPER, key_range.upper))
+        settings += [(name, value) for name, value in bounds if value is not None]
+    return settings
 
 
-def parameters(plan: ExportPlan) -> tuple[str, ...]:
+def parameters(plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None) -> tuple[str, ...]:
     """The values bound to `bind_statement`, one text per setting."""
-    values = tuple(json.dumps(list(c.values)) if c.multi else c.values[0] for c in plan.conditions)
-    return values + ((plan.incremental.lower,) if plan.incremental and plan.incremental.lower else ())
+    return tuple(value for _, value in _settings(plan, key_range, upper))
 
 
-def bind_statement(plan: ExportPlan) -> str | None:
-    names = _settings(plan)
+def bind_statement(plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None) -> str | None:
+    names = [name for name, _ in _settings(plan, key_range, upper)]
     if not names:
         return None
     calls = [
@@ -95,11 +124,11 @@ SET_UPPER_BOUND = (
 )
 
 
-def select_statement(plan: ExportPlan) -> str:
+def select_statement(plan: ExportPlan, key_range: KeyRange | None = None) -> str:
     return sql.SQL("SELECT {columns} FROM {relation}{where} ORDER BY {order}").format(
         columns=sql.SQL(", ").join(map(sql.Identifier, plan.columns)),
         relation=_identifier(plan.relation),
-        where=_where(plan),
+        where=_where(plan, key_range),
         order=sql.SQL(", ").join(map(sql.Identifier, plan.order_by)),
     ).as_string()
 
@@ -111,10 +140,32 @@ def columns_statement(plan: ExportPlan) -> str:
     ).as_string()
 
 
-def count_statement(plan: ExportPlan) -> str:
+def count_statement(plan: ExportPlan, key_range: KeyRange | None = None) -> str:
     return sql.SQL("SELECT count(*) FROM {relation}{where}").format(
-        relation=_identifier(plan.relation), where=_where(plan)
+        relation=_identifier(plan.relation), where=_where(plan, key_range)
     ).as_string()
+
+
+def extent_statement(plan: ExportPlan) -> str:
+    """The rows to export and their chunk key's extent, in one pass: what a split needs."""
+    key = sql.Identifier(plan.chunk_key or "")
+    return sql.SQL("SELECT count(*), min({key}), max({key}) FROM {relation}{where}").format(
+        key=key, relation=_identifier(plan.relation), where=_where(plan)
+    ).as_string()
+
+
+# Other connections adopt this transaction's snapshot (SET TRANSACTION SNAPSHOT), so that every
+# chunk of an export reads the same committed state.
+EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+def import_snapshot(snapshot_id: str) -> str:
+    # The id comes from pg_export_snapshot(); SET TRANSACTION SNAPSHOT takes no parameters, so the
+    # id is checked to be one before it is quoted into the statement.
+    if not _SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise ValueError(f"not a snapshot id: {snapshot_id!r}")
+    return sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)).as_string()
 
 
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"

@@ -13,7 +13,9 @@ import pytest
 def test_every_export_type_has_a_job():
     defs.get_repository_def().load_all_definitions()
     names = sorted(j.name for j in defs.resolve_all_job_defs())
-    assert names == sorted([*(f"export_{n}" for n in REGISTRY.names()), "retention_cleanup"])
+    chunked = [t.chunked_job_name for t in REGISTRY if t.chunk_key]
+    assert chunked == [f"export_{n}_chunked" for n in ("users", "ezpass_transactions", "ledger_postings")]
+    assert names == sorted([*(f"export_{n}" for n in REGISTRY.names()), *chunked, "retention_cleanup"])
 
 
 def _fields(model: type) -> dict:
@@ -26,7 +28,8 @@ def test_config_is_typed_and_described(export_type):
     assert issubclass(config_class, ExportConfig)
     fields = _fields(config_class)
     sections = ["csv", "parquet", "xlsx", "pdf"]
-    assert {"format", "filters", "columns", "labels", "time_zone", "formula_protection", *sections, "output_path"} <= set(fields)
+    assert {"format", "filters", "columns", "labels", "time_zone", "formula_protection", *sections, "output_path",
+            "chunks"} <= set(fields)
     filter_fields = _fields(fields["filters"].annotation)
     assert list(filter_fields) == [f.name for f in export_type.filters]
     nested = [*fields.values(), *filter_fields.values()]
@@ -41,5 +44,7 @@ def test_config_is_typed_and_described(export_type):
 def test_a_declaration_is_checked_when_it_is_made():
     with pytest.raises(ValueError, match="undeclared columns"):
         ExportType("t", "t", columns=("id",), order_by=("id",), filters=(Filter("x", "missing", ValueType.TEXT),))
+    with pytest.raises(ValueError, match="chunk_key must be the first order_by column"):
+        ExportType("t", "t", columns=("id", "day"), order_by=("day", "id"), chunk_key="id")
     with pytest.raises(ValueError, match="share a name"):
         Registry([ExportType("t", "t", ("id",), ("id",)), ExportType("t", "u", ("id",), ("id",))])

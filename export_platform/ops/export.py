@@ -3,7 +3,9 @@
 
 import hashlib
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,12 +20,18 @@ from ..registry import ExportType
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
-from ..sinks import pacer_for, scan_batches, sink
+from ..sinks.parts import discard_parts, sink_streams
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 # A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
-# cancelled query or bad data is not.
-_CONNECTION_LOST = ("server closed the connection", "terminating connection", "no connection to the server")
+# cancelled query or bad data is not. A chunk's connection cannot adopt the export's snapshot once
+# the connection that exported it has been dropped.
+_CONNECTION_LOST = (
+    "server closed the connection",
+    "terminating connection",
+    "no connection to the server",
+    "invalid snapshot identifier",
+)
 EXTRACT_RETRIES = 2
 SCHEDULE_TAG = "export_platform/schedule"
 
@@ -79,6 +87,7 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
                 options_of(config),
                 config.output_path,
                 incremental,
+                config.chunks,
             )
             decisions = preflight(result, postgres, session_name(context.run_id))
         except RequestError as error:
@@ -89,6 +98,7 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
                 "columns": ", ".join(result.columns),
                 "filters": result.filters,
                 "incremental_from": (incremental.lower or "the beginning") if incremental else "not incremental",
+                "chunks": result.chunks,
                 "preflight": decisions,
             }
         )
@@ -97,16 +107,29 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
     return plan
 
 
-class _Progress:
+class Progress:
     """Reports streamed rows (to the run log and the request row) at most once per interval,
-    whatever the batch size."""
+    whatever the batch size; with several streams, their sum. As one chunk of many (`chunk`), it
+    adds this chunk's rows to the request row, which the other chunks' processes update too."""
 
-    def __init__(self, context: dg.OpExecutionContext, expected: int, requests: RequestStore):
-        self.context, self.expected, self.requests = context, expected, requests
+    def __init__(self, context: dg.OpExecutionContext, expected: int, requests: RequestStore, chunk: int | None = None):
+        self.context, self.expected, self.requests, self.chunk = context, expected, requests, chunk
         self.request_id = request_id_of(context.run.tags)
-        self.last, self.rows = time.monotonic(), 0
-        if self.request_id is not None:
+        self.last, self.rows, self.reported = time.monotonic(), 0, 0
+        self.streams: dict[int, int] = {}
+        self.lock = threading.Lock()
+        if self.request_id is not None and chunk is None:
             requests.run(rt.set_total(self.request_id, expected))
+
+    def stream(self, index: int) -> Callable[[int], None]:
+        """The callback for stream `index`, which counts its own rows."""
+
+        def on_rows(rows: int) -> None:
+            with self.lock:
+                self.streams[index] = rows
+                self(sum(self.streams.values()))
+
+        return on_rows
 
     def __call__(self, rows: int) -> None:
         self.rows = rows
@@ -114,9 +137,24 @@ class _Progress:
         if now - self.last >= PROGRESS_INTERVAL_SECONDS:
             self.last = now
             pct = 100.0 * rows / self.expected if self.expected else 100.0
-            self.context.log.info(f"streamed {rows:,} of {self.expected:,} rows ({pct:.0f}%)")
-            if self.request_id is not None:
-                self.requests.run(rt.set_progress(self.request_id, rows, min(pct, 100.0)))
+            prefix = f"chunk {self.chunk}: " if self.chunk is not None else ""
+            self.context.log.info(f"{prefix}streamed {rows:,} of {self.expected:,} rows ({pct:.0f}%)")
+            self._report(rows - self.reported, pct)
+            self.reported = rows
+
+    def _report(self, new_rows: int, pct: float) -> None:
+        if self.request_id is None:
+            return
+        if self.chunk is None:
+            self.requests.run(rt.set_progress(self.request_id, self.rows, min(pct, 100.0)))
+        else:
+            self.requests.run(rt.add_progress(self.request_id, new_rows))
+
+    def withdraw(self) -> None:
+        """Take back what a failed chunk reported, before it is retried."""
+        if self.chunk is not None and self.reported:
+            self._report(-self.reported, 0.0)
+            self.reported = 0
 
 
 def session_name(run_id: str) -> str:
@@ -124,7 +162,7 @@ def session_name(run_id: str) -> str:
     return f"export_platform:{run_id}"
 
 
-def _temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
+def temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
     name = f"{context.run_id}.{plan.format.extension}"
     if plan.output_path:
         target = Path(plan.output_path).resolve()
@@ -133,7 +171,14 @@ def _temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: Export
     return storage.temp_path(name)
 
 
-@dg.op(description="Count and stream the rows from one Postgres snapshot into a temp file.")
+def connection_lost(error: BaseException) -> bool:
+    return isinstance(error, Exception) and any(m in str(error) for m in _CONNECTION_LOST)
+
+
+@dg.op(
+    description="Count and stream the rows from one Postgres snapshot into a temp file: with chunks > 1, as "
+    "that many parallel streams over key ranges, on connections sharing the snapshot."
+)
 def extract_export(
     context: dg.OpExecutionContext,
     plan: ExportPlan,
@@ -142,15 +187,17 @@ def extract_export(
     requests: RequestStore,
 ) -> StagedFile:
     started = time.time()  # wall clock: publish may run in another process
-    path = _temp_path(context, plan, storage)
+    path = temp_path(context, plan, storage)
     try:
-        with postgres.snapshot_stream(plan, session_name(context.run_id)) as snapshot:
-            context.log.info(f"{snapshot.count:,} rows to export")
-            progress, pacer = _Progress(context, snapshot.count, requests), pacer_for(plan)
-            sink(scan_batches(snapshot.reader, progress, pacer), plan, path, pacer)
+        with postgres.snapshot_stream(plan, session_name(context.run_id), plan.chunks) as snapshot:
+            streams = f" in {len(snapshot.readers)} chunks" if len(snapshot.readers) > 1 else ""
+            context.log.info(f"{snapshot.count:,} rows to export{streams}")
+            progress = Progress(context, snapshot.count, requests)
+            sink_streams(snapshot.readers, plan, path, progress.stream)
+        context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
     except BaseException as error:
-        path.unlink(missing_ok=True)
-        if isinstance(error, Exception) and any(m in str(error) for m in _CONNECTION_LOST):
+        discard_parts(path)
+        if connection_lost(error):
             if context.retry_number < EXTRACT_RETRIES:
                 context.log.warning(f"lost the database connection; retrying the extract: {error}")
                 raise dg.RetryRequested(max_retries=EXTRACT_RETRIES, seconds_to_wait=1) from error

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -13,6 +13,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from .. import sql
+from ..chunks import KeyRange, split_range
 from ..embedded_postgres import database_url
 from ..planning import ExportPlan
 
@@ -20,7 +21,16 @@ from ..planning import ExportPlan
 @dataclass
 class Snapshot:
     count: int
-    reader: pa.RecordBatchReader
+    readers: list[pa.RecordBatchReader]  # one per key range, in key order
+    high_water: str | None
+
+
+@dataclass(frozen=True)
+class Split:
+    """Key ranges fixed in one snapshot, for chunks that each read in their own transaction."""
+
+    count: int
+    ranges: list[KeyRange]
     high_water: str | None
 
 
@@ -47,9 +57,9 @@ class PostgresResource(dg.ConfigurableResource):
             return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
 
     @contextmanager
-    def _snapshot(self, plan: ExportPlan, session_name: str) -> Iterator[tuple[adbc.Cursor, str | None]]:
-        """A cursor inside one REPEATABLE READ READ ONLY transaction with the plan's parameters bound,
-        and, for an incremental plan, the upper bound fixed in that snapshot.
+    def _transaction(self, session_name: str, snapshot_id: str | None) -> Iterator[adbc.Cursor]:
+        """A cursor inside one REPEATABLE READ READ ONLY transaction, in the snapshot `snapshot_id`
+        exported by another transaction when given.
 
         `session_name` becomes the connection's application_name, by which a cancel finds the query.
         """
@@ -61,16 +71,10 @@ class PostgresResource(dg.ConfigurableResource):
             cursor.fetchall()
             cursor.execute(sql.BEGIN_SNAPSHOT)
             try:
+                if snapshot_id is not None:
+                    cursor.execute(sql.import_snapshot(snapshot_id))
                 cursor.execute(sql.SET_UTC)
-                high_water = None
-                if plan.incremental is not None:
-                    cursor.execute(sql.SET_UPPER_BOUND)
-                    (high_water,) = cursor.fetchone()
-                bind = sql.bind_statement(plan)
-                if bind:
-                    cursor.execute(bind, parameters=sql.parameters(plan))
-                    cursor.fetchall()
-                yield cursor, high_water
+                yield cursor
             finally:
                 try:
                     cursor.execute("ROLLBACK")  # read-only: nothing to commit
@@ -78,22 +82,92 @@ class PostgresResource(dg.ConfigurableResource):
                     pass  # the connection is gone; the error that ended the export is the one to raise
 
     @staticmethod
-    def _count(cursor: adbc.Cursor, plan: ExportPlan) -> int:
-        cursor.execute(sql.count_statement(plan))
+    def _bind(cursor: adbc.Cursor, plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None):
+        bind = sql.bind_statement(plan, key_range, upper)
+        if bind:
+            cursor.execute(bind, parameters=sql.parameters(plan, key_range, upper))
+            cursor.fetchall()
+
+    @contextmanager
+    def _snapshot(
+        self,
+        plan: ExportPlan,
+        session_name: str,
+        high_water: str | None = None,
+        snapshot_id: str | None = None,
+        key_range: KeyRange | None = None,
+    ) -> Iterator[tuple[adbc.Cursor, str | None]]:
+        """A snapshot with the plan's parameters and `key_range` bound, and, for an incremental plan,
+        its upper bound: `high_water` when the export was planned elsewhere, else fixed here."""
+        with self._transaction(session_name, snapshot_id) as cursor:
+            if plan.incremental is not None and high_water is None:
+                cursor.execute(sql.SET_UPPER_BOUND)
+                (high_water,) = cursor.fetchone()
+                self._bind(cursor, plan, key_range)
+            else:
+                self._bind(cursor, plan, key_range, upper=high_water if plan.incremental else None)
+            yield cursor, high_water
+
+    @staticmethod
+    def _count(cursor: adbc.Cursor, plan: ExportPlan, key_range: KeyRange | None = None) -> int:
+        cursor.execute(sql.count_statement(plan, key_range))
         (count,) = cursor.fetchone()
         return count
 
-    @contextmanager
-    def snapshot_stream(self, plan: ExportPlan, session_name: str) -> Iterator[Snapshot]:
-        """Count and stream the plan's rows inside one snapshot.
+    @staticmethod
+    def _extent(cursor: adbc.Cursor, plan: ExportPlan) -> tuple[int, int | None, int | None]:
+        cursor.execute(sql.extent_statement(plan))
+        return cursor.fetchone()
 
-        The count and the reader see the same snapshot, so the count is exactly the number of rows
-        the reader will produce; `high_water` is the incremental bound this export reaches.
+    @staticmethod
+    def _reader(cursor: adbc.Cursor, plan: ExportPlan, key_range: KeyRange | None) -> pa.RecordBatchReader:
+        cursor.execute(sql.select_statement(plan, key_range))
+        return cursor.fetch_record_batch()
+
+    @contextmanager
+    def snapshot_stream(
+        self,
+        plan: ExportPlan,
+        session_name: str,
+        streams: int = 1,
+        key_range: KeyRange | None = None,
+        high_water: str | None = None,
+        on_exported: Callable[[], None] | None = None,
+    ) -> Iterator[Snapshot]:
+        """Count the plan's rows (within `key_range`) and stream them from one snapshot, as up to
+        `streams` readers over consecutive key ranges, each on its own connection.
+
+        The count and the readers see the same snapshot, so the count is exactly the number of rows
+        the readers will produce: the first transaction exports its snapshot and the others import
+        it before they read (`on_exported` runs in between; tests use it to commit a concurrent
+        write). `high_water` is the incremental bound this export reaches.
         """
+        with self._snapshot(plan, session_name, high_water, key_range=key_range) as (cursor, high_water):
+            if streams == 1:
+                count, ranges, snapshot_id = self._count(cursor, plan, key_range), [key_range], None
+            else:
+                cursor.execute(sql.EXPORT_SNAPSHOT)
+                (snapshot_id,) = cursor.fetchone()
+                count, low, high = self._extent(cursor, plan)
+                ranges = split_range(low, high, streams, closed=False)
+                self._bind(cursor, plan, ranges[0])
+                if on_exported is not None:
+                    on_exported()
+            with ExitStack() as others:
+                # Every connection adopts the snapshot before any starts streaming.
+                cursors = [cursor] + [
+                    others.enter_context(self._snapshot(plan, session_name, high_water, snapshot_id, r))[0]
+                    for r in ranges[1:]
+                ]
+                readers = [self._reader(c, plan, r) for c, r in zip(cursors, ranges)]
+                yield Snapshot(count, readers, high_water)
+
+    def split(self, plan: ExportPlan, session_name: str) -> Split:
+        """The plan's row count and `plan.chunks` closed key ranges over its key's extent, with the
+        incremental bound, all fixed in one snapshot."""
         with self._snapshot(plan, session_name) as (cursor, high_water):
-            count = self._count(cursor, plan)
-            cursor.execute(sql.select_statement(plan))
-            yield Snapshot(count, cursor.fetch_record_batch(), high_water)
+            count, low, high = self._extent(cursor, plan)
+            return Split(count, split_range(low, high, plan.chunks, closed=True), high_water)
 
     def preflight_facts(self, plan: ExportPlan, session_name: str, count: bool) -> tuple[int | None, pa.Schema]:
         """What a format check needs before any row is read: the row count (when `count`) and

@@ -58,7 +58,15 @@ def write_json(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer |
 
 
 def write_parquet(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
+    sink_parquet_as_is(_zoned_and_labelled(frame, plan), plan, path)
+
+
+def write_parquet_part(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
+    """One chunk's rows as Arrow IPC, zoned and labelled, for `sink_parquet_as_is` to join: Parquet
+    parts cannot be concatenated, and IPC costs next to nothing to write and read back."""
+    _zoned_and_labelled(frame, plan).sink_ipc(path)
+
+
+def sink_parquet_as_is(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
     options = plan.options.parquet
-    _zoned_and_labelled(frame, plan).sink_parquet(
-        path, compression=options.compression.value, compression_level=options.compression_level
-    )
+    frame.sink_parquet(path, compression=options.compression.value, compression_level=options.compression_level)
