@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+import threading
 from dataclasses import dataclass
 
 import adbc_driver_postgresql.dbapi as adbc
@@ -18,10 +19,44 @@ from ..embedded_postgres import database_url
 from ..planning import ExportPlan
 
 
+class StreamClosed(RuntimeError):
+    """A batch was asked for after the export's transaction ended."""
+
+
+class GuardedReader:
+    """The driver's batch reader, which its snapshot can close from another thread.
+
+    Polars pulls batches on its own threads. When a writer fails, those threads may still be
+    reading while the transaction ends, and one libpq connection used from two threads at once
+    crashes the process (seen as a segfault when a disk filled up mid-xlsx). `close` waits for a
+    read in flight; every read after it raises.
+    """
+
+    def __init__(self, reader: pa.RecordBatchReader):
+        self._reader, self._lock, self._closed = reader, threading.Lock(), False
+        self.schema = reader.schema
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise StreamClosed("the export's database transaction has already ended")
+                try:
+                    batch = self._reader.read_next_batch()
+                except StopIteration:
+                    return
+            yield batch
+
+    def close(self) -> None:
+        self._closed = True  # before waiting, so that no new read can start ahead of this one
+        with self._lock:
+            pass
+
+
 @dataclass
 class Snapshot:
     count: int
-    readers: list[pa.RecordBatchReader]  # one per key range, in key order
+    readers: list[GuardedReader]  # one per key range, in key order
     high_water: str | None
 
 
@@ -159,8 +194,12 @@ class PostgresResource(dg.ConfigurableResource):
                     others.enter_context(self._snapshot(plan, session_name, high_water, snapshot_id, r))[0]
                     for r in ranges[1:]
                 ]
-                readers = [self._reader(c, plan, r) for c, r in zip(cursors, ranges)]
-                yield Snapshot(count, readers, high_water)
+                readers = [GuardedReader(self._reader(c, plan, r)) for c, r in zip(cursors, ranges)]
+                try:
+                    yield Snapshot(count, readers, high_water)
+                finally:
+                    for reader in readers:
+                        reader.close()
 
     def split(self, plan: ExportPlan, session_name: str) -> Split:
         """The plan's row count and `plan.chunks` closed key ranges over its key's extent, with the

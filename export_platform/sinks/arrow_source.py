@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import polars as pl
 import pyarrow as pa
@@ -93,8 +94,16 @@ class Pacer:
             self._changed.notify_all()
 
 
+class BatchSource(Protocol):
+    """A record batch reader: the driver's, or one guarded by its snapshot."""
+
+    schema: pa.Schema
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]: ...
+
+
 def scan_batches(
-    reader: pa.RecordBatchReader, on_rows: Callable[[int], None], pacer: Pacer | None = None
+    reader: BatchSource, on_rows: Callable[[int], None], pacer: Pacer | None = None
 ) -> pl.LazyFrame:
     """A LazyFrame over the reader's batches; `on_rows(total_so_far)` is called after each batch.
     With a `pacer`, reading waits for the writer (see `Pacer`)."""
