@@ -163,7 +163,7 @@ def test_chunks_share_one_snapshot(skewed_db):
         try:
             with postgres.snapshot_stream(plan, "chunk-test", streams=3, on_exported=concurrent_writer) as snapshot:
                 assert len(snapshot.readers) == 3
-                rows = [row for reader in snapshot.readers for row in _rows(reader.read_all())]
+                rows = [row for reader in snapshot.readers for batch in reader for row in _rows(batch)]
         finally:
             conn.execute("DELETE FROM users WHERE id = %s", (high + 1,))
             conn.execute("UPDATE users SET name = %s WHERE id = %s", (before[-1][1], high))
