@@ -269,3 +269,18 @@ def test_requests_inserted_across_a_daemon_restart_all_complete_exactly_once(sta
     assert runs == Counter(str(i) for i in ids)  # exactly one run each
     published = [p for p in files_in(stack.exports) if p.parent.name.startswith("restart")]
     assert len(published) == 100
+
+
+def test_a_run_past_its_maximum_runtime_ends_the_request_failed(stack, app, graphql):
+    request_id = insert(app, "users", status="QUEUED")  # as if the sensor had queued it
+    run_id = graphql.submit_job_execution(
+        "export_users",
+        run_config={"ops": {"plan_users": {"config": {"format": "csv"}}}},
+        # The export types' own limit is an hour; a 4M-row export outlives a 1 s one.
+        tags={REQUEST_ID_TAG: str(request_id), "dagster/max_runtime": "1"},
+    )
+    final = wait_status(app, request_id, {"FAILED", "COMPLETED", "CANCELLED"}, timeout=120)
+    assert final["status"] == "FAILED", final
+    assert "exceeding maximum runtime of 1 seconds" in final["error"]
+    assert wait_for(lambda: not export_sessions(app, run_id), 30, "the export query to stop")
+    assert not [p for p in files_in(stack.exports) if run_id[:8] in p.name]

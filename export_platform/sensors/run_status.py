@@ -21,19 +21,30 @@ INTERVAL_SECONDS = 2
 # When a run worker dies, the code server that started it logs why (e.g. "[DagsterApiServer] Run
 # execution process for … was terminated by signal 9 (SIGKILL)…") and fails the run without a message.
 _WORKER_CRASH = "Run execution process for"
-_WHY = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.RUN_FAILURE}
+_WHY = {
+    dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.ENGINE_EVENT,
+    dg.DagsterEventType.RUN_CANCELING,
+    dg.DagsterEventType.RUN_FAILURE,
+}
+# A step stopped from outside (e.g. by run monitoring at the maximum runtime) fails with this; the
+# reason it was stopped is the run's, not the step's.
+_INTERRUPTED = "dagster._core.errors.DagsterExecutionInterruptedError"
 
 
 def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
     """Why a run failed, for a person reading the request row: its steps' root errors, else why its
-    worker died, else the run's own failure message."""
+    worker died, else why it was stopped (e.g. its maximum runtime), else the run's own message."""
     events = [r.dagster_event for r in instance.all_logs(run_id, of_type=_WHY) if r.dagster_event]
     steps = [e.step_failure_data.error for e in events if e.is_step_failure and e.step_failure_data.error]
-    if steps:
-        return "; ".join(root_message(error) for error in steps)
+    causes = [m for m in map(root_message, steps) if not m.startswith(_INTERRUPTED)]
+    if causes:
+        return "; ".join(causes)
     crashes = [m[m.index(_WORKER_CRASH) :] for e in events if e.is_engine_event and _WORKER_CRASH in (m := e.message or "")]
+    stopped = [e.message for e in events if e.event_type is dg.DagsterEventType.RUN_CANCELING and e.message]
     failures = [e.message for e in events if e.event_type is dg.DagsterEventType.RUN_FAILURE and e.message]
-    return (crashes or failures or ["the run failed"])[-1]
+    # The first request to stop a run carries the reason; later ones are the termination itself.
+    return (crashes[-1:] or stopped[:1] or failures[-1:] or ["the run failed"])[0]
 
 
 def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefinition]:
