@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -28,6 +29,11 @@ MAX_LIST_VALUES = 10_000
 MAX_CHUNKS = 16
 MAX_TEXT_LENGTH = 1_000
 _BIGINT = 2**63
+# ASCII digits only: str.isdigit() also takes "²" and "٣", and int() takes "+-5"'s cousins.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+# JSON numbers longer than this are refused while params are decoded (Python refuses 4,300+ digits).
+MAX_NUMBER_DIGITS = 100
+_SHOWN = 60
 
 
 class RequestError(ValueError):
@@ -86,10 +92,36 @@ class ExportPlan:
         return protection is FormulaProtection.on or self.format is ExportFormat.xlsx or self.csv.bom
 
 
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+
+
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut short."""
+    return _cut(repr(value))
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise RequestError("params", f"holds a number of {len(text):,} digits; at most {MAX_NUMBER_DIGITS} are read")
+    return int(text)
+
+
+def decode_params(text: str | None) -> Any:
+    """A request row's params from their JSON text, with an error naming `params` for JSON that
+    Postgres stores but Python cannot read."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except RecursionError:
+        raise RequestError("params", "nested too deeply to read") from None
+
+
 def export_type_named(name: Any) -> ExportType:
     export_type = REGISTRY.get(name) if isinstance(name, str) else None
     if export_type is None:
-        raise RequestError("export_type", f"unknown export type {name!r}; known: {', '.join(REGISTRY.names())}")
+        raise RequestError("export_type", f"unknown export type {shown(name)}; known: {', '.join(REGISTRY.names())}")
     return export_type
 
 
@@ -100,12 +132,12 @@ def parse_format(value: Any) -> ExportFormat:
         return ExportFormat.parse(value) if isinstance(value, str) else ExportFormat.parse("")
     except ValueError:
         known = ", ".join(f.value for f in ExportFormat)
-        raise RequestError("format", f"unknown format {value!r}; known: {known}") from None
+        raise RequestError("format", f"unknown format {shown(value)}; known: {known}") from None
 
 
 def _text(field: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise RequestError(field, f"expected text, got {type(value).__name__} {value!r}")
+        raise RequestError(field, f"expected text, got {type(value).__name__} {shown(value)}")
     if len(value) > MAX_TEXT_LENGTH:
         raise RequestError(field, f"value longer than {MAX_TEXT_LENGTH} characters")
     if "\x00" in value:
@@ -114,22 +146,25 @@ def _text(field: str, value: Any) -> str:
 
 
 def _integer(field: str, value: Any) -> str:
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not -_BIGINT <= value < _BIGINT:
-        raise RequestError(field, f"expected a whole number, got {value!r}")
+        raise RequestError(field, f"expected a whole number (64-bit), got {shown(value)}")
     return str(value)
 
 
 def _numeric(field: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise RequestError(field, f"expected a decimal number, got {type(value).__name__} {value!r}")
+        raise RequestError(field, f"expected a decimal number, got {type(value).__name__} {shown(value)}")
+    text = str(value).strip()
     try:
-        number = Decimal(str(value).strip())
+        if not text.isascii() or len(text) > MAX_NUMBER_DIGITS:
+            raise InvalidOperation
+        number = Decimal(text)
     except InvalidOperation:
-        raise RequestError(field, f"expected a decimal number, got {value!r}") from None
+        raise RequestError(field, f"expected a decimal number, got {shown(value)}") from None
     if not number.is_finite() or abs(number.adjusted()) > 100:
-        raise RequestError(field, f"expected a finite decimal number, got {value!r}")
+        raise RequestError(field, f"expected a finite decimal number, got {shown(value)}")
     return str(number)
 
 
@@ -141,7 +176,7 @@ def _date(field: str, value: Any) -> str:
             return dt.date.fromisoformat(value).isoformat()
     except ValueError:
         pass
-    raise RequestError(field, f"expected a date as YYYY-MM-DD, got {value!r}")
+    raise RequestError(field, f"expected a date as YYYY-MM-DD, got {shown(value)}")
 
 
 _PARSERS = {ValueType.TEXT: _text, ValueType.INTEGER: _integer, ValueType.NUMERIC: _numeric, ValueType.DATE: _date}
@@ -199,7 +234,7 @@ def check_filters(export_type: ExportType, filters: Any) -> tuple[dict[str, Any]
         f = export_type.filter(name) if isinstance(name, str) else None
         if f is None:
             known = ", ".join(x.name for x in export_type.filters)
-            raise RequestError(f"filters.{name}", f"unknown filter for {export_type.name}; known: {known}")
+            raise RequestError(f"filters.{_cut(name)}", f"unknown filter for {export_type.name}; known: {known}")
         if raw is None:
             continue
         values = _filter_values(f, raw)
@@ -234,7 +269,7 @@ def check_columns(export_type: ExportType, columns: Any) -> tuple[str, ...]:
     for column in columns:
         if column not in export_type.columns:
             raise RequestError(
-                "columns", f"unknown column {column!r} for {export_type.name}; known: {', '.join(export_type.columns)}"
+                "columns", f"unknown column {shown(column)} for {export_type.name}; known: {', '.join(export_type.columns)}"
             )
     if len(set(columns)) != len(columns):
         raise RequestError("columns", "a column is listed twice")
@@ -242,8 +277,9 @@ def check_columns(export_type: ExportType, columns: Any) -> tuple[str, ...]:
 
 
 def _one_character(field: str, value: str) -> None:
-    if len(value) != 1 or value in "\r\n":
-        raise RequestError(field, f"must be exactly one character other than a line break, got {value!r}")
+    # The CSV writer splits and quotes on single bytes: "é" or "€" would be two or three.
+    if len(value.encode()) != 1 or value in "\r\n":
+        raise RequestError(field, f"must be exactly one character (ASCII), other than a line break, got {shown(value)}")
 
 
 def _strftime(field: str, pattern: str | None, sample: pl.Series) -> None:
@@ -276,7 +312,7 @@ def check_csv_options(options: CsvOptions) -> CsvOptions:
 def _check_labels(labels: dict[str, str], columns: tuple[str, ...]) -> None:
     for column, label in labels.items():
         if column not in columns:
-            raise RequestError(f"labels.{column}", f"not an exported column; exported: {', '.join(columns)}")
+            raise RequestError(f"labels.{_cut(column)}", f"not an exported column; exported: {', '.join(columns)}")
         if not _text(f"labels.{column}", label).strip():
             raise RequestError(f"labels.{column}", "a label cannot be blank")
     names = [labels.get(c, c) for c in columns]
@@ -289,7 +325,7 @@ def _check_time_zone(name: str) -> None:
     try:
         _SAMPLE_TIMESTAMP.dt.convert_time_zone(_text("time_zone", name))
     except pl.exceptions.PolarsError:
-        raise RequestError("time_zone", f"unknown time zone {name!r}; use an IANA name such as Europe/Paris") from None
+        raise RequestError("time_zone", f"unknown time zone {shown(name)}; use an IANA name such as Europe/Paris") from None
 
 
 _LEVELS = {ParquetCompression.zstd: (1, 22), ParquetCompression.gzip: (0, 9), ParquetCompression.brotli: (0, 11)}
@@ -307,8 +343,14 @@ def _check_format_options(options: ExportOptions) -> None:
             f"{options.parquet.compression.value} levels are {levels[0]} to {levels[1]}, got {level}",
         )
     name = options.xlsx.sheet_name
-    if name is not None and (not name.strip() or len(name) > MAX_SHEET_NAME or _SHEET_NAME_FORBIDDEN & set(name)):
-        raise RequestError("xlsx.sheet_name", f"Excel sheet names have 1 to 31 characters, none of []:*?/\\; got {name!r}")
+    if name is not None and (
+        not name.strip() or len(name) > MAX_SHEET_NAME or _SHEET_NAME_FORBIDDEN & set(name) or "'" in (name[0], name[-1])
+    ):
+        raise RequestError(
+            "xlsx.sheet_name",
+            f"Excel sheet names have 1 to 31 characters, none of []:*?/\\, and do not start or end with ' ; "
+            f"got {shown(name)}",
+        )
     if options.pdf.title is not None:
         _text("pdf.title", options.pdf.title)
 
@@ -333,14 +375,16 @@ def _options_from_params(params: Mapping[str, Any]) -> ExportOptions:
 
 
 def plan_request(export_type_name: Any, format: Any, params: Any) -> ExportPlan:
-    """Check a request row (`params` as the application stored it) and plan it."""
-    if params is None:
-        params = {}
+    """Check a request row (`params` as the application stored it) and plan it. JSON null is
+    refused like any other non-object: an application that meant "everything" writes `{}`, and a
+    null that slipped through must not export a whole table."""
     if not isinstance(params, Mapping):
-        raise RequestError("params", f"expected a JSON object with {', '.join(PARAM_KEYS)}")
+        raise RequestError(
+            "params", f"expected a JSON object with {', '.join(PARAM_KEYS)} (use {{}} for all rows), got {shown(params)}"
+        )
     unknown = [k for k in params if k not in PARAM_KEYS]
     if unknown:
-        raise RequestError(f"params.{unknown[0]}", f"unknown option; known: {', '.join(PARAM_KEYS)}")
+        raise RequestError(f"params.{_cut(unknown[0])}", f"unknown option; known: {', '.join(PARAM_KEYS)}")
     options = _options_from_params({k: v for k, v in params.items() if v is not None})
     return plan_export(export_type_name, format, params.get("filters"), params.get("columns"), options)
 

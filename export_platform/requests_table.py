@@ -52,6 +52,12 @@ export_requests = sa.Table(
     sa.Column("params", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("requested_by", sa.Text),
     sa.Column("idempotency_key", sa.Text),
+    # The Dagster run key: unique beyond this table, so a recreated table (ids starting again) or a
+    # second export database beside the same Dagster instance never collides with an earlier run.
+    sa.Column("run_key", sa.Text, nullable=False, server_default=sa.text("gen_random_uuid()::text")),
+    # How often the sensor has offered the row as a run; a row whose run never appears is offered
+    # again a few times, then failed, never retried forever.
+    sa.Column("offers", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Column("status", sa.Text, nullable=False, server_default=Status.PENDING.value),
     sa.Column("run_id", sa.Text),
     sa.Column("progress_rows", sa.BigInteger),
@@ -96,6 +102,24 @@ watermarks = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
 )
 
+# A cancel can only stop an export that has not finished: on a finished row (COMPLETED, FAILED,
+# CANCELLED, EXPIRED) setting CANCEL_REQUESTED is ignored by the database itself, so the row keeps
+# telling the truth about its file whoever writes it (the UPDATE reports 0 rows).
+_KEEP_FINISHED = [
+    sa.DDL(
+        "CREATE OR REPLACE FUNCTION export_requests_keep_finished() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RETURN NULL; END $$"
+    ),
+    sa.DDL("DROP TRIGGER IF EXISTS export_requests_keep_finished ON export_requests"),
+    sa.DDL(
+        "CREATE TRIGGER export_requests_keep_finished BEFORE UPDATE OF status ON export_requests FOR EACH ROW "
+        "WHEN (NEW.status = 'CANCEL_REQUESTED' AND OLD.status IN ('COMPLETED', 'FAILED', 'CANCELLED', 'EXPIRED')) "
+        "EXECUTE FUNCTION export_requests_keep_finished()"
+    ),
+]
+for _statement in _KEEP_FINISHED:
+    sa.event.listen(export_requests, "after_create", _statement)
+
 schema_versions = sa.Table(
     "export_platform_schema",
     metadata,
@@ -112,7 +136,17 @@ def _v2_links_and_expiry(conn: sa.Connection) -> None:
     ))
 
 
-UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry]
+def _v3_run_keys_and_finished_rows(conn: sa.Connection) -> None:
+    conn.execute(sa.text(
+        "ALTER TABLE export_requests "
+        "ADD COLUMN IF NOT EXISTS run_key text NOT NULL DEFAULT gen_random_uuid()::text, "
+        "ADD COLUMN IF NOT EXISTS offers smallint NOT NULL DEFAULT 0"
+    ))
+    for statement in _KEEP_FINISHED:
+        conn.execute(statement)
+
+
+UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry, _v3_run_keys_and_finished_rows]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 
@@ -152,9 +186,14 @@ def _transition(request_id: int, from_states: tuple[Status, ...], **values) -> s
 
 
 def pending(limit: int) -> sa.Select:
-    """The oldest PENDING rows, locked so that two sensor ticks never take the same row."""
+    """The oldest PENDING rows, locked so that two sensor ticks never take the same row. `params`
+    comes as JSON text, for the sensor to decode row by row: one row's JSON that Python cannot
+    read (nesting too deep, a 5,000-digit number) must not fail the whole batch."""
     return (
-        sa.select(t.c.id, t.c.export_type, t.c.format, t.c.params, t.c.requested_by)
+        sa.select(
+            t.c.id, t.c.export_type, t.c.format, sa.cast(t.c.params, sa.Text).label("params"), t.c.requested_by,
+            t.c.run_key,
+        )
         .where(t.c.status == Status.PENDING.value)
         .order_by(t.c.id)
         .limit(limit)
@@ -167,7 +206,7 @@ def needing_attention(limit: int, quiet_seconds: int) -> sa.Select:
     active rows quiet for `quiet_seconds` (their run may have ended without reporting back)."""
     quiet = t.c.updated_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, quiet_seconds)
     return (
-        sa.select(t.c.id, t.c.status, t.c.run_id, t.c.queued_at)
+        sa.select(t.c.id, t.c.status, t.c.run_id, t.c.run_key, t.c.queued_at, t.c.offers)
         .where(
             sa.or_(
                 t.c.status == Status.CANCEL_REQUESTED.value,
@@ -181,7 +220,9 @@ def needing_attention(limit: int, quiet_seconds: int) -> sa.Select:
 
 
 def mark_queued(request_id: int) -> sa.Update:
-    return _transition(request_id, (Status.PENDING,), status=Status.QUEUED.value, queued_at=_now, error=None)
+    return _transition(
+        request_id, (Status.PENDING,), status=Status.QUEUED.value, queued_at=_now, error=None, offers=t.c.offers + 1
+    )
 
 
 def requeue(request_id: int) -> sa.Update:
@@ -257,12 +298,21 @@ def mark_expired(request_id: int, reason: str) -> sa.Update:
     )
 
 
+MAX_ERROR_LENGTH = 2_000
+
+
+def readable_error(error: str) -> str:
+    """An error as the row can hold it (text cannot hold NUL) and a person can read it."""
+    error = error.replace("\x00", "\\0")
+    return error if len(error) <= MAX_ERROR_LENGTH else error[: MAX_ERROR_LENGTH - 1] + "…"
+
+
 def mark_failed(request_id: int, error: str) -> sa.Update:
     return _transition(
         request_id,
         (Status.PENDING, Status.QUEUED, Status.RUNNING),
         status=Status.FAILED.value,
-        error=error,
+        error=readable_error(error),
         finished_at=_now,
     )
 
@@ -276,9 +326,10 @@ def mark_cancelled(request_id: int) -> sa.Update:
     )
 
 
-def restore_finished(request_id: int, status: Status) -> sa.Update:
-    """A cancel that arrived after the run had already finished: the run's outcome stands."""
-    return _transition(request_id, (Status.CANCEL_REQUESTED,), status=status.value)
+def status_for_publish(request_id: int) -> sa.Select:
+    """The row's status, locked until the publishing transaction ends: a cancel arriving meanwhile
+    waits, then finds the row finished (and is ignored by the trigger above)."""
+    return sa.select(t.c.status).where(t.c.id == request_id).with_for_update()
 
 
 def request_cancel(request_id: int) -> sa.Update:

@@ -85,10 +85,10 @@ def test_any_request_row_ends_in_an_actionable_state(
     final = row(db, request_id)
     if final["status"] == "FAILED":
         assert final["error"] and ": " in final["error"]
-        assert [r for r in result.run_requests if r.run_key == str(request_id)] == []
+        assert [r for r in result.run_requests if r.run_key == final["run_key"]] == []
         return
     assert final["status"] == "QUEUED"
-    [run_request] = [r for r in result.run_requests if r.run_key == str(request_id)]
+    [run_request] = [r for r in result.run_requests if r.run_key == final["run_key"]]
     assert dg.validate_run_config(defs.resolve_job_def(run_request.job_name), run_request.run_config)
     plan = plan_request(export_type, fmt, params)
     statements = sql.select_statement(plan) + sql.count_statement(plan) + (sql.bind_statement(plan) or "")

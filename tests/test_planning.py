@@ -10,7 +10,7 @@ from export_platform.config import CsvOptions, ExportOptions
 from export_platform.definitions import defs
 from export_platform.formats import ExportFormat
 from export_platform.jobs import run_config_for
-from export_platform.planning import RequestError, plan_export, plan_request
+from export_platform.planning import RequestError, decode_params, plan_export, plan_request
 from export_platform.registry import Operator
 
 INJECTION = "x'); DROP TABLE users;--"
@@ -63,6 +63,16 @@ def error_for(*args, **kwargs) -> RequestError:
         (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(delimiter=",,"))}, "csv.delimiter", "one character"),
         (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(delimiter="\n"))}, "csv.delimiter", "line break"),
         (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(quote_char=","))}, "csv.quote_char", "differ"),
+        # One character, but not one byte: the CSV writer would refuse it only inside the run.
+        (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(delimiter="é"))}, "csv.delimiter", "ASCII"),
+        (("users", "csv"), {"options": ExportOptions(csv=CsvOptions(quote_char="€"))}, "csv.quote_char", "ASCII"),
+        (("users", "xlsx"), {"options": ExportOptions(xlsx={"sheet_name": "'Users"})}, "xlsx.sheet_name", "start or end"),
+        (("users", "xlsx"), {"options": ExportOptions(xlsx={"sheet_name": "Users'"})}, "xlsx.sheet_name", "start or end"),
+        # Signs and digits that str.isdigit() or int() would let through.
+        (("ezpass_transactions", "csv"), {"filters": {"driver_id": "+-5"}}, "filters.driver_id", "whole number"),
+        (("ezpass_transactions", "csv"), {"filters": {"driver_id": "²"}}, "filters.driver_id", "whole number"),
+        (("ezpass_transactions", "csv"), {"filters": {"driver_id": "9" * 5000}}, "filters.driver_id", "whole number"),
+        (("users", "csv"), {"filters": {"lifetime_value_min": "١٢"}}, "filters.lifetime_value_min", "decimal"),
     ],
 )
 def test_bad_request_names_the_field(args, kwargs, field, words):
@@ -183,3 +193,25 @@ def test_every_format_parses_from_name_and_extension():
     for member in ExportFormat:
         assert ExportFormat.parse(member.name) is ExportFormat.parse(member.value) is member
         assert member.name.isidentifier()
+
+
+@pytest.mark.parametrize("params", [None, [], "{}", 5])
+def test_params_must_be_an_object_and_null_is_not_everything(params):
+    with pytest.raises(RequestError) as raised:
+        plan_request("users", "csv", params)
+    assert raised.value.field == "params" and "use {} for all rows" in raised.value.message
+
+
+def test_an_error_quotes_a_huge_value_briefly():
+    error = error_for("ezpass_transactions", "csv", filters={"vin": ["x" * 5000]})
+    assert error.field == "filters.vin" and len(str(error)) < 200
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [('{"filters": {"driver_id": ' + "9" * 5000 + "}}", "params"), ("[" * 5000 + "]" * 5000, "params")],
+)
+def test_params_json_python_cannot_read_names_params(text, field):
+    with pytest.raises(RequestError) as raised:
+        decode_params(text)
+    assert raised.value.field == field

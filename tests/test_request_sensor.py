@@ -10,8 +10,9 @@ import pytest
 
 from export_platform.definitions import defs
 from export_platform.jobs import EXPORT_JOBS
+from export_platform.requests_table import export_requests
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, RequestStore
 from export_platform.sensors.request_sensor import ROWS_PER_TICK, build_request_sensor
 from readback import run_job
 
@@ -39,9 +40,15 @@ def insert(db, export_type, fmt="csv", params=None, user="alice") -> int:
 
 
 def row(db, request_id):
-    cursor = db.execute("SELECT * FROM export_requests WHERE id = %s", (request_id,))
+    # params as text: a poison row's JSON is one Python cannot decode.
+    columns = ", ".join(f"{c.name}::text" if c.name == "params" else c.name for c in export_requests.columns)
+    cursor = db.execute(f"SELECT {columns} FROM export_requests WHERE id = %s", (request_id,))
     names = [c.name for c in cursor.description]
     return dict(zip(names, cursor.fetchone()))
+
+
+def ids(result: dg.SensorResult) -> list[int]:
+    return [int(r.tags[REQUEST_ID_TAG]) for r in result.run_requests]
 
 
 def tick(instance, store, database_url) -> dg.SensorResult:
@@ -71,9 +78,11 @@ def test_valid_rows_become_run_requests_and_bad_rows_fail_with_the_field(db, sto
     result = tick(instance, store, database_url)
 
     [request] = result.run_requests
-    assert request.run_key == str(good)
+    assert request.run_key == row(db, good)["run_key"]
     assert request.job_name == "export_users"
-    assert request.tags == {REQUEST_ID_TAG: str(good), "export_type": "users", "requested_by": "alice"}
+    assert request.tags == {
+        REQUEST_ID_TAG: str(good), REQUEST_KEY_TAG: request.run_key, "export_type": "users", "requested_by": "alice"
+    }
     config = request.run_config["ops"]["plan_users"]["config"]
     assert config["format"] == "csv_gz" and config["filters"] == {"country_code": ["US", "GB"]}
     assert row(db, good)["status"] == "QUEUED" and row(db, good)["queued_at"] is not None
@@ -90,18 +99,18 @@ def test_rows_committed_out_of_id_order_are_not_skipped(db, store, instance, dat
         early = insert(slow_app, "users")
         late = insert(db, "ledger_postings")
         assert early < late
-        assert [r.run_key for r in tick(instance, store, database_url).run_requests] == [str(late)]
+        assert ids(tick(instance, store, database_url)) == [late]
         slow_app.commit()
-    assert [r.run_key for r in tick(instance, store, database_url).run_requests] == [str(early)]
+    assert ids(tick(instance, store, database_url)) == [early]
     assert tick(instance, store, database_url).run_requests == []  # nothing twice
 
 
 def test_a_tick_reads_a_bounded_batch(db, store, instance, database_url):
-    ids = [insert(db, "users") for _ in range(ROWS_PER_TICK + 5)]
-    first = tick(instance, store, database_url).run_requests
-    second = tick(instance, store, database_url).run_requests
-    assert [r.run_key for r in first] == [str(i) for i in ids[:ROWS_PER_TICK]]
-    assert [r.run_key for r in second] == [str(i) for i in ids[ROWS_PER_TICK:]]
+    inserted = [insert(db, "users") for _ in range(ROWS_PER_TICK + 5)]
+    first = tick(instance, store, database_url)
+    second = tick(instance, store, database_url)
+    assert ids(first) == inserted[:ROWS_PER_TICK]
+    assert ids(second) == inserted[ROWS_PER_TICK:]
 
 
 def test_cancel_before_a_run_exists_ends_cancelled(db, store, instance, database_url):
@@ -132,3 +141,40 @@ def test_run_writes_its_lifecycle_to_the_request_row(db, store, resources):
     assert float(final["progress_pct"]) == 100.0
     assert (final["file_uri"], final["file_bytes"], final["sha256"]) == (published.uri, published.bytes, published.sha256)
     assert final["created_at"] <= final["started_at"] <= final["finished_at"]
+
+
+def insert_raw(db, export_type, fmt, params_json: str, user="alice") -> int:
+    """A row as an application's plain SQL would insert it, with params as JSON text that Python's
+    own encoder could not produce (huge integers, deep nesting)."""
+    return db.execute(
+        "INSERT INTO export_requests (export_type, format, params, requested_by) VALUES (%s, %s, %s::jsonb, %s) RETURNING id",
+        (export_type, fmt, params_json, user),
+    ).fetchone()[0]
+
+
+POISON = {
+    # Values Postgres stores but Python cannot parse, or parses differently from a plain integer.
+    '{"filters": {"driver_id": "+-5"}}': "filters.driver_id",
+    '{"filters": {"driver_id": "--5"}}': "filters.driver_id",
+    '{"filters": {"driver_id": "²"}}': "filters.driver_id",
+    '{"filters": {"driver_id": "٣"}}': "filters.driver_id",
+    '{"filters": {"driver_id": "' + "9" * 5000 + '"}}': "filters.driver_id",
+    '{"filters": {"driver_id": ' + "9" * 5000 + "}}": "params",
+    '{"filters": {"from_amount": ' + "9" * 5000 + "}}": "params",
+    '{"filters": {"plate_number": ' + "[" * 3000 + "]" * 3000 + "}}": "params",
+    "[" * 3000 + "]" * 3000: "params",
+}
+
+
+def test_a_poison_row_between_good_rows_delays_none(db, store, instance, database_url):
+    first = insert(db, "users")
+    poisons = {insert_raw(db, "ezpass_transactions", "csv", params): field for params, field in POISON.items()}
+    last = insert(db, "ledger_postings")
+    result = tick(instance, store, database_url)
+    assert [r.run_key for r in result.run_requests] == [row(db, first)["run_key"], row(db, last)["run_key"]]
+    assert row(db, first)["status"] == row(db, last)["status"] == "QUEUED"
+    for request_id, field in poisons.items():
+        failed = row(db, request_id)
+        assert failed["status"] == "FAILED" and failed["error"].startswith(f"{field}"), failed["error"][:200]
+        assert len(failed["error"]) < 1_000
+    assert tick(instance, store, database_url).run_requests == []  # quarantined: never offered again

@@ -1,9 +1,10 @@
 """The front door: rows in `export_requests` become runs, and cancel requests stop them.
 
-The row's status is the source of truth; `run_key` = request id is only the guard against a
-second run. Each tick reads a bounded number of rows with a statement timeout, so it stays far
-inside Dagster's ~60 s tick limit; a bad row becomes FAILED with its message and never stops
-the others.
+The row's status is the source of truth; its `run_key` (random, stored on the row at insert) is
+only the guard against a second run. Each tick reads a bounded number of rows with a statement
+timeout, so it stays far inside Dagster's ~60 s tick limit. Each row is decoded, checked and
+claimed on its own, in a savepoint: whatever one row contains, it ends FAILED with a message
+naming the field (or `params`) and the other rows of the tick are served as if it were not there.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import dagster as dg
 from .. import requests_table as rt
 from ..jobs import run_config_for
 from ..ops.export import session_name
-from ..planning import ExportPlan, RequestError, plan_request
+from ..export_types import REGISTRY
+from ..planning import ExportPlan, RequestError, decode_params, plan_request
 from ..requests_table import Status
 from ..resources.postgres import PostgresResource
-from ..resources.requests import REQUEST_ID_TAG, RequestStore
+from ..resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, RequestStore, user_tag
 from .run_status import failure_message
 
 ROWS_PER_TICK = 50
@@ -26,28 +28,30 @@ ROWS_PER_TICK = 50
 QUIET_SECONDS = 30
 # A QUEUED row whose run never appeared (the tick's result was lost) is offered again after this.
 REQUEUE_AFTER = timedelta(minutes=2)
+# ...at most this many times in all; then the row fails instead of waiting forever.
+MAX_OFFERS = 3
 _NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
 _IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 
 
-def run_request_for(request_id: int, plan: ExportPlan, requested_by: str | None) -> dg.RunRequest:
+def run_request_for(request_id: int, run_key: str, plan: ExportPlan, requested_by: str | None) -> dg.RunRequest:
     return dg.RunRequest(
-        run_key=str(request_id),
-        job_name=f"export_{plan.export_type}",
+        run_key=run_key,
+        job_name=REGISTRY.get(plan.export_type).job_name,
         run_config=run_config_for(plan),
         tags={
             REQUEST_ID_TAG: str(request_id),
+            REQUEST_KEY_TAG: run_key,
             "export_type": plan.export_type,
-            # Tag values are capped by Dagster; the queue limits per user only need them distinct.
-            "requested_by": (requested_by or "anonymous")[:63],
+            REQUESTED_BY_TAG: user_tag(requested_by),
         },
     )
 
 
-def _run_for(instance: dg.DagsterInstance, request_id: int, run_id: str | None) -> dg.DagsterRun | None:
-    if run_id:
-        return instance.get_run_by_id(run_id)
-    runs = instance.get_runs(dg.RunsFilter(tags={REQUEST_ID_TAG: str(request_id)}), limit=1)
+def _run_for(instance: dg.DagsterInstance, row) -> dg.DagsterRun | None:
+    if row.run_id:
+        return instance.get_run_by_id(row.run_id)
+    runs = instance.get_runs(dg.RunsFilter(tags={REQUEST_KEY_TAG: row.run_key}), limit=1)
     return runs[0] if runs else None
 
 
@@ -61,9 +65,9 @@ def _cancel(context, requests: RequestStore, postgres: PostgresResource, request
             context.instance.run_launcher.terminate(run.run_id)
         # The worker may be deep inside a sink: stopping its query is what stops it promptly.
         postgres.cancel_queries(session_name(run.run_id))
-    elif run.status is dg.DagsterRunStatus.SUCCESS:
-        requests.run(rt.restore_finished(request_id, Status.COMPLETED))
-    else:  # CANCELED, or FAILURE caused by the cancelled query
+    else:
+        # CANCELED, or FAILURE caused by the cancelled query. (Not SUCCESS: a successful run's publish
+        # completed the row under a lock, and the database ignores a cancel of a completed row.)
         requests.run(rt.mark_cancelled(request_id))
 
 
@@ -78,20 +82,48 @@ def _reconcile(context, requests: RequestStore, request_id: int, run: dg.Dagster
         requests.run(rt.mark_cancelled(request_id))
 
 
+def _attend_row(context, requests: RequestStore, postgres: PostgresResource, row, now: datetime) -> None:
+    run = _run_for(context.instance, row)
+    if row.status == Status.CANCEL_REQUESTED.value:
+        _cancel(context, requests, postgres, row.id, run)
+    elif run is not None:
+        if row.run_id is None:
+            requests.run(rt.set_run_id(row.id, run.run_id))
+        _reconcile(context, requests, row.id, run)
+    elif row.queued_at is not None and now - row.queued_at > REQUEUE_AFTER:
+        if row.offers >= MAX_OFFERS:
+            error = f"no Dagster run appeared for this request after {row.offers} offers (run key {row.run_key})"
+            requests.run(rt.mark_failed(row.id, error))
+        else:
+            context.log.warning(f"request {row.id}: no run appeared; offering it again")
+            requests.run(rt.requeue(row.id))
+
+
 def _attend(context, requests: RequestStore, postgres: PostgresResource) -> None:
     """Cancels, QUEUED rows not yet tied to their run, and active rows whose run has ended."""
     now = datetime.now(timezone.utc)
     for row in requests.run(rt.needing_attention(ROWS_PER_TICK, QUIET_SECONDS)).all():
-        run = _run_for(context.instance, row.id, row.run_id)
-        if row.status == Status.CANCEL_REQUESTED.value:
-            _cancel(context, requests, postgres, row.id, run)
-        elif run is not None:
-            if row.run_id is None:
-                requests.run(rt.set_run_id(row.id, run.run_id))
-            _reconcile(context, requests, row.id, run)
-        elif row.queued_at is not None and now - row.queued_at > REQUEUE_AFTER:
-            context.log.warning(f"request {row.id}: no run appeared; offering it again")
-            requests.run(rt.requeue(row.id))
+        try:
+            _attend_row(context, requests, postgres, row, now)
+        except Exception:  # one row's trouble (e.g. a run record that cannot be read) must not stop the rest
+            context.log.exception(f"request {row.id}: could not check its run; trying again next tick")
+
+
+def _claim(conn, row) -> dg.RunRequest:
+    plan = plan_request(row.export_type, row.format, decode_params(row.params))
+    run_request = run_request_for(row.id, row.run_key, plan, row.requested_by)
+    conn.execute(rt.mark_queued(row.id))
+    return run_request
+
+
+def _reject(context, conn, request_id: int, error: str) -> None:
+    context.log.info(f"request {request_id} rejected: {error}")
+    try:
+        with conn.begin_nested():
+            conn.execute(rt.mark_failed(request_id, error))
+    except Exception:  # quarantine with a message the row can surely hold
+        with conn.begin_nested():
+            conn.execute(rt.mark_failed(request_id, "params: this request could not be read"))
 
 
 def _claim_pending(context, requests: RequestStore) -> list[dg.RunRequest]:
@@ -99,13 +131,12 @@ def _claim_pending(context, requests: RequestStore) -> list[dg.RunRequest]:
     with requests.transaction() as conn:
         for row in conn.execute(rt.pending(ROWS_PER_TICK)).all():
             try:
-                plan = plan_request(row.export_type, row.format, row.params)
+                with conn.begin_nested():
+                    run_requests.append(_claim(conn, row))
             except RequestError as error:
-                conn.execute(rt.mark_failed(row.id, str(error)))
-                context.log.info(f"request {row.id} rejected: {error}")
-                continue
-            conn.execute(rt.mark_queued(row.id))
-            run_requests.append(run_request_for(row.id, plan, row.requested_by))
+                _reject(context, conn, row.id, str(error))
+            except Exception as error:  # whatever else one row holds, it fails alone
+                _reject(context, conn, row.id, f"params: could not be processed ({type(error).__name__}: {error})")
     return run_requests
 
 
