@@ -15,7 +15,7 @@ from export_platform import sql
 from export_platform.definitions import defs
 from export_platform.export_types import REGISTRY
 from export_platform.formats import ExportFormat
-from export_platform.planning import plan_request
+from export_platform.planning import decode_params, plan_request
 from export_platform.resources.requests import RequestStore
 from test_request_sensor import row, tick
 
@@ -28,9 +28,13 @@ json_values = st.recursive(
     max_leaves=12,
 )
 filter_names = st.sampled_from(sorted({f.name for t in REGISTRY for f in t.filters})) | text
-filter_values = json_values | st.dates().map(str) | st.just(list(range(20_000))) | st.just(["US"] * 10_001)
+# Shapes that once stopped the whole queue: signs, Unicode digits, numbers longer than Python reads.
+numberish = st.from_regex(r"[+\- ]{0,3}[0-9²٣５.eE]{1,24}", fullmatch=True) | st.integers(4_000, 6_000).map(lambda n: "9" * n)
+filter_values = (
+    json_values | numberish | st.dates().map(str) | st.just(list(range(20_000))) | st.just(["US"] * 10_001)
+)
 column_names = st.sampled_from(sorted({c for t in REGISTRY for c in t.columns})) | text
-params = st.fixed_dictionaries(
+params_objects = st.fixed_dictionaries(
     {},
     optional={
         "filters": st.dictionaries(filter_names, filter_values, max_size=4) | json_values,
@@ -38,6 +42,15 @@ params = st.fixed_dictionaries(
         "csv": st.fixed_dictionaries({}, optional={"delimiter": text, "quote_char": text, "header": json_values}),
     },
 ) | json_values
+# params as JSON text, as an application's SQL stores it, including JSON that Python's own encoder
+# cannot produce and its decoder cannot read: 5,000-digit numbers, nesting thousands deep.
+huge_number = st.integers(4_400, 6_000).map(lambda n: "9" * n)
+params_json = (
+    params_objects.map(json.dumps)
+    | st.builds(lambda name, digits: json.dumps({"filters": {name: 0}}).replace("0", digits), filter_names, huge_number)
+    | st.integers(900, 5_000).map(lambda depth: "[" * depth + "]" * depth)
+    | st.builds(lambda depth: '{"filters": {"plate_number": ' + "[" * depth + "]" * depth + "}}", st.integers(900, 5_000))
+)
 
 
 @pytest.fixture
@@ -72,14 +85,15 @@ def strings_in(value) -> list[str]:
 @given(
     export_type=st.sampled_from(REGISTRY.names()) | text,
     fmt=st.sampled_from([f.value for f in ExportFormat] + [f.name for f in ExportFormat]) | text,
-    params=params,
+    params_text=params_json,
 )
 def test_any_request_row_ends_in_an_actionable_state(
-    db, database_url, instance, store, clean_queue, export_type, fmt, params
+    db, database_url, instance, store, clean_queue, export_type, fmt, params_text
 ):
     request_id = db.execute(
-        "INSERT INTO export_requests (export_type, format, params, requested_by) VALUES (%s, %s, %s, 'fuzz') RETURNING id",
-        (export_type, fmt, json.dumps(params)),
+        "INSERT INTO export_requests (export_type, format, params, requested_by) "
+        "VALUES (%s, %s, %s::jsonb, 'fuzz') RETURNING id",
+        (export_type, fmt, params_text),
     ).fetchone()[0]
     result = tick(instance, store, database_url)  # must not raise
     final = row(db, request_id)
@@ -90,6 +104,7 @@ def test_any_request_row_ends_in_an_actionable_state(
     assert final["status"] == "QUEUED"
     [run_request] = [r for r in result.run_requests if r.run_key == final["run_key"]]
     assert dg.validate_run_config(defs.resolve_job_def(run_request.job_name), run_request.run_config)
+    params = decode_params(params_text)
     plan = plan_request(export_type, fmt, params)
     statements = sql.select_statement(plan) + sql.count_statement(plan) + (sql.bind_statement(plan) or "")
     identifiers = set(plan.columns) | {c.column for c in plan.conditions} | {plan.relation}

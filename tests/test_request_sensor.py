@@ -12,7 +12,7 @@ from export_platform.definitions import defs
 from export_platform.jobs import EXPORT_JOBS
 from export_platform.requests_table import export_requests
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, RequestStore
+from export_platform.resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, RequestStore, user_tag
 from export_platform.sensors.request_sensor import ROWS_PER_TICK, build_request_sensor
 from readback import run_job
 
@@ -32,7 +32,7 @@ def store(database_url):
     return store
 
 
-def insert(db, export_type, fmt="csv", params=None, user="alice") -> int:
+def insert(db, export_type="users", fmt="csv", params=None, user="alice") -> int:
     return db.execute(
         "INSERT INTO export_requests (export_type, format, params, requested_by) VALUES (%s, %s, %s, %s) RETURNING id",
         (export_type, fmt, json.dumps(params or {}), user),
@@ -178,3 +178,58 @@ def test_a_poison_row_between_good_rows_delays_none(db, store, instance, databas
         assert failed["status"] == "FAILED" and failed["error"].startswith(f"{field}"), failed["error"][:200]
         assert len(failed["error"]) < 1_000
     assert tick(instance, store, database_url).run_requests == []  # quarantined: never offered again
+
+
+@pytest.mark.parametrize("finished", ["COMPLETED", "FAILED", "CANCELLED", "EXPIRED"])
+def test_a_cancel_of_a_finished_row_is_ignored_by_the_database(db, store, finished):
+    request_id = insert(db)
+    db.execute(
+        "UPDATE export_requests SET status = %s, file_uri = 'file:///x.csv', error = 'e' WHERE id = %s",
+        (finished, request_id),
+    )
+    before = row(db, request_id)
+    cancel = db.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
+    assert cancel.rowcount == 0
+    assert row(db, request_id) == before
+
+
+def test_an_open_row_can_still_be_cancelled_by_sql(db, store):
+    request_id = insert(db)
+    db.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
+    assert row(db, request_id)["status"] == "CANCEL_REQUESTED"
+
+
+def test_a_run_of_another_table_with_the_same_request_id_is_not_this_rows_run(db, store, instance, database_url):
+    """Two export databases on one Dagster instance, or a recreated table: ids repeat, run keys do not."""
+    request_id = insert(db)
+    [job] = [j for j in EXPORT_JOBS if j.name == "export_users"]
+    earlier = instance.create_run_for_job(
+        job, run_config={}, tags={REQUEST_ID_TAG: str(request_id), "dagster/run_key": str(request_id)}
+    )
+    instance.report_run_canceled(earlier)
+    [run_request] = tick(instance, store, database_url).run_requests
+    assert run_request.run_key not in (str(request_id), earlier.run_id)
+    db.execute("UPDATE export_requests SET updated_at = now() - interval '1 hour' WHERE id = %s", (request_id,))
+    tick(instance, store, database_url)
+    assert (row(db, request_id)["status"], row(db, request_id)["run_id"]) == ("QUEUED", None)
+
+
+def test_a_row_whose_run_never_appears_is_offered_again_then_failed(db, store, instance, database_url):
+    request_id = insert(db)
+    for offer in range(1, 4):
+        # Each run request is "lost" (never launched); the next tick past the wait offers it again.
+        assert ids(tick(instance, store, database_url)) == [request_id]
+        assert row(db, request_id)["offers"] == offer
+        db.execute("UPDATE export_requests SET queued_at = now() - interval '1 hour' WHERE id = %s", (request_id,))
+    assert tick(instance, store, database_url).run_requests == []
+    final = row(db, request_id)
+    assert final["status"] == "FAILED" and "no Dagster run appeared" in final["error"]
+
+
+def test_users_sharing_a_long_prefix_get_distinct_readable_tags(db, store, instance, database_url):
+    prefix = "team-analytics-" * 5
+    first, second = insert(db, user=prefix + "alice"), insert(db, user=prefix + "bob")
+    tags = {int(r.tags[REQUEST_ID_TAG]): r.tags["requested_by"] for r in tick(instance, store, database_url).run_requests}
+    assert tags[first] != tags[second]
+    assert all(len(t) <= 63 and t.startswith(prefix[:40]) for t in tags.values())
+    assert user_tag("bob") == "bob" and user_tag(None) == "anonymous"
