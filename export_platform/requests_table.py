@@ -326,10 +326,14 @@ def mark_cancelled(request_id: int) -> sa.Update:
     )
 
 
+def status_of(request_id: int) -> sa.Select:
+    return sa.select(t.c.status).where(t.c.id == request_id)
+
+
 def status_for_publish(request_id: int) -> sa.Select:
     """The row's status, locked until the publishing transaction ends: a cancel arriving meanwhile
     waits, then finds the row finished (and is ignored by the trigger above)."""
-    return sa.select(t.c.status).where(t.c.id == request_id).with_for_update()
+    return status_of(request_id).with_for_update()
 
 
 def request_cancel(request_id: int) -> sa.Update:

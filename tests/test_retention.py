@@ -72,17 +72,19 @@ def test_expired_files_are_deleted_and_their_rows_expired(db, resources, instanc
     assert row(db, fresh["id"])["status"] == "COMPLETED"
 
 
-def test_orphaned_temp_files_of_crashed_runs_are_removed(resources, instance, tmp_path):
+def test_orphaned_temp_folders_of_crashed_runs_are_removed(resources, instance, tmp_path):
     storage = LocalStorage(root=str(tmp_path / "exports"))
-    crashed = storage.temp_path("11111111-dead-run.csv")
-    crashed.write_bytes(b"x" * 1000)
-    os.utime(crashed, (time.time() - 2 * 86400,) * 2)
-    current = storage.temp_path("22222222-live-run.csv")
-    current.write_bytes(b"y")
+    crashed = storage.run_temp_folder("11111111-dead-run")
+    (crashed / "export.xlsx").write_bytes(b"x" * 1000)
+    (crashed / "tmpab12cd").write_bytes(b"s" * 24)  # a writer's spool file
+    for path in (*crashed.iterdir(), crashed):
+        os.utime(path, (time.time() - 2 * 86400,) * 2)
+    current = storage.run_temp_folder("22222222-live-run")
+    (current / "export.csv").write_bytes(b"y")
     dry = run_cleanup(resources, storage, instance, dry_run=True)
     assert dry["remove_orphaned_temp_files"]["files"] == 1 and crashed.exists()
     done = run_cleanup(resources, storage, instance)
-    assert done["remove_orphaned_temp_files"]["bytes_freed"] == 1000
+    assert done["remove_orphaned_temp_files"]["bytes_freed"] == 1024
     assert not crashed.exists() and current.exists()
 
 

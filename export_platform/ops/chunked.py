@@ -46,7 +46,7 @@ class StagedChunk:
 def _chunk_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage, index: int) -> Path:
     # In the storage's temp folder whatever the output path: the folder every step can reach, and
     # where a failed run's leftovers are cleaned up by run id.
-    return part_path(storage.temp_path(f"{context.run_id}.{plan.format.extension}"), index)
+    return part_path(storage.run_temp_folder(context.run_id) / f"export.{plan.format.extension}", index)
 
 
 @dg.op(

@@ -3,6 +3,7 @@
 
 import hashlib
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy as sa
 
 from .. import requests_table as rt
 from ..config import ExportConfig, options_of
@@ -18,9 +20,10 @@ from ..planning import ExportPlan, Incremental, RequestError, plan_export
 from ..preflight import preflight
 from ..registry import ExportType
 from ..resources.postgres import PostgresResource
-from ..resources.requests import RequestStore, request_id_of
+from ..requests_table import Status
+from ..resources.requests import REQUESTED_BY_TAG, RequestStore, request_id_of
 from ..resources.storage import ExportStorage
-from ..sinks.parts import discard_parts, sink_streams
+from ..sinks.parts import sink_streams
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 # A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
@@ -163,12 +166,21 @@ def session_name(run_id: str) -> str:
 
 
 def temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
-    name = f"{context.run_id}.{plan.format.extension}"
-    if plan.output_path:
-        target = Path(plan.output_path).resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target.parent / f".{target.name}.{name}.tmp"
-    return storage.temp_path(name)
+    """The run's file being written, alone in a folder of the run's (with whatever its writer
+    spools), so that a failure removes all of it: in the storage's temp folder, or for an output
+    path beside the target, where publishing is a rename."""
+    if not plan.output_path:
+        return storage.run_temp_folder(context.run_id) / f"export.{plan.format.extension}"
+    target = Path(plan.output_path).resolve()
+    folder = target.parent / f".{target.name}.{context.run_id}.tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / target.name
+
+
+def discard_staging(path: Path, run_id: str) -> None:
+    """Remove a run's file being written and everything beside it in its folder (the run's own)."""
+    if run_id in path.parent.name:
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def connection_lost(error: BaseException) -> bool:
@@ -196,7 +208,7 @@ def extract_export(
             sink_streams(snapshot.readers, plan, path, progress.stream)
         context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
     except BaseException as error:
-        discard_parts(path)
+        discard_staging(path, context.run_id)
         if connection_lost(error):
             if context.retry_number < EXTRACT_RETRIES:
                 context.log.warning(f"lost the database connection; retrying the extract: {error}")
@@ -224,7 +236,7 @@ def storage_key(tags: dict[str, str], plan: ExportPlan, run_id: str, now: dateti
     if schedule := tags.get(SCHEDULE_TAG):
         return f"schedules/{_path_part(schedule)}/{now:%Y-%m-%d}/{name}"
     if request_id_of(tags) is not None:
-        return f"requests/{_path_part(tags.get('requested_by') or 'anonymous')}/{name}"
+        return f"requests/{_path_part(tags.get(REQUESTED_BY_TAG) or 'anonymous')}/{name}"
     return f"{plan.export_type}/{name}"
 
 
@@ -234,7 +246,57 @@ def link_for(storage: ExportStorage, uri: str, now: datetime) -> rt.Link:
     return rt.Link(url, url_expires if url else None, now + timedelta(days=storage.retention_days))
 
 
-@dg.op(description="Check the row count, checksum the file and move it into place atomically.")
+class Superseded(Exception):
+    """The request stopped wanting this file (cancelled, failed) before it was recorded."""
+
+    def __init__(self, request_id: int, status: str | None):
+        super().__init__(f"request {request_id} is {status or 'gone'}")
+        self.request_id, self.status = request_id, status
+
+
+def _check_wanted(request_id: int, status: str | None) -> None:
+    if status != Status.RUNNING.value:
+        raise Superseded(request_id, status)
+
+
+def _place(context: dg.OpExecutionContext, plan: ExportPlan, path: Path, storage: ExportStorage, now: datetime) -> str:
+    if plan.output_path:
+        target = Path(plan.output_path).resolve()
+        path.replace(target)
+        return target.as_uri()
+    return storage.publish(path, storage_key(context.run.tags, plan, context.run_id, now))
+
+
+def _unpublish(context: dg.OpExecutionContext, plan: ExportPlan, uri: str, storage: ExportStorage) -> None:
+    try:
+        Path(plan.output_path).resolve().unlink(missing_ok=True) if plan.output_path else storage.delete(uri)
+    except Exception as error:  # the error that got us here is the one to report
+        context.log.error(f"could not remove {uri} after its publish was undone: {error}")
+
+
+def _record(
+    requests: RequestStore,
+    request_id: int | None,
+    plan: ExportPlan,
+    staged: StagedFile,
+    run_id: str,
+    completed: sa.Update | None,
+) -> None:
+    """The request row's COMPLETED and the incremental mark, in one transaction, decided under the
+    row's lock: a cancel that got there first wins."""
+    with requests.transaction() as conn:
+        if request_id is not None:
+            _check_wanted(request_id, conn.execute(rt.status_for_publish(request_id)).scalar())
+            conn.execute(completed)
+        if plan.incremental is not None:
+            inc = plan.incremental
+            conn.execute(rt.advance_high_water(inc.key, inc.column, staged.high_water, run_id))
+
+
+@dg.op(
+    description="Check the row count and checksum the file; then publish it and record it (request row, "
+    "incremental mark) as one decision: if the recording fails, or a cancel came first, the file is removed."
+)
 def publish_export(
     context: dg.OpExecutionContext,
     plan: ExportPlan,
@@ -243,26 +305,32 @@ def publish_export(
     requests: RequestStore,
 ) -> PublishedExport:
     path = Path(staged.path)
-    if staged.rows != staged.expected_rows:
-        path.unlink(missing_ok=True)
-        raise dg.Failure(
-            description=f"wrote {staged.rows} rows but the snapshot counted {staged.expected_rows}; file discarded"
-        )
-    sha256, size = _digest(path)
-    now = datetime.now(timezone.utc)
-    if plan.output_path:
-        target = Path(plan.output_path).resolve()
-        path.replace(target)
-        uri = target.as_uri()
-    else:
-        uri = storage.publish(path, storage_key(context.run.tags, plan, context.run_id, now))
-    if plan.incremental is not None:
-        inc = plan.incremental
-        requests.run(rt.advance_high_water(inc.key, inc.column, staged.high_water, context.run_id))
     request_id = request_id_of(context.run.tags)
-    if request_id is not None:
-        link = link_for(storage, uri, now)
-        requests.run(rt.mark_completed(request_id, rows=staged.rows, uri=uri, size=size, sha256=sha256, link=link))
+    try:
+        if staged.rows != staged.expected_rows:
+            raise dg.Failure(
+                description=f"wrote {staged.rows} rows but the snapshot counted {staged.expected_rows}; file discarded"
+            )
+        if request_id is not None:  # no upload for a request that was cancelled meanwhile
+            _check_wanted(request_id, requests.run(rt.status_of(request_id)).scalar())
+        sha256, size = _digest(path)
+        now = datetime.now(timezone.utc)
+        uri = _place(context, plan, path, storage, now)
+        try:
+            completed = None if request_id is None else rt.mark_completed(
+                request_id, rows=staged.rows, uri=uri, size=size, sha256=sha256, link=link_for(storage, uri, now)
+            )
+            _record(requests, request_id, plan, staged, context.run_id, completed)
+        except BaseException:
+            _unpublish(context, plan, uri, storage)
+            raise
+    except Superseded as superseded:
+        if superseded.status == Status.CANCEL_REQUESTED.value:
+            requests.run(rt.mark_cancelled(superseded.request_id))
+        raise dg.Failure(f"{superseded}: the export was not published", allow_retries=False) from None
+    finally:
+        discard_staging(path, context.run_id)
+        storage.discard_temp(context.run_id)
     seconds = time.time() - staged.started
     context.add_output_metadata(
         {

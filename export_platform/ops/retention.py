@@ -13,7 +13,7 @@ from pydantic import Field
 from .. import requests_table as rt
 from ..export_types import REGISTRY
 from ..resources.requests import RequestStore
-from ..resources.storage import ExportStorage
+from ..resources.storage import ExportStorage, remove_tree, tree_size
 
 BATCH = 500
 
@@ -46,7 +46,7 @@ def expire_files(
     context.add_output_metadata({"files": files, "bytes_freed": freed, "dry_run": config.dry_run})
 
 
-@dg.op(description="Remove temp files left by runs that crashed.")
+@dg.op(description="Remove the temp folders left by runs that crashed.")
 def remove_orphaned_temp_files(
     context: dg.OpExecutionContext, config: RetentionConfig, storage: ExportStorage
 ) -> None:
@@ -55,9 +55,9 @@ def remove_orphaned_temp_files(
         run = context.instance.get_run_by_id(path.name.split(".", 1)[0])
         if run is not None and not run.is_finished:
             continue
-        files, freed = files + 1, freed + path.stat().st_size
+        files, freed = files + 1, freed + tree_size(path)
         if not config.dry_run:
-            path.unlink(missing_ok=True)
+            remove_tree(path)
     context.add_output_metadata({"files": files, "bytes_freed": freed, "dry_run": config.dry_run})
 
 

@@ -8,6 +8,7 @@ complete), so nobody ever reads a partial file.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -26,6 +27,19 @@ class StorageError(RuntimeError):
     pass
 
 
+def _mtimes(path: Path) -> list[float]:
+    return [path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))] if path.is_dir() else [path.stat().st_mtime]
+
+
+def tree_size(path: Path) -> int:
+    """Bytes in a file, or in the files under a folder."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 class ExportStorage(dg.ConfigurableResource, ABC):
     retention_days: int = Field(
         default=7, description="Days a finished export is kept; the retention cleanup deletes it after."
@@ -36,23 +50,28 @@ class ExportStorage(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def temp_folder(self) -> Path:
-        """Local folder for files being written; their names start with the run id."""
+        """Local folder for files being written, one folder per run named by its run id."""
 
-    def temp_path(self, name: str) -> Path:
-        folder = self.temp_folder()
+    def run_temp_folder(self, run_id: str) -> Path:
+        """Where a run writes everything before publishing: the export, its chunks' parts, a
+        writer's spool files. All of it in one folder, so that whatever ends the run (a full disk,
+        a cancel, SIGKILL), `discard_temp` removes all it left."""
+        folder = self.temp_folder() / run_id
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / name
+        return folder
 
     def discard_temp(self, run_id: str) -> int:
-        """Remove what a run left in the temp folder (it failed or was cancelled); returns how many."""
-        leftovers = list(self.temp_folder().glob(f"{run_id}.*"))
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        return len(leftovers)
+        """Remove what a run left in the temp folder; returns how many files."""
+        folder = self.temp_folder() / run_id
+        files = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+        return files
 
     def stale_temp_files(self, older_than_seconds: float) -> list[Path]:
+        """Runs' temp folders (named by run id) in which nothing changed for `older_than_seconds`."""
         folder, cutoff = self.temp_folder(), time.time() - older_than_seconds
-        return [p for p in folder.glob("*") if p.is_file() and p.stat().st_mtime < cutoff] if folder.exists() else []
+        entries = list(folder.iterdir()) if folder.exists() else []
+        return [p for p in entries if max(_mtimes(p)) < cutoff]
 
     @abstractmethod
     def publish(self, temp_path: Path, key: str) -> str:

@@ -7,7 +7,6 @@ one Parquet sink reads back in order, since Parquet files cannot be concatenated
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import threading
@@ -99,13 +98,6 @@ def join_parts(plan: ExportPlan, parts: list[Path], path: Path) -> None:
     for part in parts:
         if part != path:
             part.unlink(missing_ok=True)
-
-
-def discard_parts(path: Path) -> None:
-    """Remove `path` and any part of it (after a failure)."""
-    path.unlink(missing_ok=True)
-    for part in path.parent.glob(f"{glob.escape(path.name)}.part*"):
-        part.unlink(missing_ok=True)
 
 
 def sink_streams(

@@ -1,0 +1,134 @@
+"""Publishing decides once: the file and its record (request row, incremental mark) appear together,
+or neither does."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from export_platform.resources.postgres import PostgresResource
+from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.storage import LocalStorage
+from readback import run_job
+from test_recurring import incremental_db  # noqa: F401  (fixture)
+from test_request_sensor import insert, row
+
+
+def files(root) -> list:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def cancel_when_streaming(url: str, request_id: int, monkeypatch) -> threading.Thread:
+    """The application's cancel, arriving once the run is streaming (its total is on the row) and
+    before it publishes (publishing waits for it)."""
+    from export_platform.ops import export
+
+    done = threading.Event()
+    check = export._check_wanted
+    monkeypatch.setattr(export, "_check_wanted", lambda *args: (done.wait(30), check(*args)))
+
+    def cancel() -> None:
+        with psycopg.connect(url, autocommit=True) as app:
+            query = "SELECT total_rows IS NOT NULL FROM export_requests WHERE id = %s"
+            while not app.execute(query, (request_id,)).fetchone()[0]:
+                time.sleep(0.01)
+            app.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
+        done.set()
+
+    thread = threading.Thread(target=cancel, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def slow_to_publish(monkeypatch):
+    """Holds publishing until the test releases it: a cancel arriving late in the export."""
+    from export_platform.ops import export
+
+    reached, release = threading.Event(), threading.Event()
+    digest = export._digest
+
+    def held(path):
+        reached.set()
+        assert release.wait(30)
+        return digest(path)
+
+    monkeypatch.setattr(export, "_digest", held)
+    return reached, release
+
+
+def test_a_cancel_during_the_export_wins_and_nothing_is_published(db, database_url, tmp_path, monkeypatch):
+    storage = LocalStorage(root=str(tmp_path))
+    resources = {"postgres": PostgresResource(url=database_url), "storage": storage, "requests": RequestStore(url=database_url)}
+    request_id = insert(db, "ledger_postings")
+    canceller = cancel_when_streaming(database_url, request_id, monkeypatch)
+    result = run_job("ledger_postings", {"format": "csv"}, resources, tags={REQUEST_ID_TAG: str(request_id)})
+    canceller.join(30)
+    final = row(db, request_id)
+    assert not result.success
+    assert final["status"] == "CANCELLED"
+    assert (final["file_uri"], final["sha256"], final["row_count"], final["expires_at"]) == (None, None, None, None)
+    assert files(tmp_path) == []  # nothing published, no temp left
+
+
+def test_the_export_that_got_there_first_wins_with_every_detail(db, database_url, tmp_path, slow_to_publish):
+    reached, release = slow_to_publish
+    storage = LocalStorage(root=str(tmp_path))
+    resources = {"postgres": PostgresResource(url=database_url), "storage": storage, "requests": RequestStore(url=database_url)}
+    request_id = insert(db, "ledger_postings")
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(result=run_job("ledger_postings", {"format": "csv"}, resources, tags={REQUEST_ID_TAG: str(request_id)}))
+    )
+    runner.start()
+    assert reached.wait(60)
+    release.set()
+    runner.join(60)
+    # Once the row is COMPLETED, a cancel cannot turn it back.
+    db.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
+    final = row(db, request_id)
+    assert outcome["result"].success and final["status"] == "COMPLETED"
+    assert None not in (final["file_uri"], final["sha256"], final["row_count"], final["expires_at"], final["file_bytes"])
+    assert [str(p) for p in files(tmp_path)] == [final["file_uri"].removeprefix(f"file://{tmp_path}/")]
+
+
+def test_a_cancel_while_the_file_is_being_published_wins_and_removes_it(db, database_url, tmp_path, slow_to_publish):
+    reached, release = slow_to_publish
+    storage = LocalStorage(root=str(tmp_path))
+    resources = {"postgres": PostgresResource(url=database_url), "storage": storage, "requests": RequestStore(url=database_url)}
+    request_id = insert(db, "ledger_postings")
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(result=run_job("ledger_postings", {"format": "csv"}, resources, tags={REQUEST_ID_TAG: str(request_id)}))
+    )
+    runner.start()
+    assert reached.wait(60)
+    db.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
+    release.set()
+    runner.join(60)
+    final = row(db, request_id)
+    assert not outcome["result"].success and final["status"] == "CANCELLED"
+    assert final["file_uri"] is None and files(tmp_path) == []
+
+
+def test_a_mark_that_cannot_advance_takes_its_published_file_back(incremental_db, resources, tmp_path):  # noqa: F811
+    url, overrides = incremental_db
+    storage = LocalStorage(root=str(tmp_path))
+    config = {"format": "csv", "columns": ["id"], "incremental": {"column": "updated_at", "key": "inc_locked"}}
+    requests = RequestStore(url=url, statement_timeout_ms=500)
+    assert run_job("users", config, {**resources, **overrides, "storage": storage, "requests": requests}).success
+    before = files(tmp_path)
+    with psycopg.connect(url) as holder:
+        mark = holder.execute("SELECT high_water FROM export_watermarks WHERE key = 'inc_locked' FOR UPDATE").fetchone()
+        with psycopg.connect(url, autocommit=True) as app:
+            app.execute("INSERT INTO users (id, name, updated_at) VALUES (200001, 'new', now())")
+        failed = run_job("users", config, {**resources, **overrides, "storage": storage, "requests": requests})
+        holder.rollback()
+    assert not failed.success
+    assert files(tmp_path) == before  # the second file was taken back
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT high_water FROM export_watermarks WHERE key = 'inc_locked'").fetchone() == mark
+        conn.execute("DELETE FROM users WHERE id = 200001")
