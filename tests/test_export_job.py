@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import decimal
 import hashlib
 
@@ -140,6 +141,16 @@ def test_plain_csv_keeps_raw_text_unless_protection_is_asked_for(db, resources, 
     expected = db_rows(db, "users", columns)
     rows = file_rows(db, "users", columns, "csv", published_path(result))
     assert rows == ([tuple(neutralised(v) for v in row) for row in expected] if protected else expected)
+
+
+@pytest.mark.parametrize(("config", "protected"), [({}, False), ({"formula_protection": "on"}, True)])
+def test_csv_headers_are_protected_like_values(resources, config, protected):
+    labels = {"name": "=cmd|' /C calc'!A0", "email": "@SUM(1+1)", "lifetime_value": "-5"}
+    columns = ["id", "name", "email", "lifetime_value"]
+    result = run_job("users", {"format": "csv", "columns": columns, "labels": labels, **config}, resources)
+    header = published_path(result).read_text(encoding="utf-8").split("\n", 1)[0]
+    expected = ["id", "'=cmd|' /C calc'!A0", "'@SUM(1+1)", "-5"] if protected else ["id", *list(labels.values())]
+    assert next(csv.reader([header])) == expected
 
 
 def test_xlsx_opt_out_writes_the_raw_text(db, resources):

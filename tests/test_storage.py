@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from export_platform import requests_table as rt
 from export_platform.client import ExportClient, Refused
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
-from export_platform.resources.storage import S3Storage
+from export_platform.resources.storage import LocalStorage, S3Storage
 from readback import database_beside, db_rows, file_rows, run_job
 from test_request_sensor import insert, row
 
@@ -105,12 +105,32 @@ def test_migration_upgrades_a_version_1_table_in_place(database_url):
     store = RequestStore(url=url)
     store.migrate()
     with psycopg.connect(url, autocommit=True) as conn:  # make it look like a release-1 table
-        conn.execute("ALTER TABLE export_requests DROP COLUMN download_url_expires_at, DROP COLUMN expired_reason")
+        conn.execute("DROP TRIGGER export_requests_keep_finished ON export_requests")
+        conn.execute(
+            "ALTER TABLE export_requests DROP COLUMN download_url_expires_at, DROP COLUMN expired_reason, "
+            "DROP COLUMN run_key, DROP COLUMN offers"
+        )
         conn.execute("UPDATE export_platform_schema SET version = 1")
-        conn.execute("INSERT INTO export_requests (export_type, requested_by) VALUES ('users', 'old')")
-    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION == 2
+        conn.execute("INSERT INTO export_requests (export_type, requested_by, status) VALUES ('users', 'old', 'COMPLETED')")
+        conn.execute("INSERT INTO export_requests (export_type, requested_by) VALUES ('users', 'old2')")
+    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION == 3
     with RequestStore(url=url).transaction() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("export_requests")}
-        assert {"download_url_expires_at", "expired_reason"} <= columns
-        assert conn.execute(sa.text("SELECT requested_by FROM export_requests")).scalars().all() == ["old"]
-    assert RequestStore(url=url).migrate() == 2  # and again: nothing to do
+        assert {"download_url_expires_at", "expired_reason", "run_key", "offers"} <= columns
+        rows = conn.execute(sa.text("SELECT requested_by, run_key FROM export_requests ORDER BY id")).all()
+        assert [r.requested_by for r in rows] == ["old", "old2"] and len({r.run_key for r in rows}) == 2
+        cancel = sa.text("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE requested_by = 'old'")
+        assert conn.execute(cancel).rowcount == 0  # the trigger is there too
+    assert RequestStore(url=url).migrate() == 3  # and again: nothing to do
+
+
+def test_discarding_a_runs_temp_removes_everything_its_writers_left(tmp_path):
+    storage = LocalStorage(root=str(tmp_path))
+    folder = storage.run_temp_folder("run-1")
+    for name in ("export.xlsx", "tmpk2j3h4", "export.csv.part1"):  # the file, a spool file, a part
+        (folder / name).write_bytes(b"x")
+    other = storage.run_temp_folder("run-2") / "export.csv"
+    other.write_bytes(b"y")
+    assert storage.discard_temp("run-1") == 3
+    assert not folder.exists() and other.exists()
+    assert storage.discard_temp("run-1") == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 ISO_DATE = "%Y-%m-%d"
@@ -33,6 +35,12 @@ def neutralise_formulas(frame: pl.LazyFrame) -> pl.LazyFrame:
     text = _names(frame, lambda dtype: dtype == pl.String)
     risky = pl.col(text).str.contains(_FORMULA_START) & ~pl.col(text).str.contains(_PLAIN_NUMBER)
     return frame.with_columns(pl.when(risky).then(pl.lit("'") + pl.col(text)).otherwise(pl.col(text)).name.keep())
+
+
+def neutralised_label(label: str) -> str:
+    """A header as `neutralise_formulas` treats values: a spreadsheet reads the header line too."""
+    risky = re.search(_FORMULA_START, label) and not re.search(_PLAIN_NUMBER, label)
+    return f"'{label}" if risky else label
 
 
 def temporals_as_text(

@@ -8,21 +8,31 @@ import polars as pl
 
 from ..planning import ExportPlan
 from .arrow_source import Pacer, paced_batches
-from .columns import ISO_DATE, ISO_TIMESTAMP, ISO_TIMESTAMPTZ, in_time_zone, neutralise_formulas, relabel, temporals_as_text
+from .columns import (
+    ISO_DATE,
+    ISO_TIMESTAMP,
+    ISO_TIMESTAMPTZ,
+    in_time_zone,
+    neutralise_formulas,
+    neutralised_label,
+    relabel,
+    temporals_as_text,
+)
 
 
 def write_csv(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
-    csv = plan.csv
+    csv, labels = plan.csv, plan.options.labels
     frame = in_time_zone(frame, plan.options.time_zone)
     if plan.protects_formulas:
         frame = neutralise_formulas(frame)
+        labels = {name: neutralised_label(plan.label(name)) for name in frame.collect_schema().names()}
     frame = temporals_as_text(
         frame,
         csv.date_format or ISO_DATE,
         csv.timestamp_format or ISO_TIMESTAMPTZ,
         csv.timestamp_format or ISO_TIMESTAMP,
     )
-    relabel(frame, plan.options.labels).sink_csv(
+    relabel(frame, labels).sink_csv(
         path,
         separator=csv.delimiter,
         quote_char=csv.quote_char,
