@@ -76,7 +76,8 @@ def test_a_connection_killed_on_every_attempt_fails_naming_the_cause(big_db, res
     stop.set()
     assert len(killed) == EXTRACT_RETRIES + 1 and not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert "server closed the connection" in root_message(failure.step_failure_data.error)
+    message = root_message(failure.step_failure_data.error)
+    assert message.startswith(f"lost the database connection on all {EXTRACT_RETRIES + 1} attempts: ") and "[libpq]" in message
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing published, no temp left
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pyarrow as pa
 import pytest
 
-from export_platform.resources.postgres import GuardedReader, StreamClosed
+from export_platform.ops.export import connection_lost
+from export_platform.planning import plan_export
+from export_platform.resources.postgres import ConnectionLost, GuardedReader, PostgresResource, StreamClosed
 
 SCHEMA = pa.schema([("id", pa.int64())])
 
@@ -45,3 +48,39 @@ def test_close_waits_for_the_read_in_flight_and_stops_later_reads():
     assert seen == [1, 2] and len(outcome) == 1  # the batch in flight arrives; nothing is read after close
     with pytest.raises(StreamClosed):
         next(iter(guard))
+
+
+class _DriverError(Exception):
+    def __init__(self, message: str, sqlstate: str | None):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        # The server's words follow its lc_messages; only the SQLSTATE decides.
+        (_DriverError("la connexion au serveur a été perdue", "08006"), True),
+        (_DriverError("Verbindung beendet wegen Anweisung des Administrators", "57P01"), True),
+        (_DriverError("terminating connection due to administrator command", None), False),
+        (_DriverError("server closed the connection unexpectedly", "57014"), False),  # a cancelled query
+        (ConnectionLost("whatever the language"), True),
+        (ValueError("server closed the connection"), False),
+    ],
+)
+def test_a_lost_connection_is_known_by_its_sqlstate_not_its_words(error, lost):
+    assert connection_lost(error) is lost
+
+
+def test_a_killed_backend_mid_stream_is_a_lost_connection_whatever_the_message(database_url):
+    plan = plan_export("users", "csv")
+    postgres = PostgresResource(url=database_url, batch_size_hint_bytes=1024)
+    with pytest.raises(ConnectionLost) as raised:
+        with postgres.snapshot_stream(plan, "export_platform:kill-probe") as snapshot:
+            batches = iter(snapshot.readers[0])
+            next(batches)
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'export_platform:kill-probe'")
+            for _ in batches:
+                pass
+    assert raised.value.__cause__ is not None

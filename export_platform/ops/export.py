@@ -19,22 +19,13 @@ from ..config import ExportConfig, options_of
 from ..planning import ExportPlan, Incremental, RequestError, plan_export
 from ..preflight import preflight
 from ..registry import ExportType
-from ..resources.postgres import PostgresResource
+from ..resources.postgres import ConnectionLost, PostgresResource, is_connection_error
 from ..requests_table import Status
 from ..resources.requests import REQUESTED_BY_TAG, RequestStore, request_id_of
 from ..resources.storage import ExportStorage
 from ..sinks.parts import sink_streams
 
 PROGRESS_INTERVAL_SECONDS = 1.0
-# A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
-# cancelled query or bad data is not. A chunk's connection cannot adopt the export's snapshot once
-# the connection that exported it has been dropped.
-_CONNECTION_LOST = (
-    "server closed the connection",
-    "terminating connection",
-    "no connection to the server",
-    "invalid snapshot identifier",
-)
 EXTRACT_RETRIES = 2
 SCHEDULE_TAG = "export_platform/schedule"
 
@@ -184,7 +175,9 @@ def discard_staging(path: Path, run_id: str) -> None:
 
 
 def connection_lost(error: BaseException) -> bool:
-    return isinstance(error, Exception) and any(m in str(error) for m in _CONNECTION_LOST)
+    """A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
+    cancelled query or bad data is not."""
+    return isinstance(error, ConnectionLost) or is_connection_error(error)
 
 
 @dg.op(
@@ -214,7 +207,8 @@ def extract_export(
                 context.log.warning(f"lost the database connection; retrying the extract: {error}")
                 raise dg.RetryRequested(max_retries=EXTRACT_RETRIES, seconds_to_wait=1) from error
             attempts = EXTRACT_RETRIES + 1
-            raise dg.Failure(f"lost the database connection on all {attempts} attempts: {error}") from error
+            cause = error.__cause__ if isinstance(error, ConnectionLost) and error.__cause__ else error
+            raise dg.Failure(f"lost the database connection on all {attempts} attempts: {cause}") from error
         raise
     return StagedFile(str(path), progress.rows, snapshot.count, started, snapshot.high_water)
 

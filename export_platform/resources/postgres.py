@@ -23,6 +23,34 @@ class StreamClosed(RuntimeError):
     """A batch was asked for after the export's transaction ended."""
 
 
+class ConnectionLost(RuntimeError):
+    """The export's connection to Postgres broke (a restart, a failover, pg_terminate_backend), or
+    the snapshot it was to adopt went with another connection: worth another attempt from a fresh
+    snapshot. Decided from the connection itself and SQLSTATEs, never from message text, which
+    follows the server's (and libpq's) language."""
+
+
+# Class 08 (connection exception); admin shutdown, crash shutdown, cannot connect now.
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+# "invalid snapshot identifier": the transaction that exported the snapshot has ended.
+_INVALID_PARAMETER_VALUE = "22023"
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether a driver error (ADBC or psycopg) carries the SQLSTATE of a lost connection."""
+    state = getattr(error, "sqlstate", None) or ""
+    return state.startswith("08") or state in _LOST_SQLSTATES
+
+
+def _ended(cursor: adbc.Cursor) -> bool:
+    """End the read-only transaction; False when its connection is gone."""
+    try:
+        cursor.execute("ROLLBACK")  # read-only: nothing to commit
+        return True
+    except (adbc.Error, OSError):
+        return False
+
+
 class GuardedReader:
     """The driver's batch reader, which its snapshot can close from another thread.
 
@@ -107,14 +135,27 @@ class PostgresResource(dg.ConfigurableResource):
             cursor.execute(sql.BEGIN_SNAPSHOT)
             try:
                 if snapshot_id is not None:
-                    cursor.execute(sql.import_snapshot(snapshot_id))
+                    self._import_snapshot(cursor, snapshot_id)
                 cursor.execute(sql.SET_UTC)
                 yield cursor
-            finally:
-                try:
-                    cursor.execute("ROLLBACK")  # read-only: nothing to commit
-                except adbc.Error:
-                    pass  # the connection is gone; the error that ended the export is the one to raise
+            except Exception as error:
+                if not _ended(cursor) and not isinstance(error, ConnectionLost):
+                    raise ConnectionLost(f"lost the database connection: {error}") from error
+                raise
+            except BaseException:
+                _ended(cursor)
+                raise
+            else:
+                _ended(cursor)
+
+    @staticmethod
+    def _import_snapshot(cursor: adbc.Cursor, snapshot_id: str) -> None:
+        try:
+            cursor.execute(sql.import_snapshot(snapshot_id))
+        except adbc.Error as error:
+            if getattr(error, "sqlstate", None) == _INVALID_PARAMETER_VALUE:
+                raise ConnectionLost(f"the connection that exported the snapshot is gone: {error}") from error
+            raise
 
     @staticmethod
     def _bind(cursor: adbc.Cursor, plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None):
