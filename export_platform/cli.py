@@ -119,7 +119,10 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .resources.requests import RequestStore
+
     print(f"database: {database_url()}")
+    RequestStore().migrate()  # the embedded database is ready for request rows too
     print(f"seeded {args.rows:,} rows per sample type in {_seed(args.rows):.1f} s")
     header = f"{'type':<22}{'format':<11}{'rows':>10}{'bytes':>14}{'seconds':>9}  path"
     print(header)

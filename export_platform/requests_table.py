@@ -150,22 +150,56 @@ UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry, _v3_run
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 
+class SchemaMismatch(RuntimeError):
+    """The request table's recorded schema is not the one this release reads and writes."""
+
+
+MIGRATE_HINT = "run `export-platform db migrate` (`export-platform dev` and the deploy step do)"
+
+
+def _recorded_version(conn: sa.Connection) -> int | None:
+    if conn.execute(sa.select(sa.func.to_regclass(schema_versions.name))).scalar() is None:
+        return None
+    return conn.execute(
+        sa.select(schema_versions.c.version).where(schema_versions.c.component == "export_requests")
+    ).scalar()
+
+
+def check_version(conn: sa.Connection) -> int:
+    """Refuse, with what to do, a request table this release cannot use: missing, older than it
+    needs, or newer than it knows. Changes nothing: migrating is an explicit step."""
+    version = _recorded_version(conn)
+    if version is None:
+        raise SchemaMismatch(f"export_requests is not set up in this database: {MIGRATE_HINT}")
+    if version < SCHEMA_VERSION:
+        raise SchemaMismatch(
+            f"export_requests is at schema version {version}; this release needs {SCHEMA_VERSION}: {MIGRATE_HINT}"
+        )
+    if version > SCHEMA_VERSION:
+        raise SchemaMismatch(
+            f"export_requests is at schema version {version}, newer than this release knows ({SCHEMA_VERSION}): "
+            "upgrade export_platform here before it serves this database"
+        )
+    return version
+
+
 def migrate(conn: sa.Connection) -> int:
-    """Create or upgrade the request table; safe to run any number of times, concurrently too."""
+    """Create or upgrade the request table; safe to run any number of times, concurrently too.
+    Never lowers the recorded version: an older release refuses a newer table instead."""
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('export_platform_schema'))"))
     fresh = not sa.inspect(conn).has_table("export_requests")
     metadata.create_all(conn, checkfirst=True)
-    current = conn.execute(
-        sa.select(schema_versions.c.version).where(schema_versions.c.component == "export_requests")
-    ).scalar()
+    current = _recorded_version(conn)
     if current is None:
         current = SCHEMA_VERSION if fresh else 1
         conn.execute(schema_versions.insert().values(component="export_requests", version=current))
+    if current > SCHEMA_VERSION:
+        check_version(conn)
     for step in UPGRADES[current - 1 :]:
         step(conn)
     conn.execute(
         schema_versions.update()
-        .where(schema_versions.c.component == "export_requests")
+        .where(schema_versions.c.component == "export_requests", schema_versions.c.version < SCHEMA_VERSION)
         .values(version=SCHEMA_VERSION)
     )
     return SCHEMA_VERSION

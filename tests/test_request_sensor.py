@@ -28,7 +28,7 @@ def instance():
 @pytest.fixture
 def store(database_url):
     store = RequestStore(url=database_url)
-    store.engine()  # creates/migrates the table
+    store.engine()  # the session migrated the table; this checks its version
     return store
 
 

@@ -134,3 +134,22 @@ def test_discarding_a_runs_temp_removes_everything_its_writers_left(tmp_path):
     assert storage.discard_temp("run-1") == 3
     assert not folder.exists() and other.exists()
     assert storage.discard_temp("run-1") == 0
+
+
+def test_resources_check_the_schema_and_never_migrate_or_lower_it(database_url):
+    url = database_beside(database_url, "schema_version_check")
+    with pytest.raises(rt.SchemaMismatch, match="not set up.*db migrate"):
+        RequestStore(url=url).engine()
+    RequestStore(url=url).migrate()
+    assert RequestStore(url=url).engine() is not None
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE export_platform_schema SET version = %s", (rt.SCHEMA_VERSION + 1,))
+        with pytest.raises(rt.SchemaMismatch, match="newer than this release"):
+            RequestStore(url=url).engine()
+        with pytest.raises(rt.SchemaMismatch, match="newer than this release"):
+            RequestStore(url=url).migrate()
+        assert conn.execute("SELECT version FROM export_platform_schema").fetchone()[0] == rt.SCHEMA_VERSION + 1
+        conn.execute("UPDATE export_platform_schema SET version = 2")
+        with pytest.raises(rt.SchemaMismatch, match="version 2; this release needs"):
+            RequestStore(url=url).engine()
+        assert conn.execute("SELECT version FROM export_platform_schema").fetchone()[0] == 2

@@ -33,8 +33,9 @@ class RequestStore(dg.ConfigurableResource):
     )
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
+    _checked: bool = PrivateAttr(default=False)
 
-    def engine(self) -> sa.Engine:
+    def _pool(self) -> sa.Engine:
         if self._engine is None:
             url, timeout = self.url or database_url(), self.statement_timeout_ms
             # `creator` accepts any libpq URL or keyword string, as psycopg does.
@@ -45,13 +46,24 @@ class RequestStore(dg.ConfigurableResource):
                 max_overflow=2,
                 pool_pre_ping=True,
             )
-            self.migrate()
         return self._engine
 
+    def engine(self) -> sa.Engine:
+        """The pool, once the table's schema is known to be this release's (a single read: Dagster
+        builds this resource afresh for every tick and run, so it never migrates)."""
+        engine = self._pool()
+        if not self._checked:
+            with engine.connect() as conn:
+                rt.check_version(conn)
+            self._checked = True
+        return engine
+
     def migrate(self) -> int:
-        """Create or upgrade export_requests; returns the schema version."""
-        with self.engine().begin() as conn:
-            return rt.migrate(conn)
+        """Create or upgrade export_requests (an explicit deploy step); returns the schema version."""
+        with self._pool().begin() as conn:
+            version = rt.migrate(conn)
+        self._checked = True
+        return version
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._engine is not None:
