@@ -112,7 +112,34 @@ def _v2_links_and_expiry(conn: sa.Connection) -> None:
     ))
 
 
-UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry]
+# Push: each change of a request's status or progress is announced on this channel with
+# {"id", "status", "progress_pct"}, so that applications can LISTEN instead of polling the table.
+NOTIFY_CHANNEL = "export_requests"
+_NOTIFY_FUNCTION = sa.DDL(f"""
+CREATE OR REPLACE FUNCTION export_requests_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.status IS DISTINCT FROM OLD.status
+            OR NEW.progress_pct IS DISTINCT FROM OLD.progress_pct THEN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', json_build_object(
+            'id', NEW.id, 'status', NEW.status, 'progress_pct', NEW.progress_pct)::text);
+    END IF;
+    RETURN NULL;
+END $$""")
+_NOTIFY_TRIGGER = sa.DDL(
+    "CREATE OR REPLACE TRIGGER export_requests_notify AFTER INSERT OR UPDATE ON export_requests "
+    "FOR EACH ROW EXECUTE FUNCTION export_requests_notify()"
+)
+# Fresh installs get the trigger with the table; older ones through the upgrade step below.
+sa.event.listen(export_requests, "after_create", _NOTIFY_FUNCTION)
+sa.event.listen(export_requests, "after_create", _NOTIFY_TRIGGER)
+
+
+def _v3_notify(conn: sa.Connection) -> None:
+    conn.execute(_NOTIFY_FUNCTION)
+    conn.execute(_NOTIFY_TRIGGER)
+
+
+UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry, _v3_notify]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 

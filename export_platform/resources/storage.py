@@ -99,6 +99,16 @@ class LocalStorage(ExportStorage):
         path.unlink(missing_ok=True)
         return size
 
+    def signed_url(self, uri: str, seconds: int) -> str | None:
+        """A link to `export-platform serve` where EXPORT_PLATFORM_PUBLIC_URL says where it runs."""
+        from ..delivery.links import Signer, file_url, public_url
+
+        base = public_url()
+        path = Path(urlparse(uri).path).resolve()
+        if base is None or not path.is_relative_to(self.folder()):  # --output files are not served
+            return None
+        return file_url(base, Signer.from_env(), path.relative_to(self.folder()).as_posix(), seconds)
+
 
 class S3Storage(ExportStorage):
     """Any S3-compatible service. Endpoint and credentials come from the usual AWS variables
@@ -166,4 +176,8 @@ def storage_for(url: str | None) -> ExportStorage:
     """The storage resource for EXPORT_PLATFORM_STORAGE_URL: s3://… or a local folder."""
     if url and url.startswith("s3://"):
         return S3Storage(url=url)
+    from ..delivery.links import Signer, public_url
+
+    if public_url() is not None:
+        Signer.from_env()  # a missing signing key is an error when the code location loads, not at publish
     return LocalStorage()
