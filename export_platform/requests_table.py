@@ -83,6 +83,8 @@ export_requests = sa.Table(
         postgresql_where=sa.column("status").in_(["PENDING", "QUEUED", "RUNNING", "CANCEL_REQUESTED"]),
     ),
     sa.Index("export_requests_by_user", "requested_by", sa.column("id").desc()),
+    # `serve` finds a file's sha256 (its ETag) here instead of reading the whole file again.
+    sa.Index("export_requests_by_file", "file_uri", postgresql_where=sa.column("file_uri").is_not(None)),
 )
 
 # High-water marks of incremental recurring exports; advanced only after a file is published.
@@ -134,12 +136,15 @@ sa.event.listen(export_requests, "after_create", _NOTIFY_FUNCTION)
 sa.event.listen(export_requests, "after_create", _NOTIFY_TRIGGER)
 
 
-def _v3_notify(conn: sa.Connection) -> None:
+def _v3_notify_and_file_index(conn: sa.Connection) -> None:
     conn.execute(_NOTIFY_FUNCTION)
     conn.execute(_NOTIFY_TRIGGER)
+    conn.execute(sa.text(
+        "CREATE INDEX IF NOT EXISTS export_requests_by_file ON export_requests (file_uri) WHERE file_uri IS NOT NULL"
+    ))
 
 
-UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry, _v3_notify]
+UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry, _v3_notify_and_file_index]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 
@@ -331,6 +336,11 @@ def insert(export_type: str, format: str, params: dict, requested_by: str | None
 
 def by_id(request_id: int) -> sa.Select:
     return sa.select(t).where(t.c.id == request_id)
+
+
+def sha256_of(file_uri: str) -> sa.Select:
+    """The checksum publish recorded for a file, if a request made it."""
+    return sa.select(t.c.sha256).where(t.c.file_uri == file_uri, t.c.sha256.is_not(None)).limit(1)
 
 
 def by_idempotency_key(requested_by: str | None, key: str) -> sa.Select:
