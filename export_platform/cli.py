@@ -233,7 +233,7 @@ def _cmd_url(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .delivery.server import serve
 
-    serve(args.host, args.port)
+    serve(args.host, args.port, args.exit_with_parent)
     return 0
 
 
@@ -241,13 +241,16 @@ def _start_serve_beside_dev(env: dict[str, str], host: str, port: int) -> None:
     """`dev --serve`: the download server beside the UI, with a development signing key kept under
     the platform home (production sets EXPORT_PLATFORM_SIGNING_KEY itself), and the public URL
     the runs then put on the rows."""
+    import os
     import subprocess
 
     from .delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, dev_key_file, dev_signing_key
 
     env.setdefault(SIGNING_KEY_ENV, dev_signing_key())
     env.setdefault(PUBLIC_URL_ENV, f"http://{host}:{port}")
-    subprocess.Popen([sys.executable, "-m", "export_platform.cli", "serve", "--host", host, "--port", str(port)], env=env)
+    # dev becomes `dagster dev` (exec, same pid); serve stops when that process ends.
+    argv = ["serve", "--host", host, "--port", str(port), "--exit-with-parent", str(os.getpid())]
+    subprocess.Popen([sys.executable, "-m", "export_platform.cli", *argv], env=env)
     print(f"serve: {env[PUBLIC_URL_ENV]} (in other shells: export {PUBLIC_URL_ENV}={env[PUBLIC_URL_ENV]} "
           f"{SIGNING_KEY_ENV}=$(cat {dev_key_file()}))")
 
@@ -378,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="signed downloads of the local storage and the status page")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_cmd_serve)
 
     delete = commands.add_parser("delete", help="delete a completed export's file (the row becomes EXPIRED)")

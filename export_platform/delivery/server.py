@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -168,7 +169,20 @@ def _public_status(row: dict, storage: LocalStorage, signer: Signer) -> dict:
     }
 
 
-def serve(host: str, port: int) -> None:
+def _exit_with(parent: int) -> None:
+    """Stop (as on Ctrl-C) once `parent` has ended, i.e. this process was handed to another parent."""
+    import signal
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def serve(host: str, port: int, exit_with_parent: int | None = None) -> None:
     """Serve until interrupted; the signing key and the storage come from the environment."""
     import uvicorn
 
@@ -179,4 +193,6 @@ def serve(host: str, port: int) -> None:
         raise SystemExit("serve delivers the local export storage; S3 exports carry presigned URLs of their own")
     store = RequestStore()
     store.migrate()
+    if exit_with_parent:
+        _exit_with(exit_with_parent)
     uvicorn.run(build_app(storage, Signer.from_env(), store), host=host, port=port, log_level="info")
