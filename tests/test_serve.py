@@ -14,10 +14,13 @@ from urllib.parse import quote, urlparse
 
 import pytest
 
+from export_platform import requests_table as rt
 from export_platform.client import ExportClient
 from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Kind, LinkError, file_url, status_page_url
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage, storage_for
 from serve_stack import TEST_KEY, serve_process
+from test_request_sensor import insert
 from test_storage import export_request
 
 KEY = "requests/carol/users-20261125T101010Z-1a2b3c4d.csv.gz"
@@ -225,3 +228,31 @@ def test_no_signing_key_is_a_clear_error(server, storage_root, monkeypatch):
     monkeypatch.setenv(SIGNING_KEY_ENV, "short")
     with pytest.raises(LinkError, match="too short"):
         LocalStorage(root=str(storage_root)).signed_url((storage_root / KEY).as_uri(), 60)
+
+
+def test_the_status_shows_progress_and_errors_and_no_download_before_completion(server, db, database_url):
+    store = RequestStore(url=database_url)
+    request_id = insert(db, "users", user="heidi")
+    page = status_page_url(request_id, 60, "", server.signer).replace("?", "/status?")
+    assert json.loads(server.get(page)[2])["status"] == "PENDING"
+    for statement in (rt.mark_running(request_id, "run-h"), rt.set_total(request_id, 400), rt.set_progress(request_id, 100, 25.0)):
+        store.run(statement)
+    shown = json.loads(server.get(page)[2])
+    assert (shown["status"], shown["progress_pct"], shown["progress_rows"], shown["total_rows"], shown["download"]) == (
+        "RUNNING", 25.0, 100, 400, None
+    )
+    store.run(rt.mark_failed(request_id, "filters.country_code: expected text"))
+    shown = json.loads(server.get(page)[2])
+    assert (shown["status"], shown["error"], shown["download"]) == ("FAILED", "filters.country_code: expected text", None)
+
+
+def test_the_etag_is_the_checksum_publish_recorded(server, db, storage_root):
+    key = "requests/ivan/users-20261120T000000Z-0000beef.csv"
+    (storage_root / key).parent.mkdir(parents=True, exist_ok=True)
+    (storage_root / key).write_bytes(b"id\n1\n")
+    recorded = "ab" * 32  # used as recorded: the file is not read again
+    db.execute(
+        "INSERT INTO export_requests (export_type, status, file_uri, sha256) VALUES ('users', 'COMPLETED', %s, %s)",
+        ((storage_root / key).resolve().as_uri(), recorded),
+    )
+    assert server.get(target(server, key), method="HEAD")[1]["etag"] == f'"{recorded}"'
