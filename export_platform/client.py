@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from . import requests_table as rt
-from .delivery.links import status_page_url
+from .delivery import links
 from .embedded_postgres import database_url
 from .planning import plan_request
 from .requests_table import TERMINAL, Status
@@ -99,7 +99,7 @@ class ExportClient:
         """The signed address of the request's status page on `export-platform serve`, for its user."""
         if self.status(request_id) is None:
             raise Refused(f"no export request {request_id}")
-        return status_page_url(request_id, seconds)
+        return links.status_page_url(request_id, seconds)
 
     def list(self, requested_by: str | None = None, page: int = 1, page_size: int = 20) -> list[dict[str, Any]]:
         rows = self.store.run(rt.listing(requested_by, page_size, (page - 1) * page_size)).mappings().all()

@@ -23,6 +23,8 @@ from serve_stack import TEST_KEY, serve_process
 from test_request_sensor import insert
 from test_storage import export_request
 
+pytestmark = pytest.mark.slow  # a real server process
+
 KEY = "requests/carol/users-20261125T101010Z-1a2b3c4d.csv.gz"
 OTHER_KEY = "requests/mallory/users-20261125T111111Z-99999999.csv.gz"
 SIZE = 300_000
