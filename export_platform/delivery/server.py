@@ -195,4 +195,5 @@ def serve(host: str, port: int, exit_with_parent: int | None = None) -> None:
     store.migrate()
     if exit_with_parent:
         _exit_with(exit_with_parent)
-    uvicorn.run(build_app(storage, Signer.from_env(), store), host=host, port=port, log_level="info")
+    # No access log: each line would hold a signed link, a credential until it expires.
+    uvicorn.run(build_app(storage, Signer.from_env(), store), host=host, port=port, log_level="info", access_log=False)
