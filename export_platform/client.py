@@ -125,7 +125,10 @@ class ExportClient:
             raise Refused(f"request {request_id}'s file expired at {row['expires_at']:%Y-%m-%d %H:%M:%S %Z}")
         url = self.storage.signed_url(row["file_uri"], seconds)
         if url is None:
-            raise Refused(f"this storage cannot sign URLs; the file is {row['file_uri']}")
+            raise Refused(
+                f"this storage cannot sign URLs; the file is {row['file_uri']} (local storage signs links for "
+                f"`export-platform serve` once {links.PUBLIC_URL_ENV} is set)"
+            )
         self.store.run(rt.set_link(request_id, url, now + timedelta(seconds=seconds)))
         return url
 
