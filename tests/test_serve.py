@@ -5,6 +5,7 @@ signatures, `..` and encoded slashes, deleted files), each with its status and n
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import subprocess
@@ -258,3 +259,30 @@ def test_the_etag_is_the_checksum_publish_recorded(server, db, storage_root):
         ((storage_root / key).resolve().as_uri(), recorded),
     )
     assert server.get(target(server, key), method="HEAD")[1]["etag"] == f'"{recorded}"'
+
+
+def test_the_event_stream_pushes_each_change_until_the_request_ends(server, db, database_url):
+    store = RequestStore(url=database_url)
+    request_id = insert(db, "users", user="judy")
+    events = status_page_url(request_id, 60, "", server.signer).replace("?", "/events?")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("GET", events)
+    response = conn.getresponse()
+    assert (response.status, response.getheader("content-type")) == (200, "text/event-stream; charset=utf-8")
+
+    def next_event() -> dict:
+        while not (line := response.readline()).startswith(b"data: "):
+            assert line, "the stream ended"
+        return json.loads(line[len(b"data: "):])
+
+    assert next_event()["status"] == "PENDING"
+    store.run(rt.mark_running(request_id, "run-j"))
+    assert next_event()["status"] == "RUNNING"
+    store.run(rt.set_total(request_id, 10))
+    store.run(rt.set_progress(request_id, 5, 50.0))
+    while (shown := next_event())["progress_pct"] != 50.0:
+        assert shown["status"] == "RUNNING"
+    store.run(rt.mark_failed(request_id, "stopped"))
+    assert (next_event()["status"], response.read()) == ("FAILED", b"\n")  # the event's end, then the stream's
+    conn.close()
+    assert server.get(events.replace("sig=", "sig=x"))[0] == 403

@@ -31,6 +31,10 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run",
 ]
 BAR_SHOWS = "pct => Math.abs(Number(document.getElementById('bar').getAttribute('aria-valuenow')) - pct) < 0.01"
+# The bar's drawn width, once its transition has ended, as a percentage of its track.
+DRAWN_PCT = """() => document.getAnimations().length === 0 &&
+    100 * document.getElementById('bar').getBoundingClientRect().width /
+    document.querySelector('.track').getBoundingClientRect().width"""
 WAIT_MS = 60_000
 
 
@@ -78,6 +82,8 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 900, "height": 520})
+        fetched: list[str] = []
+        page.on("request", lambda r: fetched.append(r.url.split("?")[0].rsplit("/", 1)[-1]))
         page.goto(status_page_url(request_id, 600))
         page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Queued')")
         exporter = threading.Thread(target=export)
@@ -88,6 +94,7 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
             page.wait_for_function(BAR_SHOWS, arg=expected, timeout=WAIT_MS)
             shown.append(expected)
             if len(shown) == 3:
+                assert abs(page.wait_for_function(DRAWN_PCT, timeout=WAIT_MS).json_value() - expected) < 1
                 page.screenshot(path=str(tmp_path / "running.png"))
             go_on.release()
         exporter.join()
@@ -98,6 +105,7 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
         button = page.locator("#download")
         button.wait_for(state="visible", timeout=WAIT_MS)
         page.wait_for_function(BAR_SHOWS, arg=100.0, timeout=WAIT_MS)
+        assert abs(page.wait_for_function(DRAWN_PCT, timeout=WAIT_MS).json_value() - 100) < 1
         page.screenshot(path=str(tmp_path / "completed.png"))
         with page.expect_download(timeout=WAIT_MS) as download:
             button.click()
@@ -106,6 +114,7 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
         day = final["finished_at"].strftime("%Y-%m-%d")
         assert download.value.suggested_filename == f"users-{day}.csv.gz"
         browser.close()
+    assert fetched.count("events") == 1 and "status" not in fetched  # pushed over one stream, never polled
     body = saved.read_bytes()
     assert hashlib.sha256(body).hexdigest() == final["sha256"] and len(body) == final["file_bytes"]
     assert body == Path(final["file_uri"].removeprefix("file://")).read_bytes()

@@ -2,7 +2,8 @@
 
     GET|HEAD /files/<key>?expires=…&sig=…        the file (Range, ETag = sha256, friendly name)
     GET      /requests/<id>?expires=…&sig=…      the end user's status page
-    GET      /requests/<id>/status?expires=…&sig=…   what that page polls (JSON)
+    GET      /requests/<id>/events?expires=…&sig=…   the same, pushed (server-sent events)
+    GET      /requests/<id>/status?expires=…&sig=…   the same, once (JSON): the page's fallback
 
 403: a bad or expired signature; 410: a file signed for but since deleted (retention, `delete`);
 404: anything else, including paths that are no storage key. Files stream in 64 KiB chunks
@@ -11,7 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import json
 import os
 import stat
 import time
@@ -20,18 +24,31 @@ from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from .. import requests_table as rt
+from ..embedded_postgres import database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage
 from .links import Kind, Signer, file_url, friendly_name, valid_key
+from .push import Notifications
 
 # Links the status page hands out for its download button.
 PAGE_LINK_SECONDS = 3600
 MAX_BIGINT = 2**63 - 1
+# An open event stream reads its row at least this often, and proxies see traffic.
+HEARTBEAT_SECONDS = 15
+FINISHED = {s.value for s in rt.TERMINAL}
 MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "gz": "application/gzip",
@@ -89,6 +106,7 @@ def _refuse(status: int, text: str) -> Response:
 
 def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Starlette:
     digests = Digests(store)
+    notifications = Notifications(store.url or database_url())
     page = files(__package__).joinpath("status_page.html").read_text()
 
     async def download(request: Request) -> Response:
@@ -137,11 +155,48 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
             return row
         return JSONResponse(_public_status(row, storage, signer), headers={"cache-control": "no-store"})
 
+    def read(request_id: int) -> dict | None:
+        row = store.run(rt.by_id(request_id)).mappings().first()
+        return dict(row) if row else None
+
+    async def events(request: Request) -> Response:
+        row = await run_in_threadpool(request_row, request)
+        if isinstance(row, Response):
+            return row
+        request_id = row["id"]
+
+        async def stream():
+            wake = notifications.subscribe(request_id)
+            current, sent = row, None
+            try:
+                while current is not None:
+                    shown = json.dumps(_public_status(current, storage, signer))
+                    yield f"data: {shown}\n\n" if shown != sent else ": still here\n\n"
+                    sent = shown
+                    if current["status"] in FINISHED:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS)
+                    wake.clear()  # before the read: a change committed after it wakes us again
+                    current = await run_in_threadpool(read, request_id)
+            finally:
+                notifications.unsubscribe(request_id, wake)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-store"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        notifications.start()
+        yield
+        await notifications.stop()
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/files/{key:path}", download, methods=["GET", "HEAD"]),
             Route("/requests/{request_id:int}", status_page, methods=["GET"]),
             Route("/requests/{request_id:int}/status", status, methods=["GET"]),
+            Route("/requests/{request_id:int}/events", events, methods=["GET"]),
         ]
     )
 
@@ -196,4 +251,5 @@ def serve(host: str, port: int, exit_with_parent: int | None = None) -> None:
     if exit_with_parent:
         _exit_with(exit_with_parent)
     # No access log: each line would hold a signed link, a credential until it expires.
-    uvicorn.run(build_app(storage, Signer.from_env(), store), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(build_app(storage, Signer.from_env(), store), host=host, port=port, log_level="info", access_log=False,
+                timeout_graceful_shutdown=5)  # open event streams do not hold a shutdown
