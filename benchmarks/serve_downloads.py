@@ -63,8 +63,9 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="export_platform_serve_"))
-    if not os.environ.get(DATABASE_URL_ENV):  # stopped and deleted when this process exits
-        os.environ[DATABASE_URL_ENV] = start_embedded(tmp / "pgdata", cleanup_mode="delete")
+    if not os.environ.get(DATABASE_URL_ENV):  # pgserver stops and deletes it when this process exits
+        pgdata = Path(tempfile.mkdtemp(prefix="export_platform_serve_pgdata_"))
+        os.environ[DATABASE_URL_ENV] = start_embedded(pgdata, cleanup_mode="delete")
     try:
         root = tmp / "exports"
         expected = write_file(root / KEY, args.gib)
