@@ -19,6 +19,7 @@ from .formats import ExportFormat
 from .jobs import run_config_for
 from .ops.export import PublishedExport
 from .client import Refused
+from .delivery.links import LinkError
 from .planning import ExportPlan, RequestError, check_chunks, export_type_named, plan_export, plan_request
 
 # The command prints its own result or error; Dagster's event log stays in the run record.
@@ -226,8 +227,35 @@ def _seconds(text: str) -> int:
 def _cmd_url(args: argparse.Namespace) -> int:
     from .client import ExportClient
 
-    print(ExportClient().fresh_url(args.id, _seconds(args.expires)))
+    client = ExportClient()
+    seconds = _seconds(args.expires)
+    print(client.status_page_url(args.id, seconds) if args.page else client.fresh_url(args.id, seconds))
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .delivery.server import serve
+
+    serve(args.host, args.port, args.exit_with_parent)
+    return 0
+
+
+def _start_serve_beside_dev(env: dict[str, str], host: str, port: int) -> None:
+    """`dev --serve`: the download server beside the UI, with a development signing key kept under
+    the platform home (production sets EXPORT_PLATFORM_SIGNING_KEY itself), and the public URL
+    the runs then put on the rows."""
+    import os
+    import subprocess
+
+    from .delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, dev_key_file, dev_signing_key
+
+    env.setdefault(SIGNING_KEY_ENV, dev_signing_key())
+    env.setdefault(PUBLIC_URL_ENV, f"http://{host}:{port}")
+    # dev becomes `dagster dev` (exec, same pid); serve stops when that process ends.
+    argv = ["serve", "--host", host, "--port", str(port), "--exit-with-parent", str(os.getpid())]
+    subprocess.Popen([sys.executable, "-m", "export_platform.cli", *argv], env=env)
+    print(f"serve: {env[PUBLIC_URL_ENV]} (in other shells: export {PUBLIC_URL_ENV}={env[PUBLIC_URL_ENV]} "
+          f"{SIGNING_KEY_ENV}=$(cat {dev_key_file()}))")
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
@@ -275,6 +303,8 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     env = {**os.environ, **prepare_dagster_home()}
     RequestStore().migrate()
     print(f"DAGSTER_HOME={env['DAGSTER_HOME']}")
+    if args.serve is not None:
+        _start_serve_beside_dev(env, args.host, args.serve)
     argv = ["dagster", "dev", "-m", "export_platform.definitions", "-h", args.host, "-p", str(args.port)]
     os.execvpe(argv[0], argv, env)
 
@@ -348,7 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     url = commands.add_parser("url", help="mint a fresh signed download URL for a completed export")
     url.add_argument("id", type=int)
     url.add_argument("--expires", default="1h", help="validity: 90s, 30m, 1h, 7d (default 1h)")
+    url.add_argument("--page", action="store_true", help="the request's status page instead (any status)")
     url.set_defaults(handler=_cmd_url)
+
+    serve = commands.add_parser("serve", help="signed downloads of the local storage and the status page")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
+    serve.set_defaults(handler=_cmd_serve)
 
     delete = commands.add_parser("delete", help="delete a completed export's file (the row becomes EXPIRED)")
     delete.add_argument("id", type=int)
@@ -365,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="Dagster webserver + daemon on this project's instance")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--serve", type=int, nargs="?", const=8080, metavar="PORT",
+                     help="also start `serve` on PORT (default 8080) with a development signing key")
     dev.set_defaults(handler=_cmd_dev)
     return parser
 
@@ -382,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refused as error:
         print(f"refused: {error}", file=sys.stderr)
         return 1
+    except LinkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     from export_platform.client import ExportClient
     client = ExportClient()                      # EXPORT_PLATFORM_DATABASE_URL or the embedded one
     request_id = client.request("users", "csv", filters={"country_code": "US"}, requested_by="alice")
-    final = client.wait(request_id)              # a dict of the row, once it is terminal
+    final = client.wait(request_id)              # a dict of the row, once it is terminal (LISTEN)
 
 Requests are checked here as the sensor would check them, so a bad one fails at once with a
 `RequestError` naming the field instead of becoming a FAILED row.
@@ -11,13 +11,19 @@ Requests are checked here as the sensor would check them, so a bad one fails at 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
+from psycopg import sql as pgsql
+
 from . import requests_table as rt
+from .delivery import links
+from .embedded_postgres import database_url
 from .planning import plan_request
 from .requests_table import TERMINAL, Status
 from .resources.requests import RequestStore
@@ -65,21 +71,35 @@ class ExportClient:
         request_id: int,
         timeout: float | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
-        poll_seconds: float = 0.5,
+        poll_seconds: float = 5.0,
     ) -> dict[str, Any]:
-        """Poll until the request is terminal (COMPLETED, FAILED, CANCELLED, EXPIRED)."""
+        """Wait until the request is terminal (COMPLETED, FAILED, CANCELLED, EXPIRED).
+
+        Woken by `NOTIFY export_requests` on each change of the row's status or progress; it also
+        reads the row every `poll_seconds`, in case a notification was missed (e.g. a reconnect)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            row = self.status(request_id)
-            if row is None:
-                raise LookupError(f"no export request {request_id}")
-            if on_update:
-                on_update(row)
-            if Status(row["status"]) in TERMINAL:
-                return row
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"request {request_id} still {row['status']} after {timeout} s")
-            time.sleep(poll_seconds)
+        with psycopg.connect(self.store.url or database_url(), autocommit=True) as listener:
+            listener.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(rt.NOTIFY_CHANNEL)))
+            while True:
+                row = self.status(request_id)  # read after LISTEN: no change can fall in between
+                if row is None:
+                    raise LookupError(f"no export request {request_id}")
+                if on_update:
+                    on_update(row)
+                if Status(row["status"]) in TERMINAL:
+                    return row
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"request {request_id} still {row['status']} after {timeout} s")
+                for notice in listener.notifies(timeout=min(poll_seconds, left or poll_seconds)):
+                    if json.loads(notice.payload)["id"] == request_id:
+                        break
+
+    def status_page_url(self, request_id: int, seconds: int = 24 * 3600) -> str:
+        """The signed address of the request's status page on `export-platform serve`, for its user."""
+        if self.status(request_id) is None:
+            raise Refused(f"no export request {request_id}")
+        return links.status_page_url(request_id, seconds)
 
     def list(self, requested_by: str | None = None, page: int = 1, page_size: int = 20) -> list[dict[str, Any]]:
         rows = self.store.run(rt.listing(requested_by, page_size, (page - 1) * page_size)).mappings().all()
@@ -105,7 +125,10 @@ class ExportClient:
             raise Refused(f"request {request_id}'s file expired at {row['expires_at']:%Y-%m-%d %H:%M:%S %Z}")
         url = self.storage.signed_url(row["file_uri"], seconds)
         if url is None:
-            raise Refused(f"this storage cannot sign URLs; the file is {row['file_uri']}")
+            raise Refused(
+                f"this storage cannot sign URLs; the file is {row['file_uri']} (local storage signs links for "
+                f"`export-platform serve` once {links.PUBLIC_URL_ENV} is set)"
+            )
         self.store.run(rt.set_link(request_id, url, now + timedelta(seconds=seconds)))
         return url
 

@@ -89,6 +89,8 @@ export_requests = sa.Table(
         postgresql_where=sa.column("status").in_(["PENDING", "QUEUED", "RUNNING", "CANCEL_REQUESTED"]),
     ),
     sa.Index("export_requests_by_user", "requested_by", sa.column("id").desc()),
+    # `serve` finds a file's sha256 (its ETag) here instead of reading the whole file again.
+    sa.Index("export_requests_by_file", "file_uri", postgresql_where=sa.column("file_uri").is_not(None)),
 )
 
 # High-water marks of incremental recurring exports; advanced only after a file is published.
@@ -146,7 +148,41 @@ def _v3_run_keys_and_finished_rows(conn: sa.Connection) -> None:
         conn.execute(statement)
 
 
-UPGRADES: list[Callable[[sa.Connection], None]] = [_v2_links_and_expiry, _v3_run_keys_and_finished_rows]
+# Push: each change of a request's status or progress is announced on this channel with
+# {"id", "status", "progress_pct"}, so that applications can LISTEN instead of polling the table.
+NOTIFY_CHANNEL = "export_requests"
+_NOTIFY_FUNCTION = sa.DDL(f"""
+CREATE OR REPLACE FUNCTION export_requests_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.status IS DISTINCT FROM OLD.status
+            OR NEW.progress_pct IS DISTINCT FROM OLD.progress_pct THEN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', json_build_object(
+            'id', NEW.id, 'status', NEW.status, 'progress_pct', NEW.progress_pct)::text);
+    END IF;
+    RETURN NULL;
+END $$""")
+_NOTIFY_TRIGGER = sa.DDL(
+    "CREATE OR REPLACE TRIGGER export_requests_notify AFTER INSERT OR UPDATE ON export_requests "
+    "FOR EACH ROW EXECUTE FUNCTION export_requests_notify()"
+)
+# Fresh installs get the trigger with the table; older ones through the upgrade step below.
+sa.event.listen(export_requests, "after_create", _NOTIFY_FUNCTION)
+sa.event.listen(export_requests, "after_create", _NOTIFY_TRIGGER)
+
+
+def _v4_notify_and_file_index(conn: sa.Connection) -> None:
+    conn.execute(_NOTIFY_FUNCTION)
+    conn.execute(_NOTIFY_TRIGGER)
+    conn.execute(sa.text(
+        "CREATE INDEX IF NOT EXISTS export_requests_by_file ON export_requests (file_uri) WHERE file_uri IS NOT NULL"
+    ))
+
+
+UPGRADES: list[Callable[[sa.Connection], None]] = [
+    _v2_links_and_expiry,
+    _v3_run_keys_and_finished_rows,
+    _v4_notify_and_file_index,
+]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 
@@ -393,6 +429,11 @@ def insert(export_type: str, format: str, params: dict, requested_by: str | None
 
 def by_id(request_id: int) -> sa.Select:
     return sa.select(t).where(t.c.id == request_id)
+
+
+def sha256_of(file_uri: str) -> sa.Select:
+    """The checksum publish recorded for a file, if a request made it."""
+    return sa.select(t.c.sha256).where(t.c.file_uri == file_uri, t.c.sha256.is_not(None)).limit(1)
 
 
 def by_idempotency_key(requested_by: str | None, key: str) -> sa.Select:

@@ -113,7 +113,7 @@ def test_migration_upgrades_a_version_1_table_in_place(database_url):
         conn.execute("UPDATE export_platform_schema SET version = 1")
         conn.execute("INSERT INTO export_requests (export_type, requested_by, status) VALUES ('users', 'old', 'COMPLETED')")
         conn.execute("INSERT INTO export_requests (export_type, requested_by) VALUES ('users', 'old2')")
-    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION == 3
+    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION == 4
     with RequestStore(url=url).transaction() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("export_requests")}
         assert {"download_url_expires_at", "expired_reason", "run_key", "offers"} <= columns
@@ -121,7 +121,7 @@ def test_migration_upgrades_a_version_1_table_in_place(database_url):
         assert [r.requested_by for r in rows] == ["old", "old2"] and len({r.run_key for r in rows}) == 2
         cancel = sa.text("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE requested_by = 'old'")
         assert conn.execute(cancel).rowcount == 0  # the trigger is there too
-    assert RequestStore(url=url).migrate() == 3  # and again: nothing to do
+    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION  # and again: nothing to do
 
 
 def test_discarding_a_runs_temp_removes_everything_its_writers_left(tmp_path):

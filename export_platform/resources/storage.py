@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from ..delivery.links import Signer, file_url, public_url
 from ..embedded_postgres import platform_home
 
 STORAGE_URL_ENV = "EXPORT_PLATFORM_STORAGE_URL"
@@ -118,6 +119,14 @@ class LocalStorage(ExportStorage):
         path.unlink(missing_ok=True)
         return size
 
+    def signed_url(self, uri: str, seconds: int) -> str | None:
+        """A link to `export-platform serve` where EXPORT_PLATFORM_PUBLIC_URL says where it runs."""
+        base = public_url()
+        path = Path(urlparse(uri).path).resolve()
+        if base is None or not path.is_relative_to(self.folder()):  # --output files are not served
+            return None
+        return file_url(base, Signer.from_env(), path.relative_to(self.folder()).as_posix(), seconds)
+
 
 class S3Storage(ExportStorage):
     """Any S3-compatible service. Endpoint and credentials come from the usual AWS variables
@@ -185,4 +194,6 @@ def storage_for(url: str | None) -> ExportStorage:
     """The storage resource for EXPORT_PLATFORM_STORAGE_URL: s3://… or a local folder."""
     if url and url.startswith("s3://"):
         return S3Storage(url=url)
+    if public_url() is not None:
+        Signer.from_env()  # a missing signing key is an error when the code location loads, not at publish
     return LocalStorage()

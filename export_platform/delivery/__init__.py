@@ -1,0 +1,1 @@
+"""Delivery of finished exports over HTTP: signed download links and the status page."""

@@ -1,0 +1,62 @@
+"""One LISTEN connection per `serve` process, fanned out to the status pages that are open: each
+page's event stream is woken by `NOTIFY export_requests` about its request, instead of polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+
+import psycopg
+from psycopg import sql as pgsql
+
+from .. import requests_table as rt
+
+log = logging.getLogger(__name__)
+RECONNECT_SECONDS = 2.0
+
+
+class Notifications:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._waiting: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+
+    def subscribe(self, request_id: int) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiting[request_id].add(event)
+        return event
+
+    def unsubscribe(self, request_id: int, event: asyncio.Event) -> None:
+        self._waiting[request_id].discard(event)
+        if not self._waiting[request_id]:
+            del self._waiting[request_id]
+
+    def _wake(self, request_id: int | None = None) -> None:
+        """Wake the streams of one request, or all (after a reconnect, a notification may be lost)."""
+        groups = self._waiting.values() if request_id is None else [self._waiting.get(request_id, ())]
+        for group in groups:
+            for event in group:
+                event.set()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(rt.NOTIFY_CHANNEL)))
+                    self._wake()
+                    async for notice in conn.notifies():
+                        self._wake(json.loads(notice.payload)["id"])
+            except (psycopg.OperationalError, OSError) as error:
+                log.warning("LISTEN %s lost (%s); reconnecting", rt.NOTIFY_CHANNEL, error)
+                self._wake()  # the streams read their rows again: nothing is missed for long
+                await asyncio.sleep(RECONNECT_SECONDS)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
