@@ -7,9 +7,11 @@ import dagster as dg
 import polars as pl
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from export_platform.definitions import defs
 from export_platform.ops.export import SCHEDULE_TAG
+from export_platform.errors import root_message
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
 from export_platform.sample_data import seed
@@ -84,7 +86,8 @@ def incremental_db(database_url, storage_root) -> tuple[str, dict]:
     store.migrate()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM export_watermarks")
-    return url, {"postgres": PostgresResource(url=url), "requests": store}
+    # No margin: these tests run one step after another, never racing a writer's clock read.
+    return url, {"postgres": PostgresResource(url=url, incremental_margin_seconds=0), "requests": store}
 
 
 def exported_ids(result) -> list[int]:
@@ -122,3 +125,65 @@ def test_a_failed_incremental_run_does_not_advance_the_mark(incremental_db, reso
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT count(*) FROM export_watermarks WHERE key = 'inc_fail'").fetchone()[0] == 0
     assert len(pl.read_csv(published_path(run_job("users", config, {**resources, **overrides})))) == 498
+
+
+def failure_message(result) -> str:
+    return "; ".join(root_message(e.step_failure_data.error) for e in result.all_events if e.is_step_failure)
+
+
+def test_a_transaction_that_only_read_before_the_run_and_writes_after_it_is_exported_next(incremental_db, resources):
+    # Its now() is fixed when it began, before the run; it takes a transaction id only when it writes.
+    url, overrides = incremental_db
+    config = {"format": "parquet", "columns": ["id"], "incremental": {"column": "updated_at", "key": "inc_reader"}}
+    with psycopg.connect(url) as reader:
+        reader.execute("SELECT count(*) FROM users")
+        first = run_job("users", config, {**resources, **overrides})
+        reader.execute("INSERT INTO users (id, name, updated_at) VALUES (100_003, 'reader', now())")
+        reader.commit()
+    second = run_job("users", config, {**resources, **overrides})
+    assert 100_003 not in exported_ids(first) and len(exported_ids(first)) == 498
+    assert exported_ids(second) == [100_003]
+
+
+def test_rows_newer_than_the_margin_wait_for_the_next_run(incremental_db, resources):
+    url, overrides = incremental_db
+    config = {"format": "parquet", "columns": ["id"], "incremental": {"column": "updated_at", "key": "inc_margin"}}
+    with psycopg.connect(url, autocommit=True) as app:
+        app.execute("INSERT INTO users (id, name, updated_at) VALUES (100_004, 'recent', now())")
+    held_back = {**resources, **overrides, "postgres": PostgresResource(url=url, incremental_margin_seconds=3600)}
+    first = run_job("users", config, held_back)
+    assert 100_004 not in exported_ids(first) and len(exported_ids(first)) == 498
+    assert exported_ids(run_job("users", config, {**resources, **overrides})) == [100_004]
+
+
+@pytest.fixture
+def reader_url(incremental_db):
+    """A login role that may read `users` and nothing more: no pg_read_all_stats, not a superuser."""
+    url, _ = incremental_db
+    role = "export_reader_no_stats"
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+        conn.execute(f"GRANT SELECT ON users TO {role}")
+    yield make_conninfo(url, user=role)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+def test_an_incremental_export_is_refused_to_a_role_that_cannot_see_other_sessions(incremental_db, resources, reader_url):
+    url, overrides = incremental_db
+    config = {"format": "csv", "columns": ["id"], "incremental": {"column": "updated_at", "key": "inc_role"}}
+    as_reader = {**resources, **overrides, "postgres": PostgresResource(url=reader_url, incremental_margin_seconds=0)}
+    with psycopg.connect(url) as other:
+        other.execute("SELECT 1")  # a session in a transaction, whose xact_start the role cannot see
+        refused = run_job("users", config, as_reader)
+    assert not refused.success
+    assert failure_message(refused).startswith("incremental export refused: the database role cannot see")
+    assert "grant it pg_read_all_stats" in failure_message(refused)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM export_watermarks WHERE key = 'inc_role'").fetchone()[0] == 0
+        conn.execute("GRANT pg_read_all_stats TO export_reader_no_stats")
+    assert len(pl.read_csv(published_path(run_job("users", config, as_reader)))) == 498

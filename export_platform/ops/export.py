@@ -17,7 +17,7 @@ from ..config import ExportConfig, options_of
 from ..planning import ExportPlan, Incremental, RequestError, plan_export
 from ..preflight import preflight
 from ..registry import ExportType
-from ..resources.postgres import PostgresResource
+from ..resources.postgres import IncrementalRefused, PostgresResource
 from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
 from ..sinks.parts import discard_parts, sink_streams
@@ -92,6 +92,8 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
             decisions = preflight(result, postgres, session_name(context.run_id))
         except RequestError as error:
             raise dg.Failure(description=str(error), metadata={"field": error.field}) from None
+        except IncrementalRefused as error:
+            raise dg.Failure(description=str(error)) from None
         context.add_output_metadata(
             {
                 "format": result.format.value,
