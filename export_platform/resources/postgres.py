@@ -126,6 +126,11 @@ class PostgresResource(dg.ConfigurableResource):
             )
         return bound
 
+    def check_incremental(self) -> None:
+        """Raise IncrementalRefused now, before any work, where an incremental bound cannot be fixed."""
+        with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
+            self.incremental_bound(cursor)
+
     @contextmanager
     def _transaction(
         self, session_name: str, snapshot_id: str | None, fix_bound: bool = False
