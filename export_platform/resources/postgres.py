@@ -1,4 +1,14 @@
-"""The Postgres that holds the data to export (and, later, the request table)."""
+"""The Postgres that holds the data to export (and, later, the request table).
+
+An incremental export's upper bound is fixed on the connection that then takes the snapshot, in
+autocommit and just before `BEGIN` (`incremental_bound`): the earliest of the clock minus a
+margin, the `xact_start` of every session of the database in a transaction (with or without a
+transaction id) and the `query_start` of every running statement. Read in that order, every
+writer that stamps a row with its `now()` below the bound has committed before the snapshot, so
+the rows of `[mark, bound)` are complete when they are read; the argument, its contract (writers
+use the server's clock, the role sees every session through pg_read_all_stats, no prepared
+transactions) and its tests are in docs/design.md, "Incremental exports: exactly once".
+"""
 
 from __future__ import annotations
 
