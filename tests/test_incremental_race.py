@@ -1,4 +1,5 @@
-"""The incremental bound against writers going flat out: thousands of bounds, zero rows lost.
+"""The incremental bound against writers going flat out (thousands of bounds, zero rows lost), and
+its refusal while a prepared transaction is pending.
 
 Each iteration does what an incremental export does, on the real bound statement: fix the bound
 (PostgresResource.incremental_bound), begin the snapshot, read the rows in [previous bound,
@@ -19,7 +20,7 @@ import psycopg
 import pytest
 
 from export_platform import sql
-from export_platform.resources.postgres import PostgresResource
+from export_platform.resources.postgres import IncrementalRefused, PostgresResource
 from readback import database_beside
 
 BOUNDS = 3_000
@@ -122,3 +123,34 @@ def test_thousands_of_bounds_against_every_writer_shape_lose_no_row(race_url):
     lost = sorted(set(all_ids) - set(exported))
     assert (duplicates, lost) == ([], [])
     assert len(exported) == len(all_ids)
+
+
+@pytest.fixture
+def two_phase_url(tmp_path_factory) -> str:
+    """A Postgres of its own that allows prepared transactions (a restart-only setting)."""
+    import pgserver
+
+    pgdata = tmp_path_factory.mktemp("two_phase") / "pgdata"
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_prepared_transactions = 2")
+    server.cleanup()
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def test_a_pending_prepared_transaction_refuses_the_bound(two_phase_url):
+    # Its rows may be stamped at any earlier time, and pg_stat_activity no longer shows it.
+    postgres = PostgresResource(url=two_phase_url, incremental_margin_seconds=0)
+    with psycopg.connect(two_phase_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE stamped (at timestamptz DEFAULT now())")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO stamped DEFAULT VALUES")
+        conn.execute("PREPARE TRANSACTION 'pending_writer'")
+        with pytest.raises(IncrementalRefused, match=r"prepared transactions \(pending_writer\)"):
+            postgres.check_incremental()
+        conn.execute("COMMIT PREPARED 'pending_writer'")
+    postgres.check_incremental()
