@@ -7,11 +7,13 @@ import dagster as dg
 import polars as pl
 import psycopg
 import pytest
+import yaml
 from psycopg.conninfo import make_conninfo
 
 from export_platform.definitions import defs
 from export_platform.ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
 from export_platform.errors import root_message
+from export_platform.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
 from export_platform.sample_data import seed
@@ -204,3 +206,16 @@ def test_an_incremental_run_without_its_key_tag_is_refused(incremental_db, resou
         refused = run_job("users", config, {**resources, **overrides}, tags=tags)
         assert not refused.success
         assert failure_message(refused).startswith(f"an incremental run must carry the tag {INCREMENTAL_TAG}=inc_untagged")
+
+
+def test_the_run_queue_holds_a_second_run_of_one_incremental_key():
+    # Dagster's own counter, as the queue daemon uses it, over the limits in dagster.yaml.
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    limits = yaml.safe_load(INSTANCE_YAML.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
+    tags = evaluate(defs.get_schedule_def("recurring_ezpass_changes_hourly")).tags
+    running = dg.DagsterRun(job_name="export_ezpass_transactions", run_id="a" * 36, tags=tags)
+    counter = TagConcurrencyLimitsCounter(limits, [running])
+    assert counter.is_blocked(dg.DagsterRun(job_name="export_ezpass_transactions", run_id="b" * 36, tags=tags))
+    other_key = {**tags, INCREMENTAL_TAG: "another_key", SCHEDULE_TAG: "another_key"}
+    assert not counter.is_blocked(dg.DagsterRun(job_name="export_ezpass_transactions", run_id="c" * 36, tags=other_key))
