@@ -114,7 +114,7 @@ def remove_orphaned_temp_files(
 def prune_run_history(context: dg.OpExecutionContext, config: RetentionConfig) -> None:
     cutoff = datetime.now(timezone.utc) - timedelta(days=config.run_history_days)
     runs = 0
-    job_names = [name for t in REGISTRY for name in (t.job_name, t.chunked_job_name if t.chunk_key else None) if name]
+    job_names = [t.job_name for t in REGISTRY] + [t.chunked_job_name for t in REGISTRY if t.chunk_key]
     for job_name in job_names:
         records = context.instance.get_run_records(
             dg.RunsFilter(job_name=job_name, statuses=list(FINISHED_STATUSES), updated_before=cutoff)
