@@ -43,6 +43,8 @@ def run_export(plan: ExportPlan) -> PublishedExport:
     job = defs.resolve_job_def(f"export_{plan.export_type}")
     result = job.execute_in_process(run_config={**run_config_for(plan), **QUIET_LOGGERS}, raise_on_error=False)
     if not result.success:
+        # No failure sensor watches an in-process run: its staged file is removed here.
+        defs.resources["storage"].discard_temp(result.run_id)
         failures = [root_message(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
         raise ExportFailed("; ".join(failures) or "the run failed")
     return result.output_for_node("publish_export")
@@ -261,7 +263,14 @@ def _start_serve_beside_dev(env: dict[str, str], host: str, port: int) -> None:
 def _cmd_delete(args: argparse.Namespace) -> int:
     from .client import ExportClient
 
-    print(f"deleted the file of request {args.id} ({ExportClient().delete(args.id):,} bytes freed)")
+    from .resources.storage import StorageError
+
+    try:
+        freed = ExportClient().delete(args.id)
+    except StorageError as error:
+        print(f"error: {error}; request {args.id} is unchanged", file=sys.stderr)
+        return 1
+    print(f"deleted the file of request {args.id} ({freed:,} bytes freed)")
     return 0
 
 
@@ -275,12 +284,18 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     os.environ.update(prepare_dagster_home())  # run history lives in the real instance
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("retention_cleanup").execute_in_process(
-            run_config={**cleanup_run_config(args.dry_run), **QUIET_LOGGERS}, instance=instance
+            run_config={**cleanup_run_config(args.dry_run), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
         )
     for event in result.all_events:
-        if event.event_type_value == "STEP_OUTPUT":
-            found = {k: v.value for k, v in event.step_output_data.metadata.items() if k != "dry_run"}
-            print(f"{event.step_key:<28} " + " ".join(f"{k}={v:,}" for k, v in found.items()))
+        failure = event.step_failure_data.user_failure_data if event.is_step_failure else None
+        if event.event_type_value == "STEP_OUTPUT" or failure:
+            metadata = (failure or event.step_output_data).metadata
+            found = {k: v.value for k, v in metadata.items() if k != "dry_run"}
+            print(f"{event.step_key:<30} " + " ".join(f"{k}={v:,}" for k, v in found.items()))
+        if event.is_step_failure:
+            print(f"{event.step_key:<30} failed: {root_message(event.step_failure_data.error)}", file=sys.stderr)
+    if not result.success:
+        return 1
     print("dry run: nothing was changed" if args.dry_run else "done")
     return 0
 

@@ -350,14 +350,18 @@ def set_link(request_id: int, url: str, url_expires_at: datetime) -> sa.Update:
     return _transition(request_id, (Status.COMPLETED,), download_url=url, download_url_expires_at=url_expires_at)
 
 
-def expired_files(limit: int) -> sa.Select:
-    """Completed exports past their expiry, oldest first."""
-    return (
-        sa.select(t.c.id, t.c.file_uri, t.c.file_bytes)
+def expired_files(limit: int, after: tuple[datetime, int] | None = None) -> sa.Select:
+    """Completed exports past their expiry, oldest first; the page after `after` (the last row's
+    expires_at and id), so that rows left in place (a dry run, a failed delete) are not read again."""
+    query = (
+        sa.select(t.c.id, t.c.file_uri, t.c.file_bytes, t.c.expires_at)
         .where(t.c.status == Status.COMPLETED.value, t.c.expires_at < sa.func.now())
-        .order_by(t.c.expires_at)
+        .order_by(t.c.expires_at, t.c.id)
         .limit(limit)
     )
+    if after is not None:
+        query = query.where(sa.tuple_(t.c.expires_at, t.c.id) > sa.tuple_(*after))
+    return query
 
 
 def mark_expired(request_id: int, reason: str) -> sa.Update:

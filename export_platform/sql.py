@@ -115,13 +115,29 @@ def bind_statement(plan: ExportPlan, key_range: KeyRange | None = None, upper: s
     return (sql.SQL("SELECT ") + sql.SQL(", ").join(calls)).as_string()
 
 
-# The incremental upper bound, fixed inside the export's snapshot: no later than the start of the
-# oldest transaction still writing. Rows such a transaction stamps with its now() are at or above
-# the bound, so they go to the next run instead of being missed once they commit.
-SET_UPPER_BOUND = (
-    "SELECT set_config('export_platform.upper', (SELECT least(now(), min(xact_start)) "
-    "FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid())::text, true)"
-)
+# The incremental upper bound (see "Incremental exports: exactly once" in docs/design.md). Run
+# alone, in autocommit, *before* the export's snapshot is taken: the sessions it sees are read
+# first, so a writer that commits between this read and the snapshot is in the snapshot, and one
+# that commits after it was seen here. The bound is the earliest of
+#   - this statement's start minus a margin ($1 seconds): covers a writer that has read the clock
+#     for its now() but not yet published its state (a few instructions, unless descheduled);
+#   - xact_start of every session of this database in a transaction, with or without an xid:
+#     its now() is its xact_start, and it may still write;
+#   - query_start of every session running a statement outside a transaction: the statement
+#     start a transaction opened by it takes as its now().
+# Autovacuum never writes rows, and its long transactions would hold the bound back.
+INCREMENTAL_BOUND = """
+SELECT
+  pg_has_role('pg_read_all_stats', 'USAGE') AS sees_every_session,
+  pg_is_in_recovery() AS on_standby,
+  (SELECT string_agg(gid, ', ') FROM pg_prepared_xacts WHERE database = current_database()) AS prepared,
+  least(
+    statement_timestamp() - make_interval(secs => $1::float8),
+    (SELECT min(least(xact_start, CASE WHEN state IN ('active', 'fastpath function call') THEN query_start END))
+       FROM pg_stat_activity
+      WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker')
+  )::text AS bound
+"""
 
 
 def select_statement(plan: ExportPlan, key_range: KeyRange | None = None) -> str:

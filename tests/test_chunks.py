@@ -18,7 +18,7 @@ from export_platform import requests_table as rt
 from export_platform import sql
 from export_platform.chunks import NO_KEYS, KeyRange, split_range
 from export_platform.export_types import REGISTRY
-from export_platform.ops.export import plan_op_name
+from export_platform.ops.export import INCREMENTAL_TAG, plan_op_name
 from export_platform.planning import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
@@ -345,15 +345,17 @@ def test_the_request_row_shows_the_total_of_all_chunks(database_url, resources):
 def test_incremental_bounds_hold_in_every_chunk(skewed_db, resources):
     store = RequestStore(url=skewed_db)
     store.migrate()
-    overrides = {"postgres": PostgresResource(url=skewed_db, batch_size_hint_bytes=64 * 1024), "requests": store}
+    postgres = PostgresResource(url=skewed_db, batch_size_hint_bytes=64 * 1024, incremental_margin_seconds=0)
+    overrides = {"postgres": postgres, "requests": store}
     config = {"format": "csv", "columns": ["id"], "chunks": 3, "incremental": {"column": "updated_at", "key": "chunks"}}
+    tags = {INCREMENTAL_TAG: "chunks"}
     late = 2_000_000_000
     with psycopg.connect(skewed_db) as slow_writer, psycopg.connect(skewed_db, autocommit=True) as app:
         try:
             slow_writer.execute("INSERT INTO users (id, name, updated_at) VALUES (%s, 'late', now())", (late,))
-            first = run_job("users", config, {**resources, **overrides})
+            first = run_job("users", config, {**resources, **overrides}, tags=tags)
             slow_writer.commit()
-            second = run_job("users", config, {**resources, **overrides})
+            second = run_job("users", config, {**resources, **overrides}, tags=tags)
             # NULL and future (2099) marks are never exported.
             expected = [r[0] for r in app.execute("SELECT id FROM users WHERE updated_at < now() ORDER BY id")]
         finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from export_platform.embedded_postgres import DATABASE_URL_ENV
+from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV
 from export_platform.formats import ExportFormat
 from readback import database_beside, db_rows, file_rows
 
@@ -80,3 +80,52 @@ def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_p
         expected = pdf_rows[row[0]] if row[1] == "pdf" else 500
         assert int(row[2].replace(",", "")) == expected > 0
         assert Path(row[5]).stat().st_size == int(row[3].replace(",", ""))
+
+
+def test_run_to_s3_that_fails_to_upload_leaves_no_staging_file(database_url, s3_endpoint, tmp_path):
+    env = {**os.environ, "EXPORT_PLATFORM_STORAGE_URL": "s3://no-such-bucket/exports", HOME_ENV: str(tmp_path / "home")}
+    done = subprocess.run([*CLI, "run", "ledger_postings", "--columns", "id"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and "NoSuchBucket" in done.stderr
+    staging = tmp_path / "home" / "staging"
+    assert staging.is_dir()  # the file was staged there before the upload failed
+    assert [p for p in staging.rglob("*") if p.is_file()] == []
+
+
+def test_delete_that_cannot_reach_the_file_fails_and_leaves_the_row(db, database_url, storage_root):
+    request_id = db.execute(
+        "INSERT INTO export_requests (export_type, format, params, status, file_uri) "
+        "VALUES ('users', 'csv', '{}', 'COMPLETED', 'file:///not/the/storage/users.csv') RETURNING id"
+    ).fetchone()[0]
+    done = subprocess.run([*CLI, "delete", str(request_id)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "is not in the storage folder" in done.stderr and f"request {request_id} is unchanged" in done.stderr
+    assert db.execute("SELECT status FROM export_requests WHERE id = %s", (request_id,)).fetchone()[0] == "COMPLETED"
+
+
+def test_cleanup_reports_a_file_it_could_not_delete_and_exits_1(database_url, tmp_path):
+    from sqlalchemy.engine import make_url
+
+    from export_platform.resources.requests import RequestStore
+
+    database_beside(database_url, "cleanup_cli")
+    url = make_url(database_url).set(database="cleanup_cli").render_as_string(hide_password=False)  # Dagster needs a URL
+    RequestStore(url=url).migrate()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM export_requests")
+        conn.execute(
+            "INSERT INTO export_requests (export_type, format, params, status, file_uri, expires_at) "
+            "VALUES ('users', 'csv', '{}', 'COMPLETED', 'file:///not/the/storage/users.csv', now() - interval '1 day')"
+        )
+    env = {
+        **os.environ,
+        DATABASE_URL_ENV: url,
+        HOME_ENV: str(tmp_path / "home"),
+        "EXPORT_PLATFORM_STORAGE_URL": str(tmp_path / "exports"),
+    }
+    done = subprocess.run([*CLI, "cleanup"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("expire_files ")]
+    assert "files=0" in line and "failed=1" in line
+    assert "1 file(s) could not be deleted and stay for the next cleanup" in done.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT status FROM export_requests").fetchall() == [("COMPLETED",)]

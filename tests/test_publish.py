@@ -9,11 +9,12 @@ import time
 import psycopg
 import pytest
 
+from export_platform.errors import root_message
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
 from export_platform.resources.storage import LocalStorage
 from readback import run_job
-from test_recurring import incremental_db  # noqa: F401  (fixture)
+from test_recurring import incremental_db, run_incremental  # noqa: F401  (fixture)
 from test_request_sensor import insert, row
 
 
@@ -119,15 +120,17 @@ def test_a_mark_that_cannot_advance_takes_its_published_file_back(incremental_db
     storage = LocalStorage(root=str(tmp_path))
     config = {"format": "csv", "columns": ["id"], "incremental": {"column": "updated_at", "key": "inc_locked"}}
     requests = RequestStore(url=url, statement_timeout_ms=500)
-    assert run_job("users", config, {**resources, **overrides, "storage": storage, "requests": requests}).success
+    assert run_incremental(config, {**resources, **overrides, "storage": storage, "requests": requests}).success
     before = files(tmp_path)
     with psycopg.connect(url) as holder:
         mark = holder.execute("SELECT high_water FROM export_watermarks WHERE key = 'inc_locked' FOR UPDATE").fetchone()
         with psycopg.connect(url, autocommit=True) as app:
             app.execute("INSERT INTO users (id, name, updated_at) VALUES (200001, 'new', now())")
-        failed = run_job("users", config, {**resources, **overrides, "storage": storage, "requests": requests})
+        failed = run_incremental(config, {**resources, **overrides, "storage": storage, "requests": requests})
         holder.rollback()
     assert not failed.success
+    [failure] = [e for e in failed.all_events if e.is_step_failure]
+    assert failure.step_key == "publish_export" and "statement timeout" in root_message(failure.step_failure_data.error)
     assert files(tmp_path) == before  # the second file was taken back
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT high_water FROM export_watermarks WHERE key = 'inc_locked'").fetchone() == mark

@@ -12,8 +12,12 @@ import dagster as dg
 import pytest
 
 from export_platform.definitions import defs
+from export_platform.export_types import REGISTRY
+from export_platform.jobs import build_chunked_job
+from export_platform.ops import retention
+from export_platform.ops.export import plan_op_name
 from export_platform.ops.retention import cleanup_run_config, retention_cleanup
-from export_platform.resources.storage import LocalStorage, S3Storage
+from export_platform.resources.storage import LocalStorage, S3Storage, StorageError
 from readback import run_job
 from test_request_sensor import row
 from test_storage import export_request
@@ -24,13 +28,17 @@ def run_cleanup(resources, storage, instance, dry_run=False, **overrides) -> dic
     for op in run_config["ops"].values():
         op["config"] = {**op["config"], **overrides}
     result = retention_cleanup.execute_in_process(
-        run_config=run_config, resources={**resources, "storage": storage}, instance=instance
+        run_config=run_config, resources={**resources, "storage": storage}, instance=instance, raise_on_error=False
     )
-    return {
-        e.step_key: {k: v.value for k, v in e.step_output_data.metadata.items()}
-        for e in result.all_events
-        if e.event_type_value == "STEP_OUTPUT"
-    }
+    found = {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_OUTPUT":
+            found[event.step_key] = {k: v.value for k, v in event.step_output_data.metadata.items()}
+        elif event.is_step_failure:  # what a step that failed on some files found, with its message
+            failure = event.step_failure_data
+            metadata = failure.user_failure_data.metadata if failure.user_failure_data else {}
+            found[event.step_key] = {**{k: v.value for k, v in metadata.items()}, "error": failure.error.message}
+    return found
 
 
 def exists(uri: str) -> bool:
@@ -65,7 +73,7 @@ def test_expired_files_are_deleted_and_their_rows_expired(db, resources, instanc
     assert exists(old["file_uri"]) and row(db, old["id"])["status"] == "COMPLETED"
 
     done = run_cleanup(resources, storage, instance)
-    assert done["expire_files"] == {"files": 1, "bytes_freed": old["file_bytes"], "dry_run": False}
+    assert done["expire_files"] == {"files": 1, "bytes_freed": old["file_bytes"], "failed": 0, "dry_run": False}
     assert not exists(old["file_uri"]) and exists(fresh["file_uri"])
     expired = row(db, old["id"])
     assert (expired["status"], expired["expired_reason"], expired["download_url"]) == ("EXPIRED", "retention", None)
@@ -88,16 +96,22 @@ def test_orphaned_temp_folders_of_crashed_runs_are_removed(resources, instance, 
     assert not crashed.exists() and current.exists()
 
 
-def test_old_export_run_history_is_pruned(resources, instance):
+def test_old_export_run_history_is_pruned_for_plain_and_chunked_jobs(resources, instance):
     for _ in range(2):
         assert run_job("ledger_postings", {"format": "csv", "columns": ["id"]}, resources, instance=instance).success
-    count = lambda: instance.get_runs_count(dg.RunsFilter(job_name="export_ledger_postings"))  # noqa: E731
-    assert count() == 2
+    chunked = build_chunked_job(REGISTRY.get("ledger_postings"), executor_def=dg.in_process_executor)
+    config = {"format": "csv", "columns": ["id"], "chunks": 2}
+    assert chunked.execute_in_process(
+        run_config={"ops": {plan_op_name("ledger_postings"): {"config": config}}}, resources=resources, instance=instance
+    ).success
+    names = ("export_ledger_postings", "export_ledger_postings_chunked")
+    count = lambda: [instance.get_runs_count(dg.RunsFilter(job_name=name)) for name in names]  # noqa: E731
+    assert count() == [2, 1]
     assert run_cleanup(resources, resources["storage"], instance, run_history_days=1)["prune_run_history"]["runs"] == 0
-    assert run_cleanup(resources, resources["storage"], instance, dry_run=True, run_history_days=0)["prune_run_history"]["runs"] == 2
-    assert count() == 2
-    assert run_cleanup(resources, resources["storage"], instance, run_history_days=0)["prune_run_history"]["runs"] == 2
-    assert count() == 0
+    assert run_cleanup(resources, resources["storage"], instance, dry_run=True, run_history_days=0)["prune_run_history"]["runs"] == 3
+    assert count() == [2, 1]
+    assert run_cleanup(resources, resources["storage"], instance, run_history_days=0)["prune_run_history"]["runs"] == 3
+    assert count() == [0, 0]
 
 
 def test_retention_schedule_runs_daily_with_the_cleanup_config():
@@ -107,3 +121,92 @@ def test_retention_schedule_runs_daily_with_the_cleanup_config():
     with dg.build_schedule_context() as context:
         [run_request] = schedule.evaluate_tick(context).run_requests
     assert dg.validate_run_config(defs.resolve_job_def("retention_cleanup"), run_request.run_config)
+
+
+def expire_now(db, *requests) -> None:
+    """Only these requests are past their expiry, oldest first."""
+    db.execute("UPDATE export_requests SET expires_at = now() + interval '1 day' WHERE status = 'COMPLETED'")
+    for age, request in enumerate(reversed(requests), start=1):
+        db.execute("UPDATE export_requests SET expires_at = now() - %s * interval '1 hour' WHERE id = %s", (age, request["id"]))
+
+
+def test_wrong_s3_credentials_fail_the_row_and_leave_the_object(db, resources, instance, s3_endpoint, tmp_path, monkeypatch):
+    from moto.core.authorization import enable_iam_authentication
+
+    url, staging = f"s3://exports/credentials-{time.time_ns()}", str(tmp_path / "staging")
+    done = export_request(db, resources, S3Storage(url=url, staging_folder=staging))
+    expire_now(db, done)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    wrong = S3Storage(url=url, staging_folder=staging)
+    with enable_iam_authentication():  # the moto server now checks credentials, as S3 does
+        with pytest.raises(StorageError, match=r"\(403\)"):
+            wrong.delete(done["file_uri"])
+        cleanup = run_cleanup(resources, wrong, instance)["expire_files"]
+    assert (cleanup["files"], cleanup["failed"]) == (0, 1) and "could not be deleted" in cleanup["error"]
+    monkeypatch.undo()
+    assert exists(done["file_uri"]) and row(db, done["id"])["status"] == "COMPLETED"
+    # Once the object is really gone (404), deleting is done and the next cleanup expires the row.
+    boto3.client("s3").delete_object(Bucket="exports", Key=urlparse(done["file_uri"]).path.lstrip("/"))
+    assert S3Storage(url=url, staging_folder=staging).delete(done["file_uri"]) == 0
+    assert run_cleanup(resources, S3Storage(url=url, staging_folder=staging), instance)["expire_files"]["files"] == 1
+    assert row(db, done["id"])["status"] == "EXPIRED"
+
+
+def test_a_row_outside_the_storage_does_not_stop_the_others(db, resources, instance, tmp_path, monkeypatch):
+    monkeypatch.setattr(retention, "BATCH", 2)  # the failing rows fill whole pages
+    storage = LocalStorage(root=str(tmp_path / "exports"))
+    moved = [export_request(db, resources, LocalStorage(root=str(tmp_path / "old"))) for _ in range(3)]
+    kept = export_request(db, resources, storage)
+    expire_now(db, *moved, kept)
+    cleanup = run_cleanup(resources, storage, instance)["expire_files"]
+    assert (cleanup["files"], cleanup["failed"]) == (1, 3)
+    assert "is not in the storage folder" in cleanup["error"]
+    assert row(db, kept["id"])["status"] == "EXPIRED" and not exists(kept["file_uri"])
+    assert all(row(db, r["id"])["status"] == "COMPLETED" and exists(r["file_uri"]) for r in moved)
+
+
+def test_a_dry_run_reports_every_page_the_real_run_would_expire(db, resources, instance, tmp_path, monkeypatch):
+    monkeypatch.setattr(retention, "BATCH", 2)
+    storage = LocalStorage(root=str(tmp_path / "exports"))
+    requests = [export_request(db, resources, storage) for _ in range(5)]
+    expire_now(db, *requests)
+    dry = run_cleanup(resources, storage, instance, dry_run=True)["expire_files"]
+    assert (dry["files"], dry["bytes_freed"]) == (5, sum(r["file_bytes"] for r in requests))
+    assert run_cleanup(resources, storage, instance)["expire_files"]["files"] == 5
+
+
+def write_file(root: Path, key: str, days_old: float) -> Path:
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * 10)
+    os.utime(path, (time.time() - days_old * 86400,) * 2)
+    return path
+
+
+def test_files_of_schedules_and_launchpad_runs_expire_by_age(resources, instance, tmp_path):
+    root = tmp_path / "exports"
+    storage = LocalStorage(root=str(root))
+    old = [write_file(root, "schedules/daily/2026-01-01/users-a.csv", 8), write_file(root, "users/users-b.csv", 8)]
+    young = [write_file(root, "schedules/daily/2026-12-01/users-c.csv", 1), write_file(root, "ledger_postings/l-d.csv", 6)]
+    # Request files follow their rows, never their age; other folders are not the platform's.
+    others = [write_file(root, "requests/alice/users-e.csv", 30), write_file(root, "elsewhere/f.csv", 30)]
+    dry = run_cleanup(resources, storage, instance, dry_run=True)["expire_files_without_request"]
+    assert (dry["files"], dry["bytes_freed"]) == (2, 20) and all(p.exists() for p in old)
+    done = run_cleanup(resources, storage, instance)["expire_files_without_request"]
+    assert (done["files"], done["failed"]) == (2, 0)
+    assert [p.exists() for p in old + young + others] == [False, False, True, True, True, True]
+    assert run_cleanup(resources, storage, instance, days_without_request=0)["expire_files_without_request"]["files"] == 2
+
+
+def test_files_of_schedules_and_launchpad_runs_expire_on_s3(resources, instance, s3_endpoint, tmp_path):
+    url = f"s3://exports/unrequested-{time.time_ns()}"
+    storage = S3Storage(url=url, staging_folder=str(tmp_path / "staging"))
+    keys = ["schedules/hourly/2026-12-01/e.parquet", "users/u.csv", "requests/bob/r.csv"]
+    s3 = boto3.client("s3")
+    for key in keys:
+        s3.put_object(Bucket="exports", Key=f"{urlparse(url).path.lstrip('/')}/{key}", Body=b"abc")
+    assert run_cleanup(resources, storage, instance)["expire_files_without_request"]["files"] == 0  # all new
+    done = run_cleanup(resources, storage, instance, days_without_request=0)["expire_files_without_request"]
+    assert (done["files"], done["bytes_freed"]) == (2, 6)
+    assert [exists(f"{url}/{key}") for key in keys] == [False, False, True]

@@ -19,8 +19,8 @@ from ..config import ExportConfig, options_of
 from ..planning import ExportPlan, Incremental, RequestError, plan_export
 from ..preflight import preflight
 from ..registry import ExportType
-from ..resources.postgres import ConnectionLost, PostgresResource, is_connection_error
 from ..requests_table import Status
+from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
 from ..resources.requests import REQUESTED_BY_TAG, RequestStore, request_id_of
 from ..resources.storage import ExportStorage
 from ..sinks.parts import sink_streams
@@ -28,6 +28,9 @@ from ..sinks.parts import sink_streams
 PROGRESS_INTERVAL_SECONDS = 1.0
 EXTRACT_RETRIES = 2
 SCHEDULE_TAG = "export_platform/schedule"
+# The queue (dagster.yaml's tag_concurrency_limits) runs one run per value of this tag at a time,
+# so two runs of one incremental key never read from the same mark.
+INCREMENTAL_TAG = "export_platform/incremental_key"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
             requests.run(rt.mark_running(request_id, context.run_id))
         incremental = None
         if config.incremental is not None:
+            if context.run.tags.get(INCREMENTAL_TAG) != config.incremental.key:
+                raise dg.Failure(
+                    description=f"an incremental run must carry the tag {INCREMENTAL_TAG}={config.incremental.key}: "
+                    "the run queue lets one run per key read from its mark at a time"
+                )
             lower = requests.run(rt.high_water(config.incremental.key)).scalar()
             incremental = Incremental(config.incremental.column, config.incremental.key, lower)
         try:
@@ -83,9 +91,13 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
                 incremental,
                 config.chunks,
             )
+            if incremental is not None:
+                postgres.check_incremental()
             decisions = preflight(result, postgres, session_name(context.run_id))
         except RequestError as error:
             raise dg.Failure(description=str(error), metadata={"field": error.field}) from None
+        except IncrementalRefused as error:
+            raise dg.Failure(description=str(error)) from None
         context.add_output_metadata(
             {
                 "format": result.format.value,

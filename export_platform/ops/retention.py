@@ -13,9 +13,12 @@ from pydantic import Field
 from .. import requests_table as rt
 from ..export_types import REGISTRY
 from ..resources.requests import RequestStore
-from ..resources.storage import ExportStorage, remove_tree, tree_size
+from ..resources.storage import ExportStorage, StorageError, remove_tree, tree_size
 
 BATCH = 500
+# Files the platform writes without a request row: schedules/<schedule>/<date>/… and, for
+# Launchpad runs, <export type>/…. Request files (requests/…) follow their row's expires_at.
+SCHEDULE_FOLDER = "schedules"
 
 
 class RetentionConfig(dg.Config):
@@ -26,24 +29,70 @@ class RetentionConfig(dg.Config):
     run_history_days: int = Field(
         default=30, description="Keep Dagster's records and event logs of export runs this many days."
     )
+    days_without_request: int = Field(
+        default=7,
+        description="Files of recurring schedules (schedules/…) and of Launchpad runs (<export type>/…), which "
+        "have no request row, are deleted this many days after they were written (their time in storage).",
+    )
+
+
+class Tally:
+    """What a cleanup step found, freed and failed on; a failure is reported and skipped, never
+    stops the step, and fails it at the end so that the run shows it."""
+
+    def __init__(self, context: dg.OpExecutionContext, dry_run: bool):
+        self.context, self.dry_run = context, dry_run
+        self.files = self.freed = 0
+        self.failures: list[str] = []
+
+    def delete(self, storage: ExportStorage, uri: str, size: int | None) -> bool:
+        """Delete `uri` (or, in a dry run, count it); False if that failed."""
+        try:
+            freed = (size or 0) if self.dry_run else storage.delete(uri)
+        except (StorageError, OSError) as error:
+            self.context.log.error(f"left {uri} in place: {error}")
+            self.failures.append(f"{uri}: {error}")
+            return False
+        self.files, self.freed = self.files + 1, self.freed + freed
+        return True
+
+    def report(self) -> None:
+        metadata = {"files": self.files, "bytes_freed": self.freed, "failed": len(self.failures), "dry_run": self.dry_run}
+        if self.failures:
+            raise dg.Failure(
+                description=f"{len(self.failures)} file(s) could not be deleted and stay for the next cleanup; "
+                f"first: {self.failures[0]}",
+                metadata=metadata,
+            )
+        self.context.add_output_metadata(metadata)
 
 
 @dg.op(description="Delete files whose expires_at has passed and mark their requests EXPIRED.")
 def expire_files(
     context: dg.OpExecutionContext, config: RetentionConfig, requests: RequestStore, storage: ExportStorage
 ) -> None:
-    files = freed = 0
-    while rows := requests.run(rt.expired_files(BATCH)).all():
+    tally, after = Tally(context, config.dry_run), None
+    while rows := requests.run(rt.expired_files(BATCH, after)).all():
         for row in rows:
-            files += 1
-            if config.dry_run:
-                freed += row.file_bytes or 0
-                continue
-            freed += storage.delete(row.file_uri)
-            requests.run(rt.mark_expired(row.id, "retention"))
-        if config.dry_run:
-            break  # nothing changed, so the next page would be the same rows
-    context.add_output_metadata({"files": files, "bytes_freed": freed, "dry_run": config.dry_run})
+            if tally.delete(storage, row.file_uri, row.file_bytes) and not config.dry_run:
+                requests.run(rt.mark_expired(row.id, "retention"))
+        after = (rows[-1].expires_at, rows[-1].id)
+    tally.report()
+
+
+@dg.op(
+    description="Delete the files of schedules and Launchpad runs (no request row) older than days_without_request."
+)
+def expire_files_without_request(
+    context: dg.OpExecutionContext, config: RetentionConfig, storage: ExportStorage
+) -> None:
+    tally = Tally(context, config.dry_run)
+    cutoff = datetime.now(timezone.utc) - timedelta(days=config.days_without_request)
+    for folder in [SCHEDULE_FOLDER, *REGISTRY.names()]:
+        for stored in storage.files_under(folder):
+            if stored.modified < cutoff:
+                tally.delete(storage, stored.uri, stored.bytes)
+    tally.report()
 
 
 @dg.op(description="Remove the temp folders left by runs that crashed.")
@@ -65,9 +114,10 @@ def remove_orphaned_temp_files(
 def prune_run_history(context: dg.OpExecutionContext, config: RetentionConfig) -> None:
     cutoff = datetime.now(timezone.utc) - timedelta(days=config.run_history_days)
     runs = 0
-    for export_type in REGISTRY:
+    job_names = [t.job_name for t in REGISTRY] + [t.chunked_job_name for t in REGISTRY if t.chunk_key]
+    for job_name in job_names:
         records = context.instance.get_run_records(
-            dg.RunsFilter(job_name=export_type.job_name, statuses=list(FINISHED_STATUSES), updated_before=cutoff)
+            dg.RunsFilter(job_name=job_name, statuses=list(FINISHED_STATUSES), updated_before=cutoff)
         )
         runs += len(records)
         if not config.dry_run:
@@ -78,15 +128,18 @@ def prune_run_history(context: dg.OpExecutionContext, config: RetentionConfig) -
 
 @dg.job(
     name="retention_cleanup",
-    description="Deletes expired exports, crashed runs' temp files and old export run history.",
+    description="Deletes expired exports, old files of schedules and Launchpad runs, crashed runs' temp files "
+    "and old export run history.",
     executor_def=dg.in_process_executor,
 )
 def retention_cleanup() -> None:
     expire_files()
+    expire_files_without_request()
     remove_orphaned_temp_files()
     prune_run_history()
 
 
 def cleanup_run_config(dry_run: bool) -> dict:
     config = {"config": {"dry_run": dry_run}}
-    return {"ops": {name: config for name in ("expire_files", "remove_orphaned_temp_files", "prune_run_history")}}
+    ops = ("expire_files", "expire_files_without_request", "remove_orphaned_temp_files", "prune_run_history")
+    return {"ops": {name: config for name in ops}}

@@ -1,4 +1,14 @@
-"""The Postgres that holds the data to export (and, later, the request table)."""
+"""The Postgres that holds the data to export (and, later, the request table).
+
+An incremental export's upper bound is fixed on the connection that then takes the snapshot, in
+autocommit and just before `BEGIN` (`incremental_bound`): the earliest of the clock minus a
+margin, the `xact_start` of every session of the database in a transaction (with or without a
+transaction id) and the `query_start` of every running statement. Read in that order, every
+writer that stamps a row with its `now()` below the bound has committed before the snapshot, so
+the rows of `[mark, bound)` are complete when they are read; the argument, its contract (writers
+use the server's clock, the role sees every session through pg_read_all_stats, no prepared
+transactions) and its tests are in docs/design.md, "Incremental exports: exactly once".
+"""
 
 from __future__ import annotations
 
@@ -49,6 +59,10 @@ def _ended(cursor: adbc.Cursor) -> bool:
         return True
     except (adbc.Error, OSError):
         return False
+
+
+class IncrementalRefused(RuntimeError):
+    """The database does not show what the incremental bound needs, so no safe bound exists."""
 
 
 class GuardedReader:
@@ -107,6 +121,13 @@ class PostgresResource(dg.ConfigurableResource):
         default=4 * 1024 * 1024,
         description="Approximate size of each Arrow batch streamed from Postgres; bounds memory per batch.",
     )
+    incremental_margin_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="An incremental export's upper bound stays this far behind the database clock: "
+        "longer than a writer's backend can be kept off the CPU between reading the clock for its "
+        "now() and showing its statement in pg_stat_activity. Rows this recent go to the next run.",
+    )
 
     def resolved_url(self) -> str:
         return self.url or database_url()
@@ -119,10 +140,42 @@ class PostgresResource(dg.ConfigurableResource):
         with self.connect(autocommit=True) as conn:
             return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
 
+    def incremental_bound(self, cursor: adbc.Cursor) -> str:
+        """The upper bound of an incremental export whose snapshot this connection takes next.
+
+        Refuses (IncrementalRefused) where sessions' transaction starts cannot be seen: without
+        them a bound can pass rows a transaction in flight will still commit."""
+        cursor.execute(sql.INCREMENTAL_BOUND, parameters=(self.incremental_margin_seconds,))
+        sees_every_session, on_standby, prepared, bound = cursor.fetchone()
+        if not sees_every_session:
+            raise IncrementalRefused(
+                "incremental export refused: the database role cannot see other sessions' xact_start in "
+                "pg_stat_activity; grant it pg_read_all_stats (GRANT pg_read_all_stats TO <role>) or use a superuser"
+            )
+        if on_standby:
+            raise IncrementalRefused(
+                "incremental export refused: the database is a standby, whose pg_stat_activity does not show "
+                "the primary's writers; read incremental exports from the primary"
+            )
+        if prepared:
+            raise IncrementalRefused(
+                f"incremental export refused: prepared transactions ({prepared}) may commit rows stamped at any "
+                "earlier time; COMMIT PREPARED or ROLLBACK PREPARED them first"
+            )
+        return bound
+
+    def check_incremental(self) -> None:
+        """Raise IncrementalRefused now, before any work, where an incremental bound cannot be fixed."""
+        with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
+            self.incremental_bound(cursor)
+
     @contextmanager
-    def _transaction(self, session_name: str, snapshot_id: str | None) -> Iterator[adbc.Cursor]:
+    def _transaction(
+        self, session_name: str, snapshot_id: str | None, fix_bound: bool = False
+    ) -> Iterator[tuple[adbc.Cursor, str | None]]:
         """A cursor inside one REPEATABLE READ READ ONLY transaction, in the snapshot `snapshot_id`
-        exported by another transaction when given.
+        exported by another transaction when given; with `fix_bound`, the incremental bound fixed
+        just before that transaction began.
 
         `session_name` becomes the connection's application_name, by which a cancel finds the query.
         """
@@ -132,12 +185,13 @@ class PostgresResource(dg.ConfigurableResource):
             )
             cursor.execute(sql.SET_APPLICATION_NAME, parameters=(session_name,))
             cursor.fetchall()
+            bound = self.incremental_bound(cursor) if fix_bound else None
             cursor.execute(sql.BEGIN_SNAPSHOT)
             try:
                 if snapshot_id is not None:
                     self._import_snapshot(cursor, snapshot_id)
                 cursor.execute(sql.SET_UTC)
-                yield cursor
+                yield cursor, bound
             except Exception as error:
                 if not _ended(cursor) and not isinstance(error, ConnectionLost):
                     raise ConnectionLost(f"lost the database connection: {error}") from error
@@ -175,13 +229,10 @@ class PostgresResource(dg.ConfigurableResource):
     ) -> Iterator[tuple[adbc.Cursor, str | None]]:
         """A snapshot with the plan's parameters and `key_range` bound, and, for an incremental plan,
         its upper bound: `high_water` when the export was planned elsewhere, else fixed here."""
-        with self._transaction(session_name, snapshot_id) as cursor:
-            if plan.incremental is not None and high_water is None:
-                cursor.execute(sql.SET_UPPER_BOUND)
-                (high_water,) = cursor.fetchone()
-                self._bind(cursor, plan, key_range)
-            else:
-                self._bind(cursor, plan, key_range, upper=high_water if plan.incremental else None)
+        fix_bound = plan.incremental is not None and high_water is None
+        with self._transaction(session_name, snapshot_id, fix_bound) as (cursor, bound):
+            high_water = bound or high_water
+            self._bind(cursor, plan, key_range, upper=high_water if plan.incremental else None)
             yield cursor, high_water
 
     @staticmethod

@@ -11,6 +11,9 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -39,6 +42,13 @@ def tree_size(path: Path) -> int:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    uri: str
+    bytes: int
+    modified: datetime
 
 
 class ExportStorage(dg.ConfigurableResource, ABC):
@@ -80,7 +90,12 @@ class ExportStorage(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def delete(self, uri: str) -> int:
-        """Delete a published file; returns the bytes freed (0 if it was already gone)."""
+        """Delete a published file; returns the bytes freed (0 if it was already gone). Raises
+        StorageError when it cannot tell: the file may still be there."""
+
+    @abstractmethod
+    def files_under(self, prefix: str) -> Iterator[StoredFile]:
+        """Every published file whose key starts with `prefix/`."""
 
     def signed_url(self, uri: str, seconds: int) -> str | None:
         """A URL anyone can GET for `seconds`, or None where the storage cannot sign."""
@@ -126,6 +141,12 @@ class LocalStorage(ExportStorage):
         if base is None or not path.is_relative_to(self.folder()):  # --output files are not served
             return None
         return file_url(base, Signer.from_env(), path.relative_to(self.folder()).as_posix(), seconds)
+
+    def files_under(self, prefix: str) -> Iterator[StoredFile]:
+        for path in sorted((self.folder() / prefix).rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                yield StoredFile(path.as_uri(), stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
 
 class S3Storage(ExportStorage):
@@ -173,15 +194,32 @@ class S3Storage(ExportStorage):
         return f"s3://{bucket}/{object_key}"
 
     def delete(self, uri: str) -> int:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = self._location(uri)
         try:
-            size = self.client().head_object(Bucket=bucket, Key=key)["ContentLength"]
-        except ClientError:
-            return 0
-        self.client().delete_object(Bucket=bucket, Key=key)
+            try:
+                size = self.client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+            except ClientError as error:
+                # Only "not found" means gone. A HEAD reply has no body, so a missing bucket looks
+                # the same: ask the bucket, which raises if it is the bucket that is missing.
+                if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+                self.client().head_bucket(Bucket=bucket)
+                return 0
+            self.client().delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as error:  # denied, bad credentials, unreachable: it may be there
+            raise StorageError(f"could not delete {uri}: {error}") from error
         return size
+
+    def files_under(self, prefix: str) -> Iterator[StoredFile]:
+        bucket, root = self._bucket_and_prefix()
+        pages = self.client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{root}/{prefix}/" if root else f"{prefix}/"
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield StoredFile(f"s3://{bucket}/{item['Key']}", item["Size"], item["LastModified"])
 
     def signed_url(self, uri: str, seconds: int) -> str | None:
         bucket, key = self._location(uri)

@@ -15,7 +15,7 @@ from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..jobs import run_config_for
-from ..ops.export import SCHEDULE_TAG
+from ..ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
 from ..planning import Incremental, RequestError, plan_export, plan_request
 
 RECURRING_EXPORTS = Path(__file__).with_name("recurring_exports.yaml")
@@ -67,7 +67,11 @@ def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
         cron_schedule=entry.cron,
         execution_timezone=entry.timezone,
         run_config=run_config,
-        tags={SCHEDULE_TAG: entry.name, "export_type": entry.export_type},
+        tags={
+            SCHEDULE_TAG: entry.name,
+            "export_type": entry.export_type,
+            **({INCREMENTAL_TAG: entry.name} if entry.incremental else {}),
+        },
         description=entry.description or f"{entry.export_type} as {entry.format}, {entry.cron} ({entry.timezone})",
         default_status=dg.DefaultScheduleStatus.RUNNING if entry.enabled else dg.DefaultScheduleStatus.STOPPED,
     )
