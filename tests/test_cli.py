@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import dagster as dg
+import psutil
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
-from export_platform.embedded_postgres import DATABASE_URL_ENV
+from export_platform.cli import build_parser
+from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV, ensure_database
 from export_platform.formats import ExportFormat
+from export_platform.instance import DAGSTER_DATABASE_URL_ENV
+from export_platform.resources.storage import STORAGE_URL_ENV
 from readback import database_beside, db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.cli"]
+# The console script a user runs, as `make` installs it.
+SCRIPT = str(Path(sys.executable).with_name("export-platform"))
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -80,3 +96,134 @@ def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_p
         expected = pdf_rows[row[0]] if row[1] == "pdf" else 500
         assert int(row[2].replace(",", "")) == expected > 0
         assert Path(row[5]).stat().st_size == int(row[3].replace(",", ""))
+
+
+def _subcommands(parser=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every command path of the CLI: (), ("db",), ("db", "stop"), ..."""
+    parser = parser or build_parser()
+    found = [prefix]
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sub in action.choices.items():
+            found += _subcommands(sub, (*prefix, name))
+    return found
+
+
+def test_every_command_answers_help_without_importing_dagster_or_polars():
+    commands = _subcommands()
+    assert ("db", "stop") in commands and ("dev",) in commands and len(commands) > 15
+    check = (
+        "import sys, contextlib, io\n"
+        "from export_platform.cli import main\n"
+        "for argv in sys.argv[1:]:\n"
+        "    args = argv.split()\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n"
+        "            main([*args, '--help'])\n"
+        "        except SystemExit as done:\n"
+        "            assert done.code == 0, (args, done.code)\n"
+        "    assert 'usage: export-platform' in out.getvalue(), args\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'polars', 'pyarrow', 'psycopg'))\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check, *(" ".join(c) for c in commands)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_option_and_argument_explains_itself():
+    for command in _subcommands():
+        parser = build_parser()
+        for name in command:
+            parser = next(a for a in parser._subparsers._group_actions).choices[name]
+        assert parser.description, command
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                assert all(choice.help for choice in action._choices_actions), command
+            else:
+                assert action.help, (command, action.dest)
+
+
+@pytest.mark.parametrize("group", [[], ["db"]])
+def test_a_command_group_alone_prints_its_help(group):
+    done = cli(*group)
+    assert "usage: export-platform" in done.stdout and "COMMAND" in done.stdout
+
+
+def test_db_stop_refuses_a_server_it_did_not_start(database_url):
+    assert "nothing stopped" in cli("db", "stop").stdout
+    with psycopg.connect(database_url) as conn:  # still up
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_db_stop_stops_the_embedded_server_and_the_next_command_starts_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV} | {HOME_ENV: str(tmp_path)}
+    url = cli("db", "url", env=env).stdout.strip()
+    postmaster = int((tmp_path / "pgdata" / "postmaster.pid").read_text().split()[0])
+    assert cli("db", "stop", env=env).stdout.strip() == "stopped the embedded Postgres"
+    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url).close()
+    assert cli("db", "stop", env=env).stdout.strip() == "the embedded Postgres is not running"
+    assert cli("db", "url", env=env).stdout.strip() == url
+    cli("db", "stop", env=env)
+
+
+def _database_url_beside(url: str, name: str) -> str:
+    ensure_database(url, name)
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@pytest.mark.slow
+def test_dev_serves_the_ui_from_a_clean_environment_and_stops_with_its_children(database_url, tmp_path):
+    # As a new user runs it: no venv activated (only the system PATH), a fresh home folder.
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        HOME_ENV: str(tmp_path / "platform"),
+        DATABASE_URL_ENV: _database_url_beside(database_url, "dev_app"),
+        DAGSTER_DATABASE_URL_ENV: _database_url_beside(database_url, "dev_dagster"),
+        STORAGE_URL_ENV: str(tmp_path / "exports"),
+    }
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    out, err = tmp_path / "dev.out", tmp_path / "dev.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        # Its own session, so that a failed test can still end every process it started.
+        dev = subprocess.Popen([SCRIPT, "dev", "--port", str(port)], env=env, cwd=tmp_path,
+                               stdout=stdout, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while (info := _get(f"{url}/server_info")) is None:
+            assert dev.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the UI never answered"
+            time.sleep(0.5)
+        assert json.loads(info)["dagster_version"] == dg.__version__
+        assert "<html" in _get(url)  # the UI itself
+        children = psutil.Process(dev.pid).children(recursive=True)
+        assert len(children) >= 2  # the webserver and the daemon (and their code servers)
+        dev.send_signal(signal.SIGTERM)
+        dev.wait(timeout=120)
+        _, alive = psutil.wait_procs(children, timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(dev.pid, signal.SIGKILL)
+    assert dev.returncode == 0, err.read_text()
+    assert not alive
+    printed, errors = out.read_text(), err.read_text()
+    assert f"Dagster UI: {url}" in printed
+    # Nothing but the address: no traceback, no warning, no INFO line per sensor tick.
+    assert "Traceback" not in errors and "Warning" not in errors and "INFO" not in errors + printed, errors
