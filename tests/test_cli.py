@@ -21,11 +21,12 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from export_platform.cli import build_parser
+from export_platform.cli import PENDING_HINT_SECONDS, build_parser
 from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV, ensure_database
 from export_platform.formats import ExportFormat
 from export_platform.instance import DAGSTER_DATABASE_URL_ENV
 from export_platform.resources.storage import STORAGE_URL_ENV
+from export_platform.units import human_bytes
 from readback import database_beside, db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.cli"]
@@ -227,3 +228,23 @@ def test_dev_serves_the_ui_from_a_clean_environment_and_stops_with_its_children(
     assert f"Dagster UI: {url}" in printed
     # Nothing but the address: no traceback, no warning, no INFO line per sensor tick.
     assert "Traceback" not in errors and "Warning" not in errors and "INFO" not in errors + printed, errors
+
+
+@pytest.mark.parametrize(("size", "shown"), [(0, "0 bytes"), (1023, "1,023 bytes"), (1536, "1.5 KiB"), (5 << 30, "5.0 GiB")])
+def test_sizes_read_as_people_read_them(size, shown):
+    assert human_bytes(size) == shown
+
+
+@pytest.mark.slow
+def test_status_wait_hints_at_the_daemon_when_nothing_picks_the_request_up(database_url, storage_root):
+    request_id = cli("request", "users", "--user", "hint-check").stdout.strip()
+    waiting = subprocess.Popen([*CLI, "status", request_id, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        hint = waiting.stderr.readline()  # blocks until the hint, which comes while the request is PENDING
+    finally:
+        waiting.kill()
+        waiting.communicate()
+        cli("cancel", request_id)
+    assert hint.startswith(f"hint: request {request_id} is still PENDING after {PENDING_HINT_SECONDS} s")
+    assert "export-platform dev" in hint

@@ -21,6 +21,7 @@ from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage
 from ..sinks.parts import discard_parts, sink_streams
+from ..units import human_bytes
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 # A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
@@ -267,12 +268,14 @@ def publish_export(
     context.add_output_metadata(
         {
             "rows": staged.rows,
+            "size": human_bytes(size),
             "bytes": size,
             "seconds": round(seconds, 3),
             "rows_per_second": round(staged.rows / seconds) if seconds else 0,
             "sha256": sha256,
             "path": dg.MetadataValue.path(uri),
-            "high_water": staged.high_water or "",
+            # Only an incremental export has one; an empty entry on every other run page says nothing.
+            **({"high_water": staged.high_water or "unchanged (no new rows)"} if plan.incremental is not None else {}),
         }
     )
     return PublishedExport(uri=uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds)
