@@ -181,7 +181,7 @@ What next:
                         .venv/bin/export-platform request users --format xlsx --filter country_code=US
                         .venv/bin/export-platform status ID --wait     (ID: the number it printed)
                       or an application's INSERT INTO export_requests (README: Request an export)
-  the files           {folder}
+  the files           {folder}<type>/
   stop the database   .venv/bin/export-platform db stop"""
 
 
@@ -196,10 +196,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"database: {database_url()}")
     print(f"seeded {args.rows:,} rows per sample type in {_seed(args.rows):.1f} s")
     folder = _demo_folder()
-    print(f"exporting every sample type in every format, into {_shown_path(folder) if folder else 'the bucket'}/\n")
+    where = f"{_shown_path(folder)}/<type>/" if folder else "the bucket"
+    print(f"exporting every sample type in every format; the files are in {where}\n")
     header = f"{'type':<20} {'format':<10} {'rows':>8} {'size':>10} {'seconds':>7}  file"
     print(header)
-    print("-" * (len(header) + 40))
     os.environ.update(prepare_dagster_home())  # the runs go into the instance `make dev` shows
     runs = 0
     with dg.DagsterInstance.get() as instance:
@@ -212,12 +212,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 except ExportFailed as refused:  # e.g. pdf above its row limit: the preflight says why
                     print(f"{export_type.name:<20} {fmt.value:<10} refused: {refused}")
                     continue
-                path = Path(published.uri.removeprefix("file://"))
-                shown = path.relative_to(folder) if folder and path.is_relative_to(folder) else published.uri
+                shown = published.uri.rsplit("/", 1)[-1] if folder else published.uri
                 print(f"{export_type.name:<20} {fmt.value:<10} {published.rows:>8,} {human_bytes(published.bytes):>10} "
                       f"{published.seconds:>7.2f}  {shown}")
-    narrowed = "; ".join(f"{name} " + " ".join(f"{k}={v}" for k, v in f.items()) for name, f in DEMO_PDF_FILTERS.items())
-    print(f"\npdf holds at most 10,000 rows, so its rows are filtered: {narrowed}")
+    print("\npdf holds at most 10,000 rows, so the demo filters its rows:")
+    for name, narrowed in DEMO_PDF_FILTERS.items():
+        print(f"  {name:<20} " + " ".join(f"{k}={v}" for k, v in narrowed.items()))
     print(DEMO_NEXT.format(runs=runs, folder=f"{_shown_path(folder)}/" if folder else "the bucket"))
     return 0
 

@@ -69,7 +69,9 @@ def test_run_takes_export_options_as_json(db, tmp_path):
 @pytest.mark.slow
 def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_path):
     url = database_beside(database_url, "cli_check")
-    env = {**os.environ, DATABASE_URL_ENV: url, "EXPORT_PLATFORM_STORAGE_URL": str(tmp_path / "exports")}
+    dagster_url = _database_url_beside(database_url, "cli_check_dagster")
+    env = {**os.environ, DATABASE_URL_ENV: url, DAGSTER_DATABASE_URL_ENV: dagster_url, HOME_ENV: str(tmp_path),
+           STORAGE_URL_ENV: str(tmp_path / "exports")}
     digest = "SELECT md5(string_agg(md5(t::text), '' ORDER BY id)) FROM {} t"
 
     def digests() -> list:
@@ -80,11 +82,12 @@ def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_p
     first = digests()
     done = cli("demo", "--rows", "500", env=env)
     assert digests() == first  # same N, same data
+    assert done.stderr == ""  # no Dagster warnings for the user to puzzle over
 
-    table = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["users"], ["ezpass_transactions"], ["ledger_postings"])]
-    assert sorted((row[0], row[1]) for row in table) == sorted(
-        (t, f.value) for t in ("users", "ezpass_transactions", "ledger_postings") for f in ExportFormat
-    )
+    types = ("users", "ezpass_transactions", "ledger_postings")
+    table = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in ([t] for t in types)]
+    table = [row for row in table if len(row) == 7]  # type format rows size unit seconds file
+    assert sorted((row[0], row[1]) for row in table) == sorted((t, f.value) for t in types for f in ExportFormat)
     # pdf is narrowed to one month / one day (its 10,000-row limit): the same rows, counted by hand.
     pdf_where = {
         "users": "signup_date BETWEEN '2015-01-01' AND '2015-01-31'",
@@ -96,7 +99,14 @@ def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_p
     for row in table:
         expected = pdf_rows[row[0]] if row[1] == "pdf" else 500
         assert int(row[2].replace(",", "")) == expected > 0
-        assert Path(row[5]).stat().st_size == int(row[3].replace(",", ""))
+        path = tmp_path / "exports" / row[0] / row[6]
+        assert human_bytes(path.stat().st_size) == f"{row[3]} {row[4]}"
+    assert max(len(" ".join(row)) for row in table) <= 115  # was about 170 with full paths
+    assert "What next:" in done.stdout and "make dev" in done.stdout
+    # The runs are in the instance `dev` shows, not in a throwaway one.
+    with psycopg.connect(make_url(dagster_url).set(drivername="postgresql").render_as_string(False)) as conn:
+        recorded = conn.execute("SELECT pipeline_name, status FROM runs").fetchall()
+    assert len(recorded) == len(table) and {status for _, status in recorded} == {"SUCCESS"}
 
 
 def _subcommands(parser=None, prefix=()) -> list[tuple[str, ...]]:
