@@ -375,7 +375,7 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="csv", help=f"file format: {formats} (default csv)")
     parser.add_argument("--filter", action="append", default=[], metavar="NAME=VALUE",
                         help="a row filter of the type, e.g. country_code=US; NAME=a,b matches any of the values; "
-                        "repeatable (README: the sample types' filters)")
+                        "repeatable (docs/reference.md: the sample types' filters)")
     parser.add_argument("--columns", metavar="A,B,...", help="columns to export, in this order (default: all)")
     parser.add_argument("--delimiter", help="CSV field delimiter (default ,)")
     parser.add_argument("--quote-char", help='CSV quote character (default ")')
