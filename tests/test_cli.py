@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import dagster as dg
 import psutil
@@ -22,16 +15,15 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from export_platform.cli import PENDING_HINT_SECONDS, build_parser
-from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV, ensure_database
+from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV
 from export_platform.formats import ExportFormat
 from export_platform.instance import DAGSTER_DATABASE_URL_ENV
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
+from dev_server import clean_env, database_url_beside, get, running_dev
 from readback import database_beside, db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.cli"]
-# The console script a user runs, as `make` installs it.
-SCRIPT = str(Path(sys.executable).with_name("export-platform"))
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -69,7 +61,7 @@ def test_run_takes_export_options_as_json(db, tmp_path):
 @pytest.mark.slow
 def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_path):
     url = database_beside(database_url, "cli_check")
-    dagster_url = _database_url_beside(database_url, "cli_check_dagster")
+    dagster_url = database_url_beside(database_url, "cli_check_dagster")
     env = {**os.environ, DATABASE_URL_ENV: url, DAGSTER_DATABASE_URL_ENV: dagster_url, HOME_ENV: str(tmp_path),
            STORAGE_URL_ENV: str(tmp_path / "exports")}
     digest = "SELECT md5(string_agg(md5(t::text), '' ORDER BY id)) FROM {} t"
@@ -179,63 +171,18 @@ def test_db_stop_stops_the_embedded_server_and_the_next_command_starts_it(tmp_pa
     cli("db", "stop", env=env)
 
 
-def _database_url_beside(url: str, name: str) -> str:
-    ensure_database(url, name)
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-    except (urllib.error.URLError, OSError):
-        return None
-
-
 @pytest.mark.slow
 def test_dev_serves_the_ui_from_a_clean_environment_and_stops_with_its_children(database_url, tmp_path):
     # As a new user runs it: no venv activated (only the system PATH), a fresh home folder.
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        HOME_ENV: str(tmp_path / "platform"),
-        DATABASE_URL_ENV: _database_url_beside(database_url, "dev_app"),
-        DAGSTER_DATABASE_URL_ENV: _database_url_beside(database_url, "dev_dagster"),
-        STORAGE_URL_ENV: str(tmp_path / "exports"),
-    }
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    out, err = tmp_path / "dev.out", tmp_path / "dev.err"
-    with out.open("w") as stdout, err.open("w") as stderr:
-        # Its own session, so that a failed test can still end every process it started.
-        dev = subprocess.Popen([SCRIPT, "dev", "--port", str(port)], env=env, cwd=tmp_path,
-                               stdout=stdout, stderr=stderr, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while (info := _get(f"{url}/server_info")) is None:
-            assert dev.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, "the UI never answered"
-            time.sleep(0.5)
-        assert json.loads(info)["dagster_version"] == dg.__version__
-        assert "<html" in _get(url)  # the UI itself
-        children = psutil.Process(dev.pid).children(recursive=True)
-        assert len(children) >= 2  # the webserver and the daemon (and their code servers)
-        dev.send_signal(signal.SIGTERM)
-        dev.wait(timeout=120)
-        _, alive = psutil.wait_procs(children, timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(dev.pid, signal.SIGKILL)
-    assert dev.returncode == 0, err.read_text()
+    with running_dev(clean_env(database_url, tmp_path, "dev"), tmp_path) as dev:
+        assert json.loads(get(f"{dev.url}/server_info"))["dagster_version"] == dg.__version__
+        assert "<html" in get(dev.url)  # the UI itself
+        assert len(dev.children) >= 2  # the webserver and the daemon (and their code servers)
+        alive = dev.stop()
+    assert dev.process.returncode == 0, dev.err.read_text()
     assert not alive
-    printed, errors = out.read_text(), err.read_text()
-    assert f"Dagster UI: {url}" in printed
+    printed, errors = dev.out.read_text(), dev.err.read_text()
+    assert f"Dagster UI: {dev.url}" in printed
     # Nothing but the address: no traceback, no warning, no INFO line per sensor tick.
     assert "Traceback" not in errors and "Warning" not in errors and "INFO" not in errors + printed, errors
 
