@@ -58,6 +58,6 @@ def test_xlsx_reports_progress_at_least_every_one_and_a_half_seconds(big_users, 
     step = {e.dagster_event.event_type_value: e.timestamp for e in logs if e.dagster_event and e.step_key == "extract_export"}
     elapsed = step["STEP_OUTPUT"] - step["STEP_START"]
     assert elapsed >= ROWS * EXTRA_SECONDS_PER_ROW
-    # One update per 1.5 s of the step, but for the count before the first row and the workbook's
+    # One update per 1.5 s of the step, less two for the count before the first row and the workbook's
     # closing after the last.
     assert len(updates) >= elapsed / MAX_SECONDS_BETWEEN_UPDATES - 2, (len(updates), elapsed)
