@@ -1,9 +1,10 @@
-"""`export-platform dev`: the Dagster webserver and daemon on this project's instance.
+"""`export-platform dev`: Dagster's own `dagster dev` (webserver, daemon and one code server they
+share) on this project's instance.
 
-They run as child processes of one command, which prints the UI's address once it answers, keeps
-the terminal for warnings and errors (Dagster's INFO lines, such as a skipped sensor tick every
-2 s, are left out unless `--log-level info`), and stops them all on Ctrl-C or SIGTERM. Another
-long-running service is one more `Services.start` call.
+It runs as a child of this command, which prints the UI's address once it answers, keeps the
+terminal for warnings and errors (Dagster's INFO lines, such as a skipped sensor tick every 2 s,
+are left out unless `--log-level info`), and stops it on Ctrl-C or SIGTERM; `dagster dev` shuts its
+own processes down. Another long-running service is one more `Services.start` call.
 """
 
 from __future__ import annotations
@@ -18,14 +19,8 @@ import urllib.request
 from pathlib import Path
 
 CODE_LOCATION = "export_platform.definitions"
-STOP_SECONDS = 30
+STOP_SECONDS = 90  # `dagster dev` itself gives its processes 60 s
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def executable(name: str) -> str:
-    """A console script of the environment this Python runs in, found beside sys.executable, so
-    that `.venv/bin/export-platform dev` works without the venv on PATH."""
-    return str(Path(sys.executable).with_name(name))
 
 
 class Stopped(Exception):
@@ -43,8 +38,8 @@ class Services:
         self.env = env
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, argv: list[str]) -> None:
-        self.processes[name] = subprocess.Popen(argv, env=self.env)
+    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
+        self.processes[name] = subprocess.Popen(argv, env=self.env, cwd=cwd)
 
     def exited(self) -> tuple[str, int] | None:
         """The first service that has ended, with its exit code."""
@@ -54,7 +49,8 @@ class Services:
         return None
 
     def stop(self) -> None:
-        """SIGTERM to each (they shut down their code servers), then SIGKILL to what is left."""
+        """SIGTERM to each (`dagster dev` then stops its webserver, daemon and code server), then
+        SIGKILL to what is left."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -81,34 +77,35 @@ def browser_url(host: str, port: int) -> str:
 
 
 def run_dev(host: str, port: int, log_level: str) -> int:
+    from .embedded_postgres import HOME_ENV, platform_home
     from .instance import prepare_dagster_home
     from .resources.requests import RequestStore
 
-    env = {**os.environ, **prepare_dagster_home()}
+    # Absolute: the services run in DAGSTER_HOME, and the default home is relative to the cwd.
+    env = {**os.environ, HOME_ENV: str(platform_home()), **prepare_dagster_home()}
     RequestStore().migrate()
     url = browser_url(host, port)
     services = Services(env)
     for s in STOP_SIGNALS:
         signal.signal(s, _raise_stopped)
     try:
-        services.start("webserver", [
-            executable("dagster-webserver"), "-m", CODE_LOCATION, "-h", host, "-p", str(port),
-            "--dagster-log-level", log_level, "--code-server-log-level", log_level,
-        ])
-        services.start("daemon", [
-            executable("dagster-daemon"), "run", "-m", CODE_LOCATION,
-            "--log-level", log_level, "--code-server-log-level", log_level,
-        ])
+        # The Python this command runs on, so no venv needs to be on PATH; `-W` hides only `dagster
+        # dev`'s own notice that `dg dev` supersedes it. In DAGSTER_HOME, since `dagster dev` warns
+        # that a dagster.yaml in its working folder (the project's) "will not be used".
+        services.start("dagster dev", [
+            sys.executable, "-W", "ignore::FutureWarning", "-m", "dagster", "dev", "-m", CODE_LOCATION,
+            "-h", host, "-p", str(port), "--log-level", log_level, "--code-server-log-level", log_level,
+        ], cwd=Path(env["DAGSTER_HOME"]))
         print(f"starting the Dagster webserver and daemon (DAGSTER_HOME={env['DAGSTER_HOME']}) ...", flush=True)
         while not _answers(url):
             if ended := services.exited():
-                print(f"error: the {ended[0]} exited with code {ended[1]} before the UI answered", file=sys.stderr)
+                print(f"error: `{ended[0]}` exited with code {ended[1]} before the UI answered", file=sys.stderr)
                 return 1
             time.sleep(0.5)
         print(f"\nDagster UI: {url}    (Ctrl-C stops it)\n", flush=True)
         while (ended := services.exited()) is None:
             time.sleep(1)
-        print(f"error: the {ended[0]} exited with code {ended[1]}; stopping the others", file=sys.stderr)
+        print(f"error: `{ended[0]}` exited with code {ended[1]}", file=sys.stderr)
         return 1
     except Stopped:
         return 0
