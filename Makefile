@@ -1,10 +1,13 @@
-# The two commands a newcomer runs: `make demo` and `make test`. Needs only Python 3.11+ and make.
+# A newcomer's commands: `make demo`, `make test`, `make dev`. Needs only Python 3.11+ and make.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast bench dev clean
+.PHONY: demo test test-fast bench dev stop clean
+
+# The Dagster UI's port for `make dev` (make dev PORT=3300).
+PORT ?= 3000
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "export_platform needs Python 3.11+; run: make PYTHON=python3.11 ...")'
@@ -25,5 +28,13 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/export_vs_copy.py
 
-clean:
-	rm -rf $(VENV) .export_platform
+dev: $(STAMP)
+	$(BIN)/export-platform dev --port $(PORT)
+
+# Stops the embedded Postgres that the commands above start and leave running.
+stop:
+	test ! -x $(BIN)/export-platform || $(BIN)/export-platform db stop
+
+# Stops the database first: deleting its data directory under a running server leaves it orphaned.
+clean: stop
+	rm -rf $(VENV) .export_platform *.egg-info

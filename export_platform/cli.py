@@ -1,26 +1,26 @@
-"""The `export-platform` command."""
+"""The `export-platform` command: try the platform locally, request exports, follow them.
+
+Only the standard library and the (dependency-free) registry are imported before the arguments
+are parsed, so `--help` and mistakes answer at once; each command imports what it needs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
-
-
-from .embedded_postgres import database_url
-from .errors import root_message
 from .export_types import REGISTRY
 from .formats import ExportFormat
-from .jobs import run_config_for
-from .ops.export import PublishedExport
-from .client import Refused
-from .delivery.links import LinkError
-from .planning import ExportPlan, RequestError, check_chunks, export_type_named, plan_export, plan_request
+
+if TYPE_CHECKING:
+    from .ops.export import PublishedExport
+    from .planning import ExportPlan
 
 # The command prints its own result or error; Dagster's event log stays in the run record.
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -30,18 +30,36 @@ DEMO_PDF_FILTERS = {
     "ezpass_transactions": {"from_posting_date": "2024-01-01", "to_posting_date": "2024-01-01"},
     "ledger_postings": {"from_posting_date": "2023-01-01", "to_posting_date": "2023-01-01"},
 }
+# `status --wait` says where to look when nothing has picked a request up after this long.
+PENDING_HINT_SECONDS = 15
 
 
 class ExportFailed(RuntimeError):
     pass
 
 
-def run_export(plan: ExportPlan) -> PublishedExport:
-    """Execute the export type's Dagster job in this process and return what it published."""
+def _quiet_dagster_warnings() -> None:
+    """Dagster marks some APIs beta or superseded; a user of this command cannot act on that."""
+    import warnings
+
+    from dagster_shared.utils.warnings import BetaWarning, PreviewWarning, SupersessionWarning
+
+    for category in (BetaWarning, PreviewWarning, SupersessionWarning):
+        warnings.simplefilter("ignore", category)
+
+
+def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
+    """Execute the export type's Dagster job in this process and return what it published; with an
+    `instance`, the run is recorded there (and shows in the UI)."""
+    _quiet_dagster_warnings()
     from .definitions import defs  # importing the code location is the slow part; only when needed
+    from .errors import root_message
+    from .jobs import run_config_for
 
     job = defs.resolve_job_def(f"export_{plan.export_type}")
-    result = job.execute_in_process(run_config={**run_config_for(plan), **QUIET_LOGGERS}, raise_on_error=False)
+    result = job.execute_in_process(
+        run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
+    )
     if not result.success:
         # No failure sensor watches an in-process run: its staged file is removed here.
         defs.resources["storage"].discard_temp(result.run_id)
@@ -50,12 +68,18 @@ def run_export(plan: ExportPlan) -> PublishedExport:
     return result.output_for_node("publish_export")
 
 
+def _request_error(field: str, message: str) -> Exception:
+    from .planning import RequestError
+
+    return RequestError(field, message)
+
+
 def _filters(pairs: Sequence[str]) -> dict[str, str]:
     filters: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise RequestError("filters", f"expected --filter name=value, got {pair!r}")
+            raise _request_error("filters", f"expected --filter name=value, got {pair!r}")
         # A repeated filter adds values, as `name=a,b` does.
         filters[name] = f"{filters[name]},{value}" if name in filters else value
     return filters
@@ -66,9 +90,11 @@ def _params(args: argparse.Namespace) -> dict:
     try:
         params = json.loads(args.options) if args.options else {}
     except ValueError:
-        raise RequestError("options", "expected a JSON object such as '{\"csv\": {\"bom\": true}}'") from None
+        raise _request_error("options", "expected a JSON object such as '{\"csv\": {\"bom\": true}}'") from None
     if not isinstance(params, dict) or {"filters", "columns"} & set(params):
-        raise RequestError("options", "expected a JSON object of export options (filters and columns have their own flags)")
+        raise _request_error(
+            "options", "expected a JSON object of export options (filters and columns have their own flags)"
+        )
     flags = {"delimiter": args.delimiter, "quote_char": args.quote_char, "header": False if args.no_header else None}
     csv = {k: v for k, v in flags.items() if v is not None}
     if csv:
@@ -77,6 +103,10 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def _plan_from_args(args: argparse.Namespace) -> ExportPlan:
+    from dataclasses import replace
+
+    from .planning import check_chunks, export_type_named, plan_request
+
     plan = plan_request(args.type, args.format, _params(args))
     chunks = check_chunks(export_type_named(args.type), plan.format, args.chunks)
     return replace(plan, output_path=args.output, chunks=chunks)
@@ -92,8 +122,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_db(args: argparse.Namespace) -> int:
+def _cmd_db_url(args: argparse.Namespace) -> int:
+    from .embedded_postgres import database_url
+
     print(database_url())
+    return 0
+
+
+def _cmd_db_stop(args: argparse.Namespace) -> int:
+    from .embedded_postgres import DATABASE_URL_ENV, stop_embedded
+
+    if os.environ.get(DATABASE_URL_ENV):
+        print(f"{DATABASE_URL_ENV} is set: that server is not the embedded one; nothing stopped")
+        return 0
+    print("stopped the embedded Postgres" if stop_embedded() else "the embedded Postgres is not running")
     return 0
 
 
@@ -107,6 +149,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def _seed(rows: int) -> float:
     import psycopg
 
+    from .embedded_postgres import database_url
     from .sample_data import seed
 
     started = time.monotonic()
@@ -121,32 +164,71 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_folder() -> Path | None:
+    """The local folder the demo's files go to (None for S3 storage)."""
+    from .resources.storage import STORAGE_URL_ENV, LocalStorage, storage_for
+
+    storage = storage_for(os.environ.get(STORAGE_URL_ENV))
+    return storage.folder() if isinstance(storage, LocalStorage) else None
+
+
+def _shown_path(path: Path) -> str:
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+DEMO_NEXT = """
+What next:
+  make dev            the Dagster UI (its address is printed): Runs shows these {runs} exports
+  a request           with `make dev` running, in another terminal:
+                        .venv/bin/export-platform request users --format xlsx --filter country_code=US
+                        .venv/bin/export-platform status ID --wait     (ID: the number it printed)
+                      or an application's INSERT INTO export_requests (README: Request an export)
+  the files           {folder}<type>/
+  stop the database   .venv/bin/export-platform db stop"""
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from .embedded_postgres import database_url
+    from .instance import prepare_dagster_home
+    from .planning import plan_export
+    from .units import human_bytes
     from .resources.requests import RequestStore
 
     print(f"database: {database_url()}")
     RequestStore().migrate()  # the embedded database is ready for request rows too
     print(f"seeded {args.rows:,} rows per sample type in {_seed(args.rows):.1f} s")
-    header = f"{'type':<22}{'format':<11}{'rows':>10}{'bytes':>14}{'seconds':>9}  path"
+    folder = _demo_folder()
+    where = f"{_shown_path(folder)}/<type>/" if folder else "the bucket"
+    print(f"exporting every sample type in every format; the files are in {where}\n")
+    header = f"{'type':<20} {'format':<10} {'rows':>8} {'size':>10} {'seconds':>7}  file"
     print(header)
-    print("-" * len(header))
-    for export_type in REGISTRY:
-        for fmt in ExportFormat:
-            filters = DEMO_PDF_FILTERS.get(export_type.name) if fmt is ExportFormat.pdf else None
-            try:
-                published = run_export(plan_export(export_type.name, fmt, filters))
-            except ExportFailed as refused:  # e.g. pdf above its row limit: the preflight says why
-                print(f"{export_type.name:<22}{fmt.value:<11}refused: {refused}")
-                continue
-            print(
-                f"{export_type.name:<22}{fmt.value:<11}{published.rows:>10,}{published.bytes:>14,}"
-                f"{published.seconds:>9.2f}  {published.uri.removeprefix('file://')}"
-            )
+    os.environ.update(prepare_dagster_home())  # the runs go into the instance `make dev` shows
+    runs = 0
+    with dg.DagsterInstance.get() as instance:
+        for export_type in REGISTRY:
+            for fmt in ExportFormat:
+                filters = DEMO_PDF_FILTERS.get(export_type.name) if fmt is ExportFormat.pdf else None
+                runs += 1
+                try:
+                    published = run_export(plan_export(export_type.name, fmt, filters), instance)
+                except ExportFailed as refused:  # e.g. pdf above its row limit: the preflight says why
+                    print(f"{export_type.name:<20} {fmt.value:<10} refused: {refused}")
+                    continue
+                shown = published.uri.rsplit("/", 1)[-1] if folder else published.uri
+                print(f"{export_type.name:<20} {fmt.value:<10} {published.rows:>8,} {human_bytes(published.bytes):>10} "
+                      f"{published.seconds:>7.2f}  {shown}")
+    print("\npdf holds at most 10,000 rows, so the demo filters its rows:")
+    for name, narrowed in DEMO_PDF_FILTERS.items():
+        print(f"  {name:<20} " + " ".join(f"{k}={v}" for k, v in narrowed.items()))
+    print(DEMO_NEXT.format(runs=runs, folder=f"{_shown_path(folder)}/" if folder else "the bucket"))
     return 0
 
 
 def _cmd_request(args: argparse.Namespace) -> int:
     from .client import ExportClient
+    from .planning import plan_request
 
     params = _params(args)
     plan = plan_request(args.type, args.format, params)
@@ -177,20 +259,37 @@ def _describe(row: dict) -> str:
     return "\n".join(f"{name:>13}: {row[name]}" for name in fields if row.get(name) is not None)
 
 
+class _Follower:
+    """`status --wait`'s callback: a progress bar on a terminal, and, once, a hint when the request
+    stays PENDING (nothing launches runs while the Dagster daemon is down)."""
+
+    def __init__(self, interactive: bool):
+        self.interactive, self.since, self.hinted = interactive, time.monotonic(), False
+
+    def __call__(self, row: dict) -> None:
+        if self.interactive:
+            print("\r" + _progress_line(row), end="", flush=True)
+        if row["status"] == "PENDING" and not self.hinted and time.monotonic() - self.since >= PENDING_HINT_SECONDS:
+            self.hinted = True
+            print(("\n" if self.interactive else "") +
+                  f"hint: request {row['id']} is still PENDING after {PENDING_HINT_SECONDS} s, so no sensor has "
+                  "picked it up: is the Dagster daemon running? Start it with `export-platform dev` (or see "
+                  "`export-platform health`).", file=sys.stderr, flush=True)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from .client import ExportClient
 
     client = ExportClient()
     if args.wait:
         interactive = sys.stdout.isatty()
-        row = client.wait(args.id, on_update=lambda r: print("\r" + _progress_line(r), end="", flush=True)
-                          if interactive else None)
+        row = client.wait(args.id, on_update=_Follower(interactive))
         if interactive:
             print()
     else:
         row = client.status(args.id)
         if row is None:
-            raise RequestError("id", f"no export request {args.id}")
+            raise _request_error("id", f"no export request {args.id}")
     print(_describe(row))
     return 0 if row["status"] != "FAILED" else 1
 
@@ -223,7 +322,7 @@ def _seconds(text: str) -> int:
         return int(text[:-1]) * units[text[-1]]
     if text.isdigit():
         return int(text)
-    raise RequestError("expires", f"expected a duration such as 90s, 30m, 1h or 7d, got {text!r}")
+    raise _request_error("expires", f"expected a duration such as 90s, 30m, 1h or 7d, got {text!r}")
 
 
 def _cmd_url(args: argparse.Namespace) -> int:
@@ -242,24 +341,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_serve_beside_dev(env: dict[str, str], host: str, port: int) -> None:
-    """`dev --serve`: the download server beside the UI, with a development signing key kept under
-    the platform home (production sets EXPORT_PLATFORM_SIGNING_KEY itself), and the public URL
-    the runs then put on the rows."""
-    import os
-    import subprocess
-
-    from .delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, dev_key_file, dev_signing_key
-
-    env.setdefault(SIGNING_KEY_ENV, dev_signing_key())
-    env.setdefault(PUBLIC_URL_ENV, f"http://{host}:{port}")
-    # dev becomes `dagster dev` (exec, same pid); serve stops when that process ends.
-    argv = ["serve", "--host", host, "--port", str(port), "--exit-with-parent", str(os.getpid())]
-    subprocess.Popen([sys.executable, "-m", "export_platform.cli", *argv], env=env)
-    print(f"serve: {env[PUBLIC_URL_ENV]} (in other shells: export {PUBLIC_URL_ENV}={env[PUBLIC_URL_ENV]} "
-          f"{SIGNING_KEY_ENV}=$(cat {dev_key_file()}))")
-
-
 def _cmd_delete(args: argparse.Namespace) -> int:
     from .client import ExportClient
 
@@ -275,9 +356,10 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
-    import os
+    import dagster as dg
 
     from .definitions import defs
+    from .errors import root_message
     from .instance import prepare_dagster_home
     from .ops.retention import cleanup_run_config
 
@@ -309,114 +391,150 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    import os
+    from .dev import run_dev
 
-    from .instance import prepare_dagster_home
-
-    from .resources.requests import RequestStore
-
-    env = {**os.environ, **prepare_dagster_home()}
-    RequestStore().migrate()
-    print(f"DAGSTER_HOME={env['DAGSTER_HOME']}")
-    if args.serve is not None:
-        _start_serve_beside_dev(env, args.host, args.serve)
-    argv = ["dagster", "dev", "-m", "export_platform.definitions", "-h", args.host, "-p", str(args.port)]
-    os.execvpe(argv[0], argv, env)
+    return run_dev(args.host, args.port, args.log_level, args.serve)
 
 
 def _export_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("type", help=f"export type: {', '.join(REGISTRY.names())}")
+    parser.add_argument("type", help=f"the export type: {', '.join(REGISTRY.names())}")
     formats = ", ".join(f.value for f in ExportFormat)
-    parser.add_argument("--format", default="csv", help=f"{formats} (default csv)")
+    parser.add_argument("--format", default="csv", help=f"file format: {formats} (default csv)")
     parser.add_argument("--filter", action="append", default=[], metavar="NAME=VALUE",
-                        help="a filter; a list is NAME=a,b; repeatable")
-    parser.add_argument("--columns", help="comma-separated columns, in order (default: all)")
-    parser.add_argument("--delimiter", help="CSV delimiter (default ,)")
+                        help="a row filter of the type, e.g. country_code=US; NAME=a,b matches any of the values; "
+                        "repeatable (docs/reference.md: the sample types' filters)")
+    parser.add_argument("--columns", metavar="A,B,...", help="columns to export, in this order (default: all)")
+    parser.add_argument("--delimiter", help="CSV field delimiter (default ,)")
     parser.add_argument("--quote-char", help='CSV quote character (default ")')
     parser.add_argument("--no-header", action="store_true", help="CSV without a header row")
     parser.add_argument(
         "--options",
         metavar="JSON",
         help='export options as in a request\'s params, e.g. \'{"csv": {"bom": true}, "time_zone": "Europe/Paris", '
-        '"labels": {"email": "E-mail"}}\' (keys: labels, time_zone, formula_protection, csv, parquet, xlsx, pdf)',
+        '"labels": {"email": "E-mail"}}\' (keys: labels, time_zone, formula_protection, csv, parquet, xlsx, pdf; '
+        "docs/reference.md lists them)",
     )
+
+
+def _id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", type=int, metavar="ID", help="the request's id, as `request` printed it")
+
+
+def _show_help(parser: argparse.ArgumentParser):
+    """A handler for a command group given no subcommand: its help, not an error."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 0
+
+    return show
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="export-platform", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="export-platform",
+        description="Turn 'give me this data as a file' into tracked, restartable Dagster runs.",
+        epilog="Start with `export-platform demo`, then `export-platform dev`; `export-platform COMMAND --help` "
+        "explains each command.",
+    )
+    parser.set_defaults(handler=_show_help(parser))
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="embedded Postgres, sample data, one export per format")
-    demo.add_argument("--rows", type=int, default=100_000, help="rows per sample type (default 100000)")
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {details}".strip())
+
+    demo = command("demo", "seed sample data and export every sample type in every format",
+                   "Uses the embedded Postgres unless EXPORT_PLATFORM_DATABASE_URL is set; the runs are recorded "
+                   "in the Dagster instance, so `export-platform dev` shows them.")
+    demo.add_argument("--rows", type=int, default=100_000, metavar="N", help="rows per sample type (default 100000)")
     demo.set_defaults(handler=_cmd_demo)
 
-    db = commands.add_parser("db", help="database commands")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("url", help="print the database URL in use").set_defaults(handler=_cmd_db)
-    db_commands.add_parser("migrate", help="create or upgrade the export_requests table").set_defaults(
-        handler=_cmd_migrate
-    )
+    db = command("db", "the database: its URL, its schema, stopping the embedded server")
+    db.set_defaults(handler=_show_help(db))
+    db_commands = db.add_subparsers(title="commands", metavar="COMMAND")
+    db_commands.add_parser("url", help="print the database URL in use (starts the embedded Postgres if needed)",
+                           description="Print the database URL in use: EXPORT_PLATFORM_DATABASE_URL, or the embedded "
+                           "Postgres, started if needed.").set_defaults(handler=_cmd_db_url)
+    db_commands.add_parser("migrate", help="create or upgrade the export_requests table",
+                           description="Create or upgrade the export_requests table and print its schema "
+                           "version.").set_defaults(handler=_cmd_migrate)
+    db_commands.add_parser("stop", help="stop the embedded Postgres (it keeps running after other commands)",
+                           description="Stop the embedded Postgres under $EXPORT_PLATFORM_HOME/pgdata; the next "
+                           "command starts it again. Its data stays.").set_defaults(handler=_cmd_db_stop)
 
-    seed = commands.add_parser("seed", help="replace the sample tables with N deterministic rows each")
-    seed.add_argument("--rows", type=int, required=True)
+    seed = command("seed", "replace the sample tables with N deterministic rows each",
+                   "The same N always gives the same rows.")
+    seed.add_argument("--rows", type=int, required=True, metavar="N", help="rows per sample table")
     seed.set_defaults(handler=_cmd_seed)
 
-    run = commands.add_parser("run", help="run an export type's job in this process")
+    run = command("run", "run an export type's job in this process and print where the file is",
+                  "No daemon needed and no request row written; prints rows, bytes, seconds, sha256 and path.")
     _export_options(run)
-    run.add_argument("--output", help="write the file to this path instead of the storage folder")
+    run.add_argument("--output", metavar="PATH", help="write the file to this path instead of the storage folder")
     run.add_argument("--chunks", type=int, default=1, metavar="N",
                      help="read the type's key range as N parallel streams sharing one snapshot (csv, ndjson, "
                      "parquet; default 1)")
     run.set_defaults(handler=_cmd_run)
 
-    request = commands.add_parser("request", help="insert a row into export_requests; prints its id")
+    request = command("request", "ask for an export as an application does: insert an export_requests row",
+                      "Prints the new request's id. A running `export-platform dev` (its request sensor) launches "
+                      "the run; follow it with `export-platform status ID --wait`.")
     _export_options(request)
-    request.add_argument("--user", help="requested_by")
-    request.add_argument("--idempotency-key", help="a second request with the same key (and user) is not created")
+    request.add_argument("--user", help="who asks (requested_by): their files go to requests/USER/ and per-user "
+                         "limits apply")
+    request.add_argument("--idempotency-key", metavar="KEY",
+                         help="a second request with the same key (and user) returns the first one's id")
     request.set_defaults(handler=_cmd_request)
 
-    status = commands.add_parser("status", help="show a request; --wait follows it to the end")
-    status.add_argument("id", type=int)
+    status = command("status", "show a request; with --wait, follow its progress to the end",
+                     "Exits 1 when the request FAILED.")
+    _id(status)
     status.add_argument("--wait", action="store_true", help="show progress until the request is finished")
     status.set_defaults(handler=_cmd_status)
 
-    listing = commands.add_parser("list", help="list requests, newest first")
-    listing.add_argument("--user")
-    listing.add_argument("--page", type=int, default=1)
-    listing.add_argument("--page-size", type=int, default=20)
+    listing = command("list", "list requests, newest first")
+    listing.add_argument("--user", help="only this requested_by")
+    listing.add_argument("--page", type=int, default=1, metavar="N", help="page number, from 1 (default 1)")
+    listing.add_argument("--page-size", type=int, default=20, metavar="N", help="requests per page (default 20)")
     listing.set_defaults(handler=_cmd_list)
 
-    cancel = commands.add_parser("cancel", help="cancel a pending, queued or running request")
-    cancel.add_argument("id", type=int)
+    cancel = command("cancel", "cancel a pending, queued or running request",
+                     "A running export's query is stopped and its temp file removed; the row ends CANCELLED.")
+    _id(cancel)
     cancel.set_defaults(handler=_cmd_cancel)
 
-    url = commands.add_parser("url", help="mint a fresh signed download URL for a completed export")
-    url.add_argument("id", type=int)
-    url.add_argument("--expires", default="1h", help="validity: 90s, 30m, 1h, 7d (default 1h)")
+    url = command("url", "mint a fresh signed download URL for a completed export")
+    _id(url)
+    url.add_argument("--expires", default="1h", metavar="DURATION", help="validity: 90s, 30m, 1h, 7d (default 1h)")
     url.add_argument("--page", action="store_true", help="the request's status page instead (any status)")
     url.set_defaults(handler=_cmd_url)
 
-    serve = commands.add_parser("serve", help="signed downloads of the local storage and the status page")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve = command("serve", "serve signed downloads of the local storage and the requests' status pages",
+                    "Needs EXPORT_PLATFORM_SIGNING_KEY; with EXPORT_PLATFORM_PUBLIC_URL set, local exports get a "
+                    "download_url on their row. See docs/delivery.md.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_cmd_serve)
 
-    delete = commands.add_parser("delete", help="delete a completed export's file (the row becomes EXPIRED)")
-    delete.add_argument("id", type=int)
+    delete = command("delete", "delete a completed export's file now (the row becomes EXPIRED)")
+    _id(delete)
     delete.set_defaults(handler=_cmd_delete)
 
-    cleanup = commands.add_parser("cleanup", help="run the retention cleanup now")
+    cleanup = command("cleanup", "run the retention cleanup now (it also runs daily at 03:00 UTC)")
     cleanup.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     cleanup.set_defaults(handler=_cmd_cleanup)
 
-    commands.add_parser("health", help="database, daemon, request sensor, queue depth").set_defaults(
-        handler=_cmd_health
-    )
+    command("health", "check the database, the daemon, the request sensor and the queue",
+            "Exits 1 when something is wrong.").set_defaults(handler=_cmd_health)
 
-    dev = commands.add_parser("dev", help="Dagster webserver + daemon on this project's instance")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
+    dev = command("dev", "start the Dagster UI and daemon on this project's instance; Ctrl-C stops them",
+                  "Prints the UI's address once it answers. The daemon's request sensor launches a run for each "
+                  "new export_requests row. The database keeps running: `export-platform db stop`.")
+    dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=3000, help="port of the UI (default 3000)")
+    dev.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                     help="Dagster's log level in this terminal (default warning; info shows every sensor tick)")
     dev.add_argument("--serve", type=int, nargs="?", const=8080, metavar="PORT",
                      help="also start `serve` on PORT (default 8080) with a development signing key")
     dev.set_defaults(handler=_cmd_dev)
@@ -427,18 +545,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except RequestError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except ExportFailed as error:
         print(f"export failed: {error}", file=sys.stderr)
         return 1
-    except Refused as error:
-        print(f"refused: {error}", file=sys.stderr)
-        return 1
-    except LinkError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        # Imported only now: they pull in Polars and Dagster, which `--help` must not wait for.
+        from .client import Refused
+        from .delivery.links import LinkError
+        from .planning import RequestError
+
+        if isinstance(error, (RequestError, LinkError)):
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if isinstance(error, Refused):
+            print(f"refused: {error}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

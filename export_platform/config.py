@@ -185,10 +185,12 @@ _HINT = {
 
 
 def _filter_field(f: Filter) -> tuple[Any, Any]:
-    scalar = _SCALAR[f.value_type]
-    kind = f"{_HINT[f.value_type]}{'; a list matches any of its values' if f.multi else ''}"
-    annotation = Optional[List[scalar]] if f.multi else Optional[scalar]
-    return annotation, Field(default=None, description=f"{f.description} ({kind}).")
+    if f.multi:
+        # One value or a list, as in a request row. Dagster's config types have no "one value or a
+        # list of them", so the Launchpad takes any value here and planning checks it, naming the filter.
+        kind = f"{_HINT[f.value_type]}: one value, or a list matching any of its values"
+        return Any, Field(default=None, description=f"{f.description} ({kind}).")
+    return Optional[_SCALAR[f.value_type]], Field(default=None, description=f"{f.description} ({_HINT[f.value_type]}).")
 
 
 def _camel(name: str) -> str:

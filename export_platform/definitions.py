@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import dagster as dg
 
@@ -11,6 +12,10 @@ from .sensors.request_sensor import build_request_sensor
 from .schedules.recurring import build_recurring_schedules
 from .schedules.retention import retention_schedule
 from .sensors.run_status import build_run_status_sensors
+
+# Dagster 1.13 warns that `owners` is beta whenever it copies a sensor to bind its resources, though
+# no sensor here sets owners; every process loading this module (UI, daemon, runs) would print it.
+warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition", category=dg.BetaWarning)
 
 defs = dg.Definitions(
     jobs=[*EXPORT_JOBS, *CHUNKED_JOBS, retention_cleanup],

@@ -2,7 +2,7 @@
 
 The embedded server lives under `$EXPORT_PLATFORM_HOME/pgdata` (default `.export_platform/` in
 the working directory), keeps running after the command that started it, and is reused by every
-later command, the Dagster daemon and the webserver.
+later command, the Dagster daemon and the webserver, until `export-platform db stop`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,20 @@ def start_embedded(pgdata: Path, *, cleanup_mode: str | None = None, database: s
         server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
     ensure_database(server.get_uri(), database)
     return server.get_uri(database)
+
+
+def stop_embedded(pgdata: Path | None = None) -> bool:
+    """Stop the embedded server (fast: open sessions are ended); False when it was not running."""
+    pgdata = pgdata or platform_home() / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as in start_embedded
+        from pgserver import pg_ctl
+
+    # As pgserver starts it: under a `pgserver` system user when run as root.
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="pgserver" if os.geteuid() == 0 else None)
+    return True
 
 
 def ensure_database(admin_url: str, database: str) -> None:

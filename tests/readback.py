@@ -24,6 +24,7 @@ from export_platform.embedded_postgres import ensure_database
 from export_platform.export_types import REGISTRY
 from export_platform.jobs import build_export_job
 from export_platform.ops.export import plan_op_name
+from export_platform.sample_data import seed
 
 
 def run_job(export_type: str, config: dict[str, Any], resources: dict, tags=None, instance=None) -> dg.ExecuteInProcessResult:
@@ -264,3 +265,11 @@ def database_beside(url: str, name: str) -> str:
     """A connection string for database `name` on the same server, created if missing."""
     ensure_database(url, name)
     return make_conninfo(**{**conninfo_to_dict(url), "dbname": name})
+
+
+def seeded_beside(url: str, name: str, rows: int, tables: tuple[str, ...]) -> str:
+    """`database_beside`, with `rows` sample rows in each of `tables`."""
+    beside = database_beside(url, name)
+    with psycopg.connect(beside, autocommit=True) as conn:
+        seed(conn, rows, tables)
+    return beside

@@ -54,6 +54,9 @@ def unchanged(db, storage_root):
         ({"csv": {"date_format": "%Q"}}, "csv.date_format: not a valid strftime format"),
         ({"time_zone": "Nowhere/Land"}, "time_zone: unknown time zone 'Nowhere/Land'"),
         ({"labels": {"password": "Password"}}, "labels.password: not an exported column"),
+        # A list filter takes one value or a list in the Launchpad; planning checks their type.
+        ({"filters": {"country_code": 5}}, "filters.country_code: expected text, got int 5"),
+        ({"filters": {"country_code": {"a": 1}}}, "filters.country_code"),
         ({"format": "parquet", "parquet": {"compression": "lz4", "compression_level": 1}}, "parquet.compression_level"),
     ],
 )
@@ -71,7 +74,7 @@ def test_job_fails_at_planning_naming_the_field(resources, unchanged, config, me
     [
         ({"filters": {INJECTION: "x"}}, f'unexpected config entry "{INJECTION}"'),
         ({"format": "xls"}, "format not in enum"),
-        ({"filters": {"country_code": 5}}, "filters:country_code"),
+        ({"filters": {"lifetime_value_min": ["1", "2"]}}, "filters:lifetime_value_min"),
     ],
 )
 def test_launchpad_config_rejects_unknown_names_and_wrong_types(resources, unchanged, config, path):

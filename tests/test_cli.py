@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import dagster as dg
+import psutil
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
+from export_platform.cli import PENDING_HINT_SECONDS, build_parser
 from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV
 from export_platform.formats import ExportFormat
+from export_platform.instance import DAGSTER_DATABASE_URL_ENV
+from export_platform.resources.storage import STORAGE_URL_ENV
+from export_platform.units import human_bytes
+from dev_server import clean_env, database_url_beside, get, running_dev
 from readback import database_beside, db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.cli"]
@@ -52,7 +61,9 @@ def test_run_takes_export_options_as_json(db, tmp_path):
 @pytest.mark.slow
 def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_path):
     url = database_beside(database_url, "cli_check")
-    env = {**os.environ, DATABASE_URL_ENV: url, "EXPORT_PLATFORM_STORAGE_URL": str(tmp_path / "exports")}
+    dagster_url = database_url_beside(database_url, "cli_check_dagster")
+    env = {**os.environ, DATABASE_URL_ENV: url, DAGSTER_DATABASE_URL_ENV: dagster_url, HOME_ENV: str(tmp_path),
+           STORAGE_URL_ENV: str(tmp_path / "exports")}
     digest = "SELECT md5(string_agg(md5(t::text), '' ORDER BY id)) FROM {} t"
 
     def digests() -> list:
@@ -63,11 +74,12 @@ def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_p
     first = digests()
     done = cli("demo", "--rows", "500", env=env)
     assert digests() == first  # same N, same data
+    assert done.stderr == ""  # no Dagster warnings for the user to puzzle over
 
-    table = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["users"], ["ezpass_transactions"], ["ledger_postings"])]
-    assert sorted((row[0], row[1]) for row in table) == sorted(
-        (t, f.value) for t in ("users", "ezpass_transactions", "ledger_postings") for f in ExportFormat
-    )
+    types = ("users", "ezpass_transactions", "ledger_postings")
+    table = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in ([t] for t in types)]
+    table = [row for row in table if len(row) == 7]  # type format rows size unit seconds file
+    assert sorted((row[0], row[1]) for row in table) == sorted((t, f.value) for t in types for f in ExportFormat)
     # pdf is narrowed to one month / one day (its 10,000-row limit): the same rows, counted by hand.
     pdf_where = {
         "users": "signup_date BETWEEN '2015-01-01' AND '2015-01-31'",
@@ -79,7 +91,14 @@ def test_seed_is_deterministic_and_demo_exports_every_format(database_url, tmp_p
     for row in table:
         expected = pdf_rows[row[0]] if row[1] == "pdf" else 500
         assert int(row[2].replace(",", "")) == expected > 0
-        assert Path(row[5]).stat().st_size == int(row[3].replace(",", ""))
+        path = tmp_path / "exports" / row[0] / row[6]
+        assert human_bytes(path.stat().st_size) == f"{row[3]} {row[4]}"
+    assert max(len(" ".join(row)) for row in table) <= 115  # was about 170 with full paths
+    assert "What next:" in done.stdout and "make dev" in done.stdout
+    # The runs are in the instance `dev` shows, not in a throwaway one.
+    with psycopg.connect(make_url(dagster_url).set(drivername="postgresql").render_as_string(False)) as conn:
+        recorded = conn.execute("SELECT pipeline_name, status FROM runs").fetchall()
+    assert len(recorded) == len(table) and {status for _, status in recorded} == {"SUCCESS"}
 
 
 def test_run_to_s3_that_fails_to_upload_leaves_no_staging_file(database_url, s3_endpoint, tmp_path):
@@ -129,3 +148,109 @@ def test_cleanup_reports_a_file_it_could_not_delete_and_exits_1(database_url, tm
     assert "1 file(s) could not be deleted and stay for the next cleanup" in done.stderr
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT status FROM export_requests").fetchall() == [("COMPLETED",)]
+
+
+def _subcommands(parser=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every command path of the CLI: (), ("db",), ("db", "stop"), ..."""
+    parser = parser or build_parser()
+    found = [prefix]
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sub in action.choices.items():
+            found += _subcommands(sub, (*prefix, name))
+    return found
+
+
+def test_every_command_answers_help_without_importing_dagster_or_polars():
+    commands = _subcommands()
+    assert ("db", "stop") in commands and ("dev",) in commands and len(commands) > 15
+    check = (
+        "import sys, contextlib, io\n"
+        "from export_platform.cli import main\n"
+        "for argv in sys.argv[1:]:\n"
+        "    args = argv.split()\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n"
+        "            main([*args, '--help'])\n"
+        "        except SystemExit as done:\n"
+        "            assert done.code == 0, (args, done.code)\n"
+        "    assert 'usage: export-platform' in out.getvalue(), args\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'polars', 'pyarrow', 'psycopg'))\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check, *(" ".join(c) for c in commands)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_option_and_argument_explains_itself():
+    for command in _subcommands():
+        parser = build_parser()
+        for name in command:
+            parser = next(a for a in parser._subparsers._group_actions).choices[name]
+        assert parser.description, command
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                assert all(choice.help for choice in action._choices_actions), command
+            else:
+                assert action.help, (command, action.dest)
+
+
+@pytest.mark.parametrize("group", [[], ["db"]])
+def test_a_command_group_alone_prints_its_help(group):
+    done = cli(*group)
+    assert "usage: export-platform" in done.stdout and "COMMAND" in done.stdout
+
+
+def test_db_stop_refuses_a_server_it_did_not_start(database_url):
+    assert "nothing stopped" in cli("db", "stop").stdout
+    with psycopg.connect(database_url) as conn:  # still up
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_db_stop_stops_the_embedded_server_and_the_next_command_starts_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV} | {HOME_ENV: str(tmp_path)}
+    url = cli("db", "url", env=env).stdout.strip()
+    postmaster = int((tmp_path / "pgdata" / "postmaster.pid").read_text().split()[0])
+    assert cli("db", "stop", env=env).stdout.strip() == "stopped the embedded Postgres"
+    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url).close()
+    assert cli("db", "stop", env=env).stdout.strip() == "the embedded Postgres is not running"
+    assert cli("db", "url", env=env).stdout.strip() == url
+    cli("db", "stop", env=env)
+
+
+@pytest.mark.slow
+def test_dev_serves_the_ui_from_a_clean_environment_and_stops_with_its_children(database_url, tmp_path):
+    # As a new user runs it: no venv activated (only the system PATH), a fresh home folder.
+    with running_dev(clean_env(database_url, tmp_path, "dev"), tmp_path) as dev:
+        assert json.loads(get(f"{dev.url}/server_info"))["dagster_version"] == dg.__version__
+        assert "<html" in get(dev.url)  # the UI itself
+        assert len(dev.children) >= 2  # the webserver and the daemon (and their code servers)
+        alive = dev.stop()
+    assert dev.process.returncode == 0, dev.err.read_text()
+    assert not alive
+    printed, errors = dev.out.read_text(), dev.err.read_text()
+    assert f"Dagster UI: {dev.url}" in printed
+    # Nothing but the address: no traceback, no warning, no INFO line per sensor tick.
+    assert "Traceback" not in errors and "Warning" not in errors and "INFO" not in errors + printed, errors
+
+
+@pytest.mark.parametrize(("size", "shown"), [(0, "0 bytes"), (1023, "1,023 bytes"), (1536, "1.5 KiB"), (5 << 30, "5.0 GiB")])
+def test_sizes_read_as_people_read_them(size, shown):
+    assert human_bytes(size) == shown
+
+
+@pytest.mark.slow
+def test_status_wait_hints_at_the_daemon_when_nothing_picks_the_request_up(database_url, storage_root):
+    request_id = cli("request", "users", "--user", "hint-check").stdout.strip()
+    waiting = subprocess.Popen([*CLI, "status", request_id, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        hint = waiting.stderr.readline()  # blocks until the hint, which comes while the request is PENDING
+    finally:
+        waiting.kill()
+        waiting.communicate()
+        cli("cancel", request_id)
+    assert hint.startswith(f"hint: request {request_id} is still PENDING after {PENDING_HINT_SECONDS} s")
+    assert "export-platform dev" in hint

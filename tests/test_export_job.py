@@ -13,6 +13,7 @@ import pytest
 from export_platform.export_types import REGISTRY
 from export_platform.formats import ExportFormat
 from export_platform.sinks.pdf import TABLE_FONT_SIZE
+from export_platform.units import human_bytes
 from readback import (
     as_pdf_text, csv_rows, db_rows, file_bytes, file_rows, neutralised, parquet_rows, pdf_rows, published_path, run_job,
     xlsx_mismatches, xlsx_rows,
@@ -110,6 +111,8 @@ def test_run_reports_rows_bytes_seconds_and_path(resources):
     path = published_path(result)
     assert metadata["rows"] == 3000
     assert metadata["bytes"] == path.stat().st_size
+    assert metadata["size"] == human_bytes(path.stat().st_size) and metadata["size"].endswith(" KiB")
+    assert "high_water" not in metadata  # only incremental exports have one
     assert metadata["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert metadata["path"] == path.as_uri()
     assert metadata["seconds"] > 0 and metadata["rows_per_second"] > 0

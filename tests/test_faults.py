@@ -14,8 +14,7 @@ from export_platform.errors import root_message
 from export_platform.ops.export import EXTRACT_RETRIES
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.storage import LocalStorage
-from export_platform.sample_data import seed
-from readback import database_beside, db_rows, file_rows, published_path, run_job
+from readback import db_rows, file_rows, published_path, run_job, seeded_beside
 
 pytestmark = pytest.mark.slow
 BIG = 1_000_000
@@ -23,10 +22,7 @@ BIG = 1_000_000
 
 @pytest.fixture(scope="module")
 def big_db(database_url) -> str:
-    url = database_beside(database_url, "fault_check")
-    with psycopg.connect(url, autocommit=True) as conn:
-        seed(conn, BIG, ("users",))
-    return url
+    return seeded_beside(database_url, "fault_check", BIG, ("users",))
 
 
 def kill_exports(url: str, times: int, stop: threading.Event) -> list[int]:

@@ -50,6 +50,9 @@ CASES = [
         "WHERE amount BETWEEN -9999999999.99 AND -1000000",
     ),
     ("users", {"country_code": ["x'); DROP TABLE users;--"]}, "WHERE false"),
+    # As the Launchpad's YAML writes it: one value where a list is allowed (`country_code: US`).
+    ("users", {"country_code": "US"}, "WHERE country_code = 'US'"),
+    ("ezpass_transactions", {"driver_id": 1102}, "WHERE driver_id = 1102"),
 ]
 
 

@@ -37,8 +37,8 @@ def test_every_declared_recurring_export_is_a_schedule_of_its_job():
     assert set(schedules) == {"recurring_us_users_daily", "recurring_ezpass_changes_hourly", "recurring_ledger_weekly"}
     daily = schedules["recurring_us_users_daily"]
     assert (daily.cron_schedule, daily.execution_timezone, daily.job_name) == ("0 6 * * *", "America/New_York", "export_users")
-    assert daily.default_status is dg.DefaultScheduleStatus.RUNNING
-    assert schedules["recurring_ledger_weekly"].default_status is dg.DefaultScheduleStatus.STOPPED
+    # The samples ship stopped: a dev instance left running must not write files every hour.
+    assert {s.default_status for s in schedules.values()} == {dg.DefaultScheduleStatus.STOPPED}
     for schedule in schedules.values():
         run_request = evaluate(schedule)
         assert run_request.tags[SCHEDULE_TAG] == schedule.name.removeprefix("recurring_")
@@ -48,6 +48,14 @@ def test_every_declared_recurring_export_is_a_schedule_of_its_job():
     # The queue runs one run per incremental key at a time (dagster.yaml).
     assert evaluate(schedules["recurring_ezpass_changes_hourly"]).tags[INCREMENTAL_TAG] == "ezpass_changes_hourly"
     assert INCREMENTAL_TAG not in evaluate(daily).tags
+
+
+def test_an_entry_without_enabled_runs_once_deployed(tmp_path):
+    path = tmp_path / "recurring.yaml"
+    path.write_text("- {name: nightly, export_type: users, cron: '0 1 * * *'}\n- {name: paused, export_type: users, cron: '0 1 * * *', enabled: false}\n")
+    assert [s.default_status for s in build_recurring_schedules(path)] == [
+        dg.DefaultScheduleStatus.RUNNING, dg.DefaultScheduleStatus.STOPPED
+    ]
 
 
 @pytest.mark.parametrize("name", ["us_users_daily", "ezpass_changes_hourly", "ledger_weekly"])

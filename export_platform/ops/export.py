@@ -24,6 +24,7 @@ from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresRes
 from ..resources.requests import REQUESTED_BY_TAG, RequestStore, request_id_of
 from ..resources.storage import ExportStorage
 from ..sinks.parts import sink_streams
+from ..units import human_bytes
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 EXTRACT_RETRIES = 2
@@ -341,12 +342,14 @@ def publish_export(
     context.add_output_metadata(
         {
             "rows": staged.rows,
+            "size": human_bytes(size),
             "bytes": size,
             "seconds": round(seconds, 3),
             "rows_per_second": round(staged.rows / seconds) if seconds else 0,
             "sha256": sha256,
             "path": dg.MetadataValue.path(uri),
-            "high_water": staged.high_water or "",
+            # Only an incremental export has one; an empty entry on every other run page says nothing.
+            **({"high_water": staged.high_water or "unchanged (no new rows)"} if plan.incremental is not None else {}),
         }
     )
     return PublishedExport(uri=uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds)

@@ -39,10 +39,10 @@ PYTHON_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path, Pacer | None
 }
 
 
-def pacer_for(plan: ExportPlan) -> Pacer | None:
+def pacer_for(plan: ExportPlan, on_written: Callable[[int], None] | None = None) -> Pacer | None:
     """A pacer for the Python writers, which are slower than the scan; Polars' own sinks pull at
     their own pace and never report to a pacer (one would stall the scan every 100,000 rows)."""
-    return Pacer() if plan.format.family in PYTHON_WRITERS else None
+    return Pacer(on_written=on_written) if plan.format.family in PYTHON_WRITERS else None
 
 
 def sink(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer | None = None) -> None:

@@ -7,6 +7,7 @@ source that the writers stream from, so memory stays flat whatever the row count
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -74,11 +75,14 @@ class Pacer:
     the GIL, the source would otherwise read on and queue the whole result in memory. The writer
     reports each batch it has written; the source waits while it is too far ahead, and after
     `stall_seconds` without progress reads on anyway, so a Polars plan that needs more input
-    before it emits can never deadlock.
+    before it emits can never deadlock. `on_written(total)` reports the rows written so far: the
+    export's progress, since the scan runs up to `ahead` rows in front.
     """
 
-    def __init__(self, ahead: int = 100_000, stall_seconds: float = 30.0):
-        self.ahead, self.stall_seconds = ahead, stall_seconds
+    def __init__(
+        self, ahead: int = 100_000, stall_seconds: float = 30.0, on_written: Callable[[int], None] | None = None
+    ):
+        self.ahead, self.stall_seconds, self.on_written = ahead, stall_seconds, on_written
         self.written = 0
         self._changed = threading.Condition()
 
@@ -91,7 +95,10 @@ class Pacer:
     def wrote(self, rows: int) -> None:
         with self._changed:
             self.written += rows
+            written = self.written
             self._changed.notify_all()
+        if self.on_written is not None:
+            self.on_written(written)
 
 
 class BatchSource(Protocol):
@@ -116,10 +123,12 @@ def scan_batches(
         return pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=names))
 
     def source(with_columns, predicate, n_rows, _batch_size) -> Iterator[pl.DataFrame]:
-        total = 0
+        total = last = 0
         for batch in reader:
             if pacer is not None:
-                pacer.wait_for_room(total)
+                # Not counting the last frame: Polars may hold it back until it has this one, and
+                # waiting for the writer to take it would stall until `stall_seconds`.
+                pacer.wait_for_room(total - last)
             frame = to_frame(batch)
             if with_columns is not None:
                 frame = frame.select(with_columns)
@@ -127,7 +136,7 @@ def scan_batches(
                 frame = frame.filter(predicate)
             if n_rows is not None and total + frame.height >= n_rows:
                 frame = frame.head(n_rows - total)
-            total += frame.height
+            total, last = total + frame.height, frame.height
             on_rows(total)
             yield frame
             if n_rows is not None and total >= n_rows:
@@ -136,9 +145,30 @@ def scan_batches(
     return register_io_source(source, schema=polars_schema(reader.schema), explain_name="postgres")
 
 
+FIRST_SLICE_ROWS = 5_000  # what xlsx and pdf measure their column widths on
+SLICE_SECONDS = 0.25
+
+
 def paced_batches(frame: pl.LazyFrame, pacer: Pacer | None) -> Iterator[pl.DataFrame]:
-    """The frame's batches for a Python writer, telling the pacer as each one has been written."""
+    """The frame's rows for a Python writer, telling the pacer as each slice has been written.
+
+    A scan batch can hold 100,000 rows, which xlsx takes seconds to write: the batches are cut
+    into slices sized from the writer's measured speed to take about SLICE_SECONDS each, so that
+    progress moves about once a second however fast the writer (or the machine) is.
+    """
+    rows = FIRST_SLICE_ROWS
     for batch in frame.collect_batches():
-        yield batch  # the writer handles it before asking for the next
-        if pacer is not None:
-            pacer.wrote(batch.height)
+        if batch.height == 0:
+            yield batch
+            continue
+        start = 0
+        while start < batch.height:
+            piece = batch.slice(start, rows)
+            began = time.monotonic()
+            yield piece  # the writer handles it before asking for the next
+            took = time.monotonic() - began
+            start += piece.height
+            if pacer is not None:
+                pacer.wrote(piece.height)
+            if took > 0:
+                rows = max(100, min(100_000, int(piece.height * SLICE_SECONDS / took)))

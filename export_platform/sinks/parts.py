@@ -110,8 +110,10 @@ def sink_streams(
     one stream fails the others stop at their next batch, and the first error is raised.
     """
     if len(readers) == 1:
-        pacer = pacer_for(plan)
-        sink(scan_batches(readers[0], on_rows(0), pacer), plan, path, pacer)
+        report = on_rows(0)
+        # A Python writer's progress is the rows it has written, since the scan runs ahead of it.
+        pacer = pacer_for(plan, report)
+        sink(scan_batches(readers[0], report if pacer is None else lambda rows: None, pacer), plan, path, pacer)
         return
     parts, stop = _part_paths(plan, path, len(readers)), threading.Event()
 

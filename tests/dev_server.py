@@ -1,0 +1,95 @@
+"""`export-platform dev` as a user starts it, for tests: the installed console script, a clean
+environment without the venv on PATH, its own databases, folders and port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from sqlalchemy.engine import make_url
+
+from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV, ensure_database
+from export_platform.instance import DAGSTER_DATABASE_URL_ENV
+from export_platform.resources.storage import STORAGE_URL_ENV
+
+SCRIPT = str(Path(sys.executable).with_name("export-platform"))
+STARTUP_SECONDS = 180
+
+
+def database_url_beside(url: str, name: str) -> str:
+    ensure_database(url, name)
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def clean_env(server_url: str, tmp: Path, prefix: str) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp),
+        HOME_ENV: str(tmp / "platform"),
+        DATABASE_URL_ENV: database_url_beside(server_url, f"{prefix}_app"),
+        DAGSTER_DATABASE_URL_ENV: database_url_beside(server_url, f"{prefix}_dagster"),
+        STORAGE_URL_ENV: str(tmp / "exports"),
+    }
+
+
+def get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Dev:
+    process: subprocess.Popen
+    url: str
+    out: Path
+    err: Path
+    children: list[psutil.Process]
+
+    def stop(self) -> list[psutil.Process]:
+        """SIGTERM, as a service manager sends it; the processes still alive after that."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=120)
+        _, alive = psutil.wait_procs(self.children, timeout=60)
+        return alive
+
+
+@contextlib.contextmanager
+def running_dev(env: dict[str, str], tmp: Path) -> Iterator[Dev]:
+    """Start `dev` and wait for the UI's answer; whatever happens, end every process it started."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    out, err = tmp / "dev.out", tmp / "dev.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        # Its own session, so that a failed test can still end every process it started.
+        process = subprocess.Popen([SCRIPT, "dev", "--port", str(port)], env=env, cwd=tmp,
+                                   stdout=stdout, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while get(f"{url}/server_info") is None:
+            assert process.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the UI never answered"
+            time.sleep(0.5)
+        yield Dev(process, url, out, err, psutil.Process(process.pid).children(recursive=True))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
