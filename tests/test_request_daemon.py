@@ -38,12 +38,6 @@ def stack(database_url, tmp_path_factory):
         yield stack
 
 
-@pytest.fixture
-def app(stack):
-    with psycopg.connect(stack.app_url, autocommit=True) as conn:
-        yield conn
-
-
 def max_overlap(intervals) -> int:
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
     current = peak = 0

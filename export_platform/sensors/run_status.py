@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .. import requests_table as rt
+from ..dagster_compat import INTERRUPTED_ERROR, WORKER_CRASH_MESSAGE
 from ..errors import root_message
 from ..ops.export import session_name
 from ..resources.postgres import PostgresResource
@@ -20,7 +21,7 @@ INTERVAL_SECONDS = 2
 
 # When a run worker dies, the code server that started it logs why (e.g. "[DagsterApiServer] Run
 # execution process for … was terminated by signal 9 (SIGKILL)…") and fails the run without a message.
-_WORKER_CRASH = "Run execution process for"
+_WORKER_CRASH = WORKER_CRASH_MESSAGE
 _WHY = {
     dg.DagsterEventType.STEP_FAILURE,
     dg.DagsterEventType.ENGINE_EVENT,
@@ -29,7 +30,7 @@ _WHY = {
 }
 # A step stopped from outside (e.g. by run monitoring at the maximum runtime) fails with this; the
 # reason it was stopped is the run's, not the step's.
-_INTERRUPTED = "dagster._core.errors.DagsterExecutionInterruptedError"
+_INTERRUPTED = INTERRUPTED_ERROR
 
 
 def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
