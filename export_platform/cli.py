@@ -263,17 +263,20 @@ def _cmd_health(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
+    from .dev import serve
+
+    return serve(args.host, args.port)
+
+
+def _cmd_workers(args: argparse.Namespace) -> int:
     import os
 
     from .instance import prepare_dagster_home
+    from .workers.supervisor import serve
 
-    from .resources.requests import RequestStore
-
-    env = {**os.environ, **prepare_dagster_home()}
-    RequestStore().migrate()
-    print(f"DAGSTER_HOME={env['DAGSTER_HOME']}")
-    argv = ["dagster", "dev", "-m", "export_platform.definitions", "-h", args.host, "-p", str(args.port)]
-    os.execvpe(argv[0], argv, env)
+    os.environ.update(prepare_dagster_home())
+    serve(args.count, args.max_runs)
+    return 0
 
 
 def _export_options(parser: argparse.ArgumentParser) -> None:
@@ -359,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_cmd_health
     )
 
-    dev = commands.add_parser("dev", help="Dagster webserver + daemon on this project's instance")
+    workers = commands.add_parser("workers", help="the warm run-worker pool on its own (a deployment unit)")
+    workers.add_argument("--count", type=int, help="workers to keep alive (default: dagster.yaml's run_launcher workers)")
+    workers.add_argument("--max-runs", type=int, help="replace each worker after this many runs (default: dagster.yaml's)")
+    workers.set_defaults(handler=_cmd_workers)
+
+    dev = commands.add_parser("dev", help="Dagster webserver + daemon + run workers on this project's instance")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
     dev.set_defaults(handler=_cmd_dev)
