@@ -122,6 +122,8 @@ def main() -> None:
     max_runs = parser.parse_args().max_runs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     setup_interrupt_handlers()  # SIGTERM (how Kubernetes and the supervisor stop it) acts as SIGINT
+    import adbc_driver_postgresql.dbapi  # noqa: F401  (every export streams through it; the code location imports it lazily)
+
     from .. import definitions
 
     definitions.defs.get_repository_def()  # load the code location now, not in the first run
