@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from export_platform.jobs import build_export_job
 from export_platform.resources.requests import REQUEST_ID_TAG
 from export_platform.run_launcher import run_worker
 from export_platform.workers.launcher import ISOLATED_TAG, POOL, POOL_TAG
+from export_platform.workers.queue import LaunchQueue
 from readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow
@@ -116,6 +118,38 @@ def test_a_killed_worker_fails_its_run_and_a_new_worker_takes_the_next(stack, ap
     assert final["status"] == "COMPLETED", final["error"]
     next_pid = pid_of(stack, final["run_id"])
     assert next_pid != pid and stack.instance.get_run_by_id(final["run_id"]).tags[POOL_TAG] == POOL
+
+
+def test_cancelling_a_run_that_no_worker_has_taken_yet(stack, app):
+    """A worker that beats but never claims holds the run in the launch queue; cancelling the
+    request takes it out of the queue and ends it CANCELLED without any worker."""
+    stack.stop_workers()
+    queue = stack.instance.run_launcher.queue
+    stalled, stop = "elsewhere:1:stalled", threading.Event()
+
+    def beat() -> None:
+        with queue.connect() as conn:
+            LaunchQueue.register(conn, stalled, "elsewhere", 1, 50)
+            while not stop.wait(0.5):
+                LaunchQueue.beat(conn, stalled)
+            LaunchQueue.deregister(conn, stalled)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    try:
+        request_id = ledger_request(app, 10)
+        run_id = wait_for(lambda: (runs := runs_for(stack.instance, request_id)) and runs[0].dagster_run.run_id, what="the run")
+        entry = wait_for(lambda: queue.entry(run_id, 5), what="the run in the launch queue")
+        assert entry.worker_id is None
+        app.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
+        assert wait_status(app, request_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=60)["status"] == "CANCELLED"
+        assert finished_run(stack, run_id).status is dg.DagsterRunStatus.CANCELED
+        assert queue.entry(run_id, 5) is None
+        assert not stack.instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START)
+    finally:
+        stop.set()
+        beating.join()
+        stack.start_workers()
 
 
 def test_with_no_worker_alive_a_run_process_runs_the_request(stack, app):

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 import psutil
+import psycopg
 
 from ..dagster_compat import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
 from ..run_launcher import LocalWorkerRunLauncher, worker_gone
@@ -72,15 +73,19 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
     def launch_run(self, context) -> None:
         run = context.dagster_run
         if run.tags.get(ISOLATED_TAG, "").lower() != "true":
-            self._ensure_tables()
+            # Tagged first: a terminate arriving while the run is being queued must take the pool's path.
             self._instance.add_run_tags(run.run_id, {POOL_TAG: POOL})
-            if self.queue.enqueue_if_capacity(run.run_id, self.heartbeat_timeout_seconds, self._succeeded):
+            try:
+                self._ensure_tables()
+                queued = self.queue.enqueue_if_capacity(run.run_id, self.heartbeat_timeout_seconds, self._succeeded)
+                why = "no warm run worker is free"
+            except psycopg.Error as error:  # the queue is unreachable: the run must still start
+                queued, why = False, f"the launch queue failed ({error})"
+            if queued:
                 self._instance.report_engine_event("Handed to the warm run-worker pool", run, cls=self.__class__)
                 return
             self._instance.add_run_tags(run.run_id, {POOL_TAG: "process"})
-            self._instance.report_engine_event(
-                "No warm run worker is free: starting a run process", run, cls=self.__class__
-            )
+            self._instance.report_engine_event(f"Starting a run process: {why}", run, cls=self.__class__)
         super().launch_run(context)
 
     def terminate(self, run_id: str) -> bool:

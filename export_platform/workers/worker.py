@@ -45,6 +45,7 @@ class Worker:
         self._interrupted: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._parent = os.getppid()
 
     def _beat(self) -> None:
         """Heartbeat, and the cancel watch: a code server interrupts its run process on cancel;
@@ -78,13 +79,14 @@ class Worker:
         return run.status if run else dg.DagsterRunStatus.FAILURE
 
     def _retire_after(self, status: dg.DagsterRunStatus, runs_done: int) -> str | None:
-        if status is not dg.DagsterRunStatus.SUCCESS:
-            return f"its run ended {status.value}"
+        rss_mb = psutil.Process().memory_info().rss / 2**20
+        log.info("run worker %s: run %d ended %s; RSS %.0f MB", self.worker_id, runs_done, status.value, rss_mb)
         if runs_done >= self.max_runs:
             return f"{runs_done} runs done"
-        rss_mb = psutil.Process().memory_info().rss / 2**20
         if rss_mb > self.launcher.max_rss_mb:
             return f"RSS {rss_mb:.0f} MB above {self.launcher.max_rss_mb} MB"
+        if status is not dg.DagsterRunStatus.SUCCESS:
+            return f"its run ended {status.value}"
         return None
 
     def serve(self) -> None:
@@ -98,6 +100,9 @@ class Worker:
             runs_done, why = 0, None
             try:
                 while why is None:
+                    if os.getppid() != self._parent:  # its supervisor is gone: nobody would replace it
+                        why = "its supervisor is gone"
+                        break
                     run_id = self.queue.claim(conn, self.worker_id)
                     if run_id is None:
                         for _ in conn.notifies(timeout=POLL_SECONDS, stop_after=1):
