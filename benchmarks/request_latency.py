@@ -108,8 +108,8 @@ def main() -> None:
 
     url = database_url()
     with psycopg.connect(url, autocommit=True) as conn:
-        present = "SELECT to_regclass('ledger_postings') IS NOT NULL AND EXISTS (SELECT FROM ledger_postings WHERE id = %s)"
-        if not conn.execute(present, (LEDGER_ROWS,)).fetchone()[0]:
+        present = conn.execute("SELECT to_regclass('ledger_postings') IS NOT NULL").fetchone()[0]
+        if not present or not conn.execute("SELECT EXISTS (SELECT FROM ledger_postings WHERE id = %s)", (LEDGER_ROWS,)).fetchone()[0]:
             seed(conn, LEDGER_ROWS, ("ledger_postings",))
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
