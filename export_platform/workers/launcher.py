@@ -92,6 +92,8 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished or run.tags.get(POOL_TAG) != POOL:
             return super().terminate(run_id)
+        if self.queue.entry(run_id, self.heartbeat_timeout_seconds) is None:
+            return super().terminate(run_id)  # it fell back to a run process after all
         self._instance.report_run_canceling(run)
         if self.queue.withdraw(run_id):  # no worker had it yet
             self._instance.report_run_canceled(run, "Cancelled before a run worker took it")
