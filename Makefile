@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# .pyc for everything a run imports, even where PYTHONDONTWRITEBYTECODE is set (a fresh run
+	# process would otherwise recompile the project, and whatever pip left uncompiled, each time).
+	$(BIN)/python -m compileall -q -j 0 export_platform $(VENV)/lib
 	touch $(STAMP)
 
 demo: $(STAMP)

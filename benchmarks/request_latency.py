@@ -1,18 +1,30 @@
-"""Request latency: from the application's INSERT to COMPLETED, through a real daemon.
+"""Request latency: from the application's INSERT to COMPLETED, through a real daemon and pool.
 
-    .venv/bin/python benchmarks/request_latency.py [--requests 10] [--spacing 0]
+    .venv/bin/python benchmarks/request_latency.py [--scenario burst|spaced|sequential|large]
+        [--requests 10] [--spacing 2] [--baseline]
 
-Starts `dagster-daemon` on a throwaway DAGSTER_HOME and Dagster database (beside the configured
-or embedded Postgres), inserts N requests for ~1,000 rows each (two days of ledger_postings),
+Starts the warm run-worker pool and the daemon (as `export-platform dev` does) on a throwaway
+DAGSTER_HOME and Dagster database (beside the configured or embedded Postgres), inserts requests
 and reports p50/p95 of created→COMPLETED with the phases: created→QUEUED (the sensor),
 QUEUED→RUNNING (queue and run-worker start), RUNNING→COMPLETED (the export itself).
+
+- burst: N requests of ~1,000 rows (two days of ledger_postings, csv) inserted at once;
+- spaced: the same, `--spacing` seconds apart;
+- sequential: one at a time, each inserted once the previous one has completed;
+- large: one 100,000-row csv request at a time (200 days of ledger_postings), N times.
+
+`--baseline` measures the platform as it was before warm workers: Dagster's own `dagster-daemon`
+entry point (sensor loop 5 s) and no pool, so every run is a new process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import date, timedelta
@@ -24,11 +36,21 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from export_platform.embedded_postgres import database_url
-from export_platform.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home, start_daemon, wait_for_daemon
+from export_platform.instance import (
+    DAGSTER_DATABASE_URL_ENV,
+    INSTANCE_YAML,
+    prepare_dagster_home,
+    start_daemon,
+    start_workers,
+    wait_for_daemon,
+    wait_for_workers,
+)
 from export_platform.resources.requests import RequestStore
 from export_platform.sample_data import seed
 
 BENCH_DAGSTER_DATABASE = "dagster_latency_bench"
+LEDGER_ROWS = 200_000  # 500 a day: two days are 1,000 rows, 200 days 100,000
+DONE = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -36,18 +58,59 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
+def _params(i: int, days: int) -> dict:
+    first = date(2023, 1, 3) + timedelta(days=days * i % 300)
+    return {"filters": {"from_posting_date": first.isoformat(), "to_posting_date": (first + timedelta(days=days - 1)).isoformat()}}
+
+
+def _insert(conn, params: dict, user: str) -> int:
+    return conn.execute(
+        "INSERT INTO export_requests (export_type, format, params, requested_by) VALUES ('ledger_postings', 'csv', %s, %s) RETURNING id",
+        (json.dumps(params), user),
+    ).fetchone()[0]
+
+
+def _rows(conn, ids: list[int]) -> list[tuple]:
+    return conn.execute(
+        "SELECT id, status, row_count, created_at, queued_at, started_at, finished_at, error FROM export_requests WHERE id = ANY(%s)",
+        (ids,),
+    ).fetchall()
+
+
+def _wait(conn, ids: list[int], timeout: float = 900) -> list[tuple]:
+    deadline = time.monotonic() + timeout
+    while (rows := _rows(conn, ids)) and not all(r[1] in DONE for r in rows):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"requests did not finish in {timeout} s")
+        time.sleep(0.1)
+    return rows
+
+
+def _scenario(conn, args) -> list[tuple]:
+    days = 200 if args.scenario == "large" else 2
+    if args.scenario in ("sequential", "large"):
+        # The large request is the same range each time (200 days from the first full one).
+        return [row for i in range(args.requests) for row in _wait(conn, [_insert(conn, _params(i if days == 2 else 0, days), "bench")])]
+    ids = []
+    for i in range(args.requests):
+        ids.append(_insert(conn, _params(i, days), f"bench{i % 5}"))
+        time.sleep(args.spacing if args.scenario == "spaced" else 0)
+    return _wait(conn, ids)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=("burst", "spaced", "sequential", "large"), default="burst")
     parser.add_argument("--requests", type=int, default=10)
-    parser.add_argument("--spacing", type=float, default=0.0, help="seconds between inserts (0: all at once)")
+    parser.add_argument("--spacing", type=float, default=2.0, help="seconds between inserts (scenario spaced)")
+    parser.add_argument("--baseline", action="store_true", help="Dagster's daemon entry point and no pool")
     args = parser.parse_args()
-
-    import os
 
     url = database_url()
     with psycopg.connect(url, autocommit=True) as conn:
-        if conn.execute("SELECT to_regclass('ledger_postings') IS NULL OR NOT EXISTS (SELECT FROM ledger_postings WHERE id = 20000)").fetchone()[0]:
-            seed(conn, 20_000, ("ledger_postings",))
+        present = conn.execute("SELECT to_regclass('ledger_postings') IS NOT NULL").fetchone()[0]
+        if not present or not conn.execute("SELECT EXISTS (SELECT FROM ledger_postings WHERE id = %s)", (LEDGER_ROWS,)).fetchone()[0]:
+            seed(conn, LEDGER_ROWS, ("ledger_postings",))
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
     RequestStore(url=url).migrate()
@@ -57,33 +120,28 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="export_platform_latency_"))
     env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", url), "EXPORT_PLATFORM_STORAGE_URL": str(tmp / "exports")}
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    daemon = start_daemon(env, tmp / "daemon.log")
+    children = []
     try:
+        if args.baseline:
+            with (tmp / "daemon.log").open("ab") as out:
+                daemon = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "export_platform.definitions"],
+                    env=env, cwd=INSTANCE_YAML.parent, stdout=out, stderr=subprocess.STDOUT,
+                )
+        else:
+            children.append(workers := start_workers(env, tmp / "workers.log"))
+            wait_for_workers(instance, workers, instance.run_launcher.workers)
+            daemon = start_daemon(env, tmp / "daemon.log")
+        children.append(daemon)
         wait_for_daemon(instance, daemon)
         time.sleep(5)  # let the first sensor ticks (which set up cursors) pass, as in a running deployment
-        ids = []
         with psycopg.connect(url, autocommit=True) as conn:
-            for i in range(args.requests):
-                day = date(2023, 1, 3) + timedelta(days=2 * i)
-                params = {"filters": {"from_posting_date": day.isoformat(), "to_posting_date": (day + timedelta(days=1)).isoformat()}}
-                ids.append(conn.execute(
-                    "INSERT INTO export_requests (export_type, format, params, requested_by) "
-                    "VALUES ('ledger_postings', 'csv', %s, %s) RETURNING id",
-                    (json.dumps(params), f"bench{i % 5}"),
-                ).fetchone()[0])
-                time.sleep(args.spacing)
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                rows = conn.execute(
-                    "SELECT id, status, row_count, created_at, queued_at, started_at, finished_at, error "
-                    "FROM export_requests WHERE id = ANY(%s)", (ids,)
-                ).fetchall()
-                if all(r[1] in ("COMPLETED", "FAILED", "CANCELLED") for r in rows):
-                    break
-                time.sleep(0.2)
+            rows = _scenario(conn, args)
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=60)
     failed = [r for r in rows if r[1] != "COMPLETED"]
     if failed:
         raise SystemExit(f"requests did not complete: {failed}")
@@ -93,7 +151,8 @@ def main() -> None:
         "QUEUED→RUNNING": [(r[5] - r[4]).total_seconds() for r in rows],
         "RUNNING→COMPLETED": [(r[6] - r[5]).total_seconds() for r in rows],
     }
-    print(f"{len(rows)} requests, {statistics.mean(r[2] for r in rows):,.0f} rows each on average")
+    mode = "baseline (no pool, 5 s sensor loop)" if args.baseline else "warm pool"
+    print(f"{args.scenario}, {mode}: {len(rows)} requests, {statistics.mean(r[2] for r in rows):,.0f} rows each on average")
     print(f"{'phase':<20}{'p50 s':>8}{'p95 s':>8}{'max s':>8}")
     for name, values in phases.items():
         print(f"{name:<20}{percentile(values, 50):>8.1f}{percentile(values, 95):>8.1f}{max(values):>8.1f}")

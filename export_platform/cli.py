@@ -396,6 +396,17 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(args.host, args.port, args.log_level, args.serve)
 
 
+def _cmd_workers(args: argparse.Namespace) -> int:
+    import os
+
+    from .instance import prepare_dagster_home
+    from .workers.supervisor import serve
+
+    os.environ.update(prepare_dagster_home())
+    serve(args.count, args.max_runs)
+    return 0
+
+
 def _export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("type", help=f"the export type: {', '.join(REGISTRY.names())}")
     formats = ", ".join(f.value for f in ExportFormat)
@@ -528,7 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     command("health", "check the database, the daemon, the request sensor and the queue",
             "Exits 1 when something is wrong.").set_defaults(handler=_cmd_health)
 
-    dev = command("dev", "start the Dagster UI and daemon on this project's instance; Ctrl-C stops them",
+    workers = command("workers", "run the warm run-worker pool on its own (a deployment unit)",
+                      "Keeps N long-lived workers, each with Dagster and the code location imported, taking runs "
+                      "from the launch queue in Dagster's Postgres. See docs/deploy.md.")
+    workers.add_argument("--count", type=int, metavar="N",
+                         help="workers to keep alive (default: dagster.yaml's run_launcher workers)")
+    workers.add_argument("--max-runs", type=int, metavar="K",
+                         help="replace each worker after this many runs (default: dagster.yaml's)")
+    workers.set_defaults(handler=_cmd_workers)
+
+    dev = command("dev", "start the Dagster UI, the daemon and the warm run workers on this project's instance; Ctrl-C stops them",
                   "Prints the UI's address once it answers. The daemon's request sensor launches a run for each "
                   "new export_requests row. The database keeps running: `export-platform db stop`.")
     dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")

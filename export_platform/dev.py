@@ -1,10 +1,11 @@
-"""`export-platform dev`: Dagster's own `dagster dev` (webserver, daemon and one code server they
-share) on this project's instance.
+"""`export-platform dev`: the warm run-worker pool, the daemon and the webserver on this project's
+instance, as children of this command, which prints the UI's address once it answers and stops
+them all on Ctrl-C or SIGTERM.
 
-It runs as a child of this command, which prints the UI's address once it answers, keeps the
-terminal for warnings and errors (Dagster's INFO lines, such as a skipped sensor tick every 2 s,
-are left out unless `--log-level info`), and stops it on Ctrl-C or SIGTERM; `dagster dev` shuts its
-own processes down. Another long-running service is one more `Services.start` call.
+Not `dagster dev`: it starts Dagster's own daemon entry point, whose sensor loop sleeps 5 s
+(export_platform/daemon.py shortens it), and no run workers. The terminal keeps the webserver's
+warnings and errors (Dagster's INFO lines are left out unless `--log-level info`); the daemon and
+the pool log to files in DAGSTER_HOME. Another long-running service is one more `Services.start`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ class Services:
         self.env = env
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
-        self.processes[name] = subprocess.Popen(argv, env=self.env, cwd=cwd)
+    def start(self, name: str, argv: list[str], cwd: Path | None = None, log: Path | None = None) -> None:
+        """Start `argv`; its output goes to the terminal, or appended to `log`."""
+        if log is None:
+            self.processes[name] = subprocess.Popen(argv, env=self.env, cwd=cwd)
+            return
+        with log.open("ab") as out:
+            self.processes[name] = subprocess.Popen(argv, env=self.env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
     def exited(self) -> tuple[str, int] | None:
         """The first service that has ended, with its exit code."""
@@ -49,8 +55,7 @@ class Services:
         return None
 
     def stop(self) -> None:
-        """SIGTERM to each (`dagster dev` then stops its webserver, daemon and code server), then
-        SIGKILL to what is left."""
+        """SIGTERM to each (each then stops its own code server), then SIGKILL to what is left."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
@@ -106,14 +111,19 @@ def run_dev(host: str, port: int, log_level: str, serve_port: int | None = None)
                 sys.executable, "-m", "export_platform.cli", "serve", "--host", host, "--port", str(serve_port),
                 "--exit-with-parent", str(os.getpid()),
             ])
-        # The Python this command runs on, so no venv needs to be on PATH; `-W` hides only `dagster
-        # dev`'s own notice that `dg dev` supersedes it. In DAGSTER_HOME, since `dagster dev` warns
-        # that a dagster.yaml in its working folder (the project's) "will not be used".
-        services.start("dagster dev", [
-            sys.executable, "-W", "ignore::FutureWarning", "-m", "dagster", "dev", "-m", CODE_LOCATION,
-            "-h", host, "-p", str(port), "--log-level", log_level, "--code-server-log-level", log_level,
-        ], cwd=Path(env["DAGSTER_HOME"]))
-        print(f"starting the Dagster webserver and daemon (DAGSTER_HOME={env['DAGSTER_HOME']}) ...", flush=True)
+        # The Python this command runs on, so no venv needs to be on PATH; in DAGSTER_HOME, since
+        # Dagster warns that a dagster.yaml in its working folder (the project's) "will not be used".
+        home = Path(env["DAGSTER_HOME"])
+        services.start("workers", [sys.executable, "-m", "export_platform.workers"], cwd=home, log=home / "workers.log")
+        services.start("dagster-daemon", [
+            sys.executable, "-m", "export_platform.daemon", "run", "-m", CODE_LOCATION, "--log-level", log_level,
+        ], cwd=home, log=home / "daemon.log")
+        services.start("dagster-webserver", [
+            sys.executable, "-m", "dagster_webserver", "-m", CODE_LOCATION, "-h", host, "-p", str(port),
+            "--dagster-log-level", log_level, "--code-server-log-level", log_level,
+        ], cwd=home)
+        print(f"starting the Dagster webserver, daemon and run workers (DAGSTER_HOME={home}; their logs: "
+              f"{home / 'daemon.log'}, {home / 'workers.log'}) ...", flush=True)
         while not _answers(url):
             if ended := services.exited():
                 print(f"error: `{ended[0]}` exited with code {ended[1]} before the UI answered", file=sys.stderr)
@@ -130,5 +140,5 @@ def run_dev(host: str, port: int, log_level: str, serve_port: int | None = None)
         for s in STOP_SIGNALS:  # a second Ctrl-C must not leave the services orphaned halfway
             signal.signal(s, signal.SIG_IGN)
         services.stop()
-        print("stopped the webserver and the daemon; the database keeps running (export-platform db stop)",
+        print("stopped the webserver, the daemon and the run workers; the database keeps running (export-platform db stop)",
               flush=True)

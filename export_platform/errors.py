@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dagster._utils.error import SerializableErrorInfo
-
-_WRAPPER_PREFIX = "dagster._core.errors.DagsterExecutionStepExecutionError"
+from .dagster_compat import FAILURE_ERROR, STEP_ERROR_WRAPPER, SerializableErrorInfo
 
 
 def root_message(error: SerializableErrorInfo) -> str:
     """The innermost cause, without Dagster's "error occurred while executing op" wrapper."""
-    while error.message.startswith(_WRAPPER_PREFIX) and error.cause is not None:
+    while error.message.startswith(STEP_ERROR_WRAPPER) and error.cause is not None:
         error = error.cause
-    return error.message.strip().removeprefix("dagster._core.definitions.events.Failure: ")
+    return error.message.strip().removeprefix(f"{FAILURE_ERROR}: ")

@@ -6,7 +6,7 @@ import os
 import time
 
 import dagster as dg
-from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
+from .dagster_compat import InstigatorStatus, InstigatorType, TickStatus
 
 from . import requests_table as rt
 from .instance import prepare_dagster_home

@@ -53,16 +53,42 @@ def prepare_dagster_home(home: Path | None = None, app_url: str | None = None) -
 
 
 def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`dagster-daemon run` for this code location, as a child process logging to `log`."""
-    daemon = Path(sys.executable).with_name("dagster-daemon")
+    """`dagster-daemon run` for this code location (with its sensor loop shortened, see
+    export_platform/daemon.py), as a child process logging to `log`."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [str(daemon), "run", "-m", "export_platform.definitions"],
+            [sys.executable, "-m", "export_platform.daemon", "run", "-m", "export_platform.definitions"],
             env=env,
             cwd=INSTANCE_YAML.parent,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def start_workers(env: dict[str, str], log: Path, count: int | None = None, max_runs: int | None = None) -> subprocess.Popen:
+    """The warm run-worker pool (`export-platform workers`) as a child process logging to `log`."""
+    options = [*(["--count", str(count)] if count else []), *(["--max-runs", str(max_runs)] if max_runs else [])]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "export_platform.workers", *options],
+            env=env,
+            cwd=INSTANCE_YAML.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_workers(instance, process: subprocess.Popen, count: int, timeout: float = 120) -> None:
+    """Poll until `count` workers have a fresh heartbeat."""
+    deadline = time.monotonic() + timeout
+    launcher = instance.run_launcher
+    launcher.queue.migrate()
+    while launcher.queue.fresh_workers(launcher.heartbeat_timeout_seconds) < count:
+        if process.poll() is not None:
+            raise RuntimeError(f"the run-worker pool exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {count} run workers started")
+        time.sleep(0.2)
 
 
 def wait_for_daemon(instance, process: subprocess.Popen, timeout: float = 120) -> None:

@@ -12,10 +12,12 @@ from .ops.chunked import combine_chunks, discard_chunk_parts, extract_chunk, spl
 from .ops.export import build_plan_op, extract_export, plan_op_name, publish_export
 from .planning import ExportPlan
 from .registry import ExportType
+from .workers.launcher import ISOLATED_TAG
 
 
 def _tags(export_type: ExportType) -> dict[str, str]:
-    return {"export_type": export_type.name, "dagster/max_runtime": str(export_type.max_runtime_seconds)}
+    tags = {"export_type": export_type.name, "dagster/max_runtime": str(export_type.max_runtime_seconds)}
+    return tags | ({ISOLATED_TAG: "true"} if export_type.isolated else {})
 
 
 def build_export_job(export_type: ExportType, plan_op: dg.OpDefinition | None = None) -> dg.JobDefinition:

@@ -8,6 +8,7 @@ names the field so that a person can fix the request.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -282,18 +283,22 @@ def _one_character(field: str, value: str) -> None:
         raise RequestError(field, f"must be exactly one character (ASCII), other than a line break, got {shown(value)}")
 
 
-def _strftime(field: str, pattern: str | None, sample: pl.Series) -> None:
+def _strftime(field: str, pattern: str | None, kind: str) -> None:
     if pattern is None:
         return
     _text(field, pattern)
     try:
-        sample.dt.to_string(pattern)
+        _sample(kind).dt.to_string(pattern)
     except pl.exceptions.PolarsError:
         raise RequestError(field, f"not a valid strftime format: {pattern!r}") from None
 
 
-_SAMPLE_DATE = pl.Series([dt.date(2024, 1, 31)])
-_SAMPLE_TIMESTAMP = pl.Series([dt.datetime(2024, 1, 31, 9, 30, tzinfo=dt.timezone.utc)])
+# Built on first use: nothing runs Polars at import (it would slow every process's start).
+@functools.cache
+def _sample(kind: str) -> pl.Series:
+    if kind == "date":
+        return pl.Series([dt.date(2024, 1, 31)])
+    return pl.Series([dt.datetime(2024, 1, 31, 9, 30, tzinfo=dt.timezone.utc)])
 
 
 def check_csv_options(options: CsvOptions) -> CsvOptions:
@@ -304,8 +309,8 @@ def check_csv_options(options: CsvOptions) -> CsvOptions:
     _text("csv.null_value", options.null_value)
     if any(c in options.null_value for c in (options.delimiter, options.quote_char, "\r", "\n")):
         raise RequestError("csv.null_value", "must not contain the delimiter, the quote character or a line break")
-    _strftime("csv.date_format", options.date_format, _SAMPLE_DATE)
-    _strftime("csv.timestamp_format", options.timestamp_format, _SAMPLE_TIMESTAMP)
+    _strftime("csv.date_format", options.date_format, "date")
+    _strftime("csv.timestamp_format", options.timestamp_format, "timestamp")
     return options
 
 
@@ -323,7 +328,7 @@ def _check_labels(labels: dict[str, str], columns: tuple[str, ...]) -> None:
 
 def _check_time_zone(name: str) -> None:
     try:
-        _SAMPLE_TIMESTAMP.dt.convert_time_zone(_text("time_zone", name))
+        _sample("timestamp").dt.convert_time_zone(_text("time_zone", name))
     except pl.exceptions.PolarsError:
         raise RequestError("time_zone", f"unknown time zone {shown(name)}; use an IANA name such as Europe/Paris") from None
 

@@ -59,6 +59,9 @@ class ExportType:
     default_columns: tuple[str, ...] = field(default=())
     # Run monitoring ends a run that takes longer (a hung export); its request ends FAILED.
     max_runtime_seconds: int = 3600
+    # Run each export in a process of its own instead of a warm run worker (docs/deploy.md): for
+    # types whose exports are huge, or that need a pod per run (K8sRunLauncher).
+    isolated: bool = False
     # An integer, NOT NULL column that leads `order_by`: chunked exports split its range so that
     # the chunks, concatenated in key order, are the file's row order. None: never chunked.
     chunk_key: str | None = None

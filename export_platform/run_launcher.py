@@ -15,11 +15,10 @@ import socket
 
 import psutil
 from dagster import DagsterEventType, DagsterInstance, DefaultRunLauncher
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-from dagster._core.storage.dagster_run import DagsterRun
-from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster import DagsterRun
 
-_WORKER_STARTED = "Started process for run"
+from .dagster_compat import GRPC_INFO_TAG, WORKER_STARTED_MESSAGE, CheckRunHealthResult, WorkerStatus
+
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 # The pid is logged just after the process starts; a process created later than this after the
 # log entry is another process that reused the pid.
@@ -35,11 +34,15 @@ def run_worker(instance: DagsterInstance, run_id: str) -> tuple[int, float] | No
     """The run worker's pid and the time it logged it, from the run's engine events."""
     for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
         event = record.dagster_event
-        if event and event.message and event.message.startswith(_WORKER_STARTED):
+        if event and event.message and event.message.startswith(WORKER_STARTED_MESSAGE):
             pid = event.engine_event_data.metadata.get("pid")
             if pid is not None:
                 return int(pid.value), record.timestamp
     return None
+
+
+def worker_gone(pid) -> str:
+    return f"the run worker process (pid {pid}) is gone: killed (e.g. out of memory) or its host restarted"
 
 
 class LocalWorkerRunLauncher(DefaultRunLauncher):
@@ -66,6 +69,4 @@ class LocalWorkerRunLauncher(DefaultRunLauncher):
             alive = False
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
-        return CheckRunHealthResult(
-            WorkerStatus.FAILED, f"the run worker process (pid {pid}) is gone: killed (e.g. out of memory) or its host restarted", run_worker_id=str(pid)
-        )
+        return CheckRunHealthResult(WorkerStatus.FAILED, worker_gone(pid), run_worker_id=str(pid))

@@ -40,6 +40,13 @@ def storage_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def app(stack):
+    """The app database of the module's daemon stack (a module using this defines `stack`)."""
+    with psycopg.connect(stack.app_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
 def db(database_url: str):
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")

@@ -19,12 +19,20 @@ from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
 from export_platform.embedded_postgres import ensure_database
-from export_platform.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home, start_daemon, wait_for_daemon
+from export_platform.instance import (
+    DAGSTER_DATABASE_URL_ENV,
+    prepare_dagster_home,
+    start_daemon,
+    start_workers,
+    wait_for_daemon,
+    wait_for_workers,
+)
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.sample_data import seed
 
 TIMEOUT = 180
+WORKERS = 4  # as dagster.yaml: one per run the queue lets through at once
 
 
 def fresh_database(url: str, name: str) -> str:
@@ -42,6 +50,7 @@ class Stack:
     exports: Path
     tmp: Path
     daemon: subprocess.Popen | None = None
+    workers: subprocess.Popen | None = None
 
     def start_daemon(self) -> None:
         self.daemon = start_daemon(self.env, self.tmp / "daemon.log")
@@ -52,6 +61,17 @@ class Stack:
             self.daemon.terminate()
             self.daemon.wait(timeout=60)
         self.daemon = None
+
+    def start_workers(self, count: int = WORKERS, max_runs: int | None = None) -> None:
+        self.workers = start_workers(self.env, self.tmp / "workers.log", count, max_runs)
+        wait_for_workers(self.instance, self.workers, count)
+
+    def stop_workers(self) -> None:
+        """Stops the pool; its workers finish their runs first."""
+        if self.workers is not None and self.workers.poll() is None:
+            self.workers.terminate()
+            self.workers.wait(timeout=60)
+        self.workers = None
 
 
 @contextmanager
@@ -70,10 +90,12 @@ def daemon_stack(
     env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", app_url), STORAGE_URL_ENV: str(tmp / "exports")}
     stack = Stack(env, dg.DagsterInstance.from_config(env["DAGSTER_HOME"]), app_url, tmp / "exports", tmp)
     try:
+        stack.start_workers()
         stack.start_daemon()
         yield stack
     finally:
         stack.stop_daemon()
+        stack.stop_workers()
         stack.instance.dispose()
         del os.environ[DAGSTER_DATABASE_URL_ENV]
 

@@ -7,7 +7,7 @@ every export forever.
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
-from dagster._core.storage.dagster_run import FINISHED_STATUSES
+from ..dagster_compat import FINISHED_STATUSES
 from pydantic import Field
 
 from .. import requests_table as rt

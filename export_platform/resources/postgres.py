@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import adbc_driver_postgresql.dbapi as adbc
 import dagster as dg
 import psycopg
 import pyarrow as pa
@@ -27,6 +27,9 @@ from .. import sql
 from ..chunks import KeyRange, split_range
 from ..embedded_postgres import database_url
 from ..planning import ExportPlan
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 
 class StreamClosed(RuntimeError):
@@ -179,6 +182,10 @@ class PostgresResource(dg.ConfigurableResource):
 
         `session_name` becomes the connection's application_name, by which a cancel finds the query.
         """
+        # Imported by the run that streams, not by every process that loads the code location:
+        # ADBC's DB-API pulls in pyarrow.dataset (~0.6 s).
+        import adbc_driver_postgresql.dbapi as adbc
+
         with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
             cursor.adbc_statement.set_options(
                 **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}

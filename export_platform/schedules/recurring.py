@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 import yaml
-from dagster._utils.schedules import is_valid_cron_string
+from ..dagster_compat import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..jobs import run_config_for

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .. import requests_table as rt
+from ..dagster_compat import INTERRUPTED_ERROR, START_TIMEOUT_REASON, WORKER_CRASH_MESSAGE, WORKER_EXITED_CLEANLY
 from ..errors import root_message
 from ..ops.export import session_name
 from ..resources.postgres import PostgresResource
@@ -20,7 +21,7 @@ INTERVAL_SECONDS = 2
 
 # When a run worker dies, the code server that started it logs why (e.g. "[DagsterApiServer] Run
 # execution process for … was terminated by signal 9 (SIGKILL)…") and fails the run without a message.
-_WORKER_CRASH = "Run execution process for"
+_WORKER_CRASH = WORKER_CRASH_MESSAGE
 _WHY = {
     dg.DagsterEventType.STEP_FAILURE,
     dg.DagsterEventType.ENGINE_EVENT,
@@ -29,10 +30,10 @@ _WHY = {
 }
 # A step stopped from outside (e.g. by run monitoring at the maximum runtime) fails with this; the
 # reason it was stopped is the run's, not the step's.
-_INTERRUPTED = "dagster._core.errors.DagsterExecutionInterruptedError"
+_INTERRUPTED = INTERRUPTED_ERROR
 # A worker that exits with 0 yet never reported the run's end could not write to Dagster's
 # database: with Postgres down, the export's connection and the run's event log go together.
-_EXITED_CLEANLY = "unexpectedly exited with code 0."
+_EXITED_CLEANLY = WORKER_EXITED_CLEANLY
 LOST_DATABASE = (
     "the run lost its database: Postgres (the export source and Dagster's run storage) was unreachable, so "
     "the run could not finish or record its result; nothing was published. Request the export again once "
@@ -40,7 +41,7 @@ LOST_DATABASE = (
 )
 # Run monitoring's reason for a run that was launched but never started (its worker never came up,
 # e.g. the daemon or the machine restarted meanwhile).
-_START_TIMEOUT = "START_TIMEOUT"
+_START_TIMEOUT = START_TIMEOUT_REASON
 NEVER_STARTED = (
     "the platform restarted before the export began: its run never started, nothing was read or written. "
     "Request the export again."

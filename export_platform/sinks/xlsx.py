@@ -11,17 +11,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import xlsxwriter
-from xlsxwriter.format import Format
-from xlsxwriter.worksheet import Worksheet
 
 from ..formats import XLSX_ROWS_PER_SHEET
 from ..planning import ExportPlan
 from .arrow_source import Pacer, paced_batches
 from .columns import ISO_DATE, ISO_TIMESTAMP, in_time_zone, neutralise_formulas
+
+if TYPE_CHECKING:  # xlsxwriter is imported by the xlsx export that needs it, not by every run
+    import xlsxwriter
+    from xlsxwriter.format import Format
+    from xlsxwriter.worksheet import Worksheet
 
 EXCEL_DIGITS = 15  # significant digits a double holds exactly
 _LARGEST_EXACT = 10**EXCEL_DIGITS
@@ -190,6 +192,8 @@ def write_xlsx(
     columns = [_column(name, dtype, plan.label(name)) for name, dtype in schema.items()]
     text = [name for name, dtype in schema.items() if dtype == pl.String]
     # tmpdir: constant_memory spools each sheet to a temp file; keep it beside the export, not in /tmp.
+    import xlsxwriter
+
     workbook = xlsxwriter.Workbook(
         str(path), {"constant_memory": True, "tmpdir": str(path.parent), "nan_inf_to_errors": True}
     )

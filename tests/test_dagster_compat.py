@@ -1,0 +1,76 @@
+"""Dagster's private API that the project relies on (export_platform/dagster_compat.py).
+
+Fast, no database. On a Dagster upgrade that moves or reshapes any of it, this fails here, by
+name, before a run worker or the daemon does."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import yaml
+
+from export_platform import dagster_compat as compat
+from export_platform.instance import INSTANCE_YAML
+
+PACKAGE = Path(compat.__file__).parent
+
+
+def test_every_name_resolves():
+    for name in compat.__all__:
+        assert getattr(compat, name) is not None, name
+
+
+def test_the_run_execution_body_keeps_its_signature_and_pid_log():
+    body = compat.execute_run_body()
+    assert list(inspect.signature(body).parameters) == ["run_id", "instance", "write_stream_fn", "set_exit_code_on_failure"]
+    assert f'f"{compat.WORKER_STARTED_MESSAGE} (pid: {{pid}}).' in inspect.getsource(body)
+    assert "capture_interrupts()" in inspect.getsource(importlib.import_module("dagster._cli.api"))
+
+
+def test_the_sensor_daemon_loop_sleeps_the_patched_constant():
+    sensor = compat.sensor_daemon()
+    assert sensor.MIN_INTERVAL_LOOP_TIME == 5  # Dagster's value; export_platform.daemon lowers it
+    assert "MIN_INTERVAL_LOOP_TIME - loop_duration" in inspect.getsource(sensor.execute_sensor_iteration_loop)
+    assert callable(compat.daemon_main())
+
+
+def test_health_check_types_have_the_fields_the_launchers_use():
+    result = compat.CheckRunHealthResult(compat.WorkerStatus.FAILED, "gone", run_worker_id="1")
+    assert (result.status, result.msg, result.run_worker_id) == (compat.WorkerStatus.FAILED, "gone", "1")
+    assert {"RUNNING", "FAILED", "SUCCESS"} <= set(compat.WorkerStatus.__members__)
+
+
+def test_the_log_text_read_back_is_what_dagster_writes():
+    for qualified in (compat.STEP_ERROR_WRAPPER, compat.FAILURE_ERROR, compat.INTERRUPTED_ERROR):
+        module, name = qualified.rsplit(".", 1)
+        assert isinstance(getattr(importlib.import_module(module), name), type), qualified
+    server = inspect.getsource(importlib.import_module("dagster._grpc.server"))
+    assert f'prefix=f"{compat.WORKER_CRASH_MESSAGE} {{run.run_id}}"' in server
+
+
+def test_the_failure_causes_read_back_are_what_dagster_reports():
+    from dagster._core.events import RunFailureReason
+    from dagster._utils import get_run_crash_explanation
+
+    assert get_run_crash_explanation("Run execution process for r", 0).endswith(compat.WORKER_EXITED_CLEANLY)
+    assert RunFailureReason(compat.START_TIMEOUT_REASON) is RunFailureReason.START_TIMEOUT
+
+
+def test_no_other_module_imports_dagster_private_api():
+    private = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "dagster_compat.py" and (private.search(path.read_text()) or '"dagster._' in path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_the_instance_yaml_names_importable_classes():
+    config = yaml.safe_load(INSTANCE_YAML.read_text())
+    for section in ("run_coordinator", "run_launcher"):
+        module, name = config[section]["module"], config[section]["class"]
+        assert isinstance(getattr(importlib.import_module(module), name), type), section
