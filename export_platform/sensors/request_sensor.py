@@ -30,6 +30,8 @@ QUIET_SECONDS = 30
 REQUEUE_AFTER = timedelta(minutes=2)
 # ...at most this many times in all; then the row fails instead of waiting forever.
 MAX_OFFERS = 3
+# A run still NOT_STARTED this long after it was created was never submitted to the queue.
+NEVER_LAUNCHED_AFTER = timedelta(minutes=1)
 _NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
 _IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
 
@@ -76,10 +78,16 @@ def _reconcile(context, requests: RequestStore, request_id: int, run: dg.Dagster
     failure sensor was watching, or while the code server was down): the run's status decides."""
     if run.status is dg.DagsterRunStatus.FAILURE:
         requests.run(rt.mark_failed(request_id, failure_message(context.instance, run.run_id)))
-    elif run.status is dg.DagsterRunStatus.NOT_STARTED:  # created, but its launch failed
+    elif run.status is dg.DagsterRunStatus.NOT_STARTED and _age(context.instance, run) > NEVER_LAUNCHED_AFTER:
+        # Created, but its launch failed (a run is NOT_STARTED for a moment before it is submitted).
         requests.run(rt.mark_failed(request_id, f"run {run.run_id} was created but never launched"))
     elif run.status is dg.DagsterRunStatus.CANCELED:
         requests.run(rt.mark_cancelled(request_id))
+
+
+def _age(instance: dg.DagsterInstance, run: dg.DagsterRun) -> timedelta:
+    record = instance.get_run_record_by_id(run.run_id)
+    return datetime.now(timezone.utc) - record.create_timestamp if record else timedelta(0)
 
 
 def _attend_row(context, requests: RequestStore, postgres: PostgresResource, row, now: datetime) -> None:
@@ -144,7 +152,9 @@ def build_request_sensor(jobs: list[dg.JobDefinition]) -> dg.SensorDefinition:
     @dg.sensor(
         name="export_request_sensor",
         jobs=jobs,
-        minimum_interval_seconds=2,
+        # With the daemon's sensor loop at 0.5 s (export_platform/daemon.py), a new row is QUEUED
+        # within about a second; each tick reads a bounded batch.
+        minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Launches a run for each PENDING row of export_requests and handles CANCEL_REQUESTED.",
     )
