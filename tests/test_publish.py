@@ -44,6 +44,23 @@ def cancel_when_streaming(url: str, request_id: int, monkeypatch) -> threading.T
     return thread
 
 
+def resources_for(database_url: str, root) -> dict:
+    return {
+        "postgres": PostgresResource(url=database_url),
+        "storage": LocalStorage(root=str(root)),
+        "requests": RequestStore(url=database_url),
+    }
+
+
+def export_in_background(database_url: str, root, request_id: int) -> tuple[dict, threading.Thread]:
+    """The request's export on a thread; its result lands in the returned dict."""
+    outcome: dict = {}
+    resources, tags = resources_for(database_url, root), {REQUEST_ID_TAG: str(request_id)}
+    runner = threading.Thread(target=lambda: outcome.update(result=run_job("ledger_postings", {"format": "csv"}, resources, tags=tags)))
+    runner.start()
+    return outcome, runner
+
+
 @pytest.fixture
 def slow_to_publish(monkeypatch):
     """Holds publishing until the test releases it: a cancel arriving late in the export."""
@@ -62,11 +79,9 @@ def slow_to_publish(monkeypatch):
 
 
 def test_a_cancel_during_the_export_wins_and_nothing_is_published(db, database_url, tmp_path, monkeypatch):
-    storage = LocalStorage(root=str(tmp_path))
-    resources = {"postgres": PostgresResource(url=database_url), "storage": storage, "requests": RequestStore(url=database_url)}
     request_id = insert(db, "ledger_postings")
     canceller = cancel_when_streaming(database_url, request_id, monkeypatch)
-    result = run_job("ledger_postings", {"format": "csv"}, resources, tags={REQUEST_ID_TAG: str(request_id)})
+    result = run_job("ledger_postings", {"format": "csv"}, resources_for(database_url, tmp_path), tags={REQUEST_ID_TAG: str(request_id)})
     canceller.join(30)
     final = row(db, request_id)
     assert not result.success
@@ -77,14 +92,8 @@ def test_a_cancel_during_the_export_wins_and_nothing_is_published(db, database_u
 
 def test_the_export_that_got_there_first_wins_with_every_detail(db, database_url, tmp_path, slow_to_publish):
     reached, release = slow_to_publish
-    storage = LocalStorage(root=str(tmp_path))
-    resources = {"postgres": PostgresResource(url=database_url), "storage": storage, "requests": RequestStore(url=database_url)}
     request_id = insert(db, "ledger_postings")
-    outcome = {}
-    runner = threading.Thread(
-        target=lambda: outcome.update(result=run_job("ledger_postings", {"format": "csv"}, resources, tags={REQUEST_ID_TAG: str(request_id)}))
-    )
-    runner.start()
+    outcome, runner = export_in_background(database_url, tmp_path, request_id)
     assert reached.wait(60)
     release.set()
     runner.join(60)
@@ -98,14 +107,8 @@ def test_the_export_that_got_there_first_wins_with_every_detail(db, database_url
 
 def test_a_cancel_while_the_file_is_being_published_wins_and_removes_it(db, database_url, tmp_path, slow_to_publish):
     reached, release = slow_to_publish
-    storage = LocalStorage(root=str(tmp_path))
-    resources = {"postgres": PostgresResource(url=database_url), "storage": storage, "requests": RequestStore(url=database_url)}
     request_id = insert(db, "ledger_postings")
-    outcome = {}
-    runner = threading.Thread(
-        target=lambda: outcome.update(result=run_job("ledger_postings", {"format": "csv"}, resources, tags={REQUEST_ID_TAG: str(request_id)}))
-    )
-    runner.start()
+    outcome, runner = export_in_background(database_url, tmp_path, request_id)
     assert reached.wait(60)
     db.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
     release.set()

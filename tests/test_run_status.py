@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import pytest
 from dagster._core.events import JobFailureData, RunFailureReason
 
 from export_platform.jobs import EXPORT_JOBS
 from export_platform.sensors.run_status import LOST_DATABASE, NEVER_STARTED, failure_message
+from test_request_sensor import instance  # noqa: F401  (fixture: a test instance)
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def run(instance):
+def run(instance):  # noqa: F811
     return instance.create_run_for_job(EXPORT_JOBS[0], run_config={})
 
 

@@ -32,6 +32,14 @@ if TYPE_CHECKING:
     import adbc_driver_postgresql.dbapi as adbc
 
 
+def _dbapi():
+    """ADBC's DB-API, imported by the run that streams, not by every process that loads the code
+    location: it pulls in pyarrow.dataset (~0.6 s)."""
+    import adbc_driver_postgresql.dbapi
+
+    return adbc_driver_postgresql.dbapi
+
+
 class StreamClosed(RuntimeError):
     """A batch was asked for after the export's transaction ended."""
 
@@ -60,7 +68,7 @@ def _ended(cursor: adbc.Cursor) -> bool:
     try:
         cursor.execute("ROLLBACK")  # read-only: nothing to commit
         return True
-    except (adbc.Error, OSError):
+    except (_dbapi().Error, OSError):
         return False
 
 
@@ -169,7 +177,7 @@ class PostgresResource(dg.ConfigurableResource):
 
     def check_incremental(self) -> None:
         """Raise IncrementalRefused now, before any work, where an incremental bound cannot be fixed."""
-        with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
+        with _dbapi().connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
             self.incremental_bound(cursor)
 
     @contextmanager
@@ -182,11 +190,7 @@ class PostgresResource(dg.ConfigurableResource):
 
         `session_name` becomes the connection's application_name, by which a cancel finds the query.
         """
-        # Imported by the run that streams, not by every process that loads the code location:
-        # ADBC's DB-API pulls in pyarrow.dataset (~0.6 s).
-        import adbc_driver_postgresql.dbapi as adbc
-
-        with adbc.connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
+        with _dbapi().connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
             cursor.adbc_statement.set_options(
                 **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
             )
@@ -213,7 +217,7 @@ class PostgresResource(dg.ConfigurableResource):
     def _import_snapshot(cursor: adbc.Cursor, snapshot_id: str) -> None:
         try:
             cursor.execute(sql.import_snapshot(snapshot_id))
-        except adbc.Error as error:
+        except _dbapi().Error as error:
             if getattr(error, "sqlstate", None) == _INVALID_PARAMETER_VALUE:
                 raise ConnectionLost(f"the connection that exported the snapshot is gone: {error}") from error
             raise
