@@ -37,8 +37,15 @@ def stack(database_url, tmp_path_factory):
 
 
 def worker_pids(stack) -> set[int]:
+    """The pool's live workers: registered, heartbeat fresh, process alive (a worker that died
+    between runs leaves its row behind until it goes stale)."""
+    fresh = stack.instance.run_launcher.heartbeat_timeout_seconds
     with stack.instance.run_launcher.queue.connect() as conn:
-        return {pid for (pid,) in conn.execute("SELECT pid FROM export_platform_run_workers")}
+        rows = conn.execute(
+            "SELECT pid FROM export_platform_run_workers WHERE heartbeat_at > clock_timestamp() - make_interval(secs => %s)",
+            (fresh,),
+        )
+        return {pid for (pid,) in rows if psutil.pid_exists(pid)}
 
 
 def pid_of(stack, run_id) -> int:
