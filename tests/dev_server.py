@@ -75,7 +75,8 @@ class Dev:
 
 @contextlib.contextmanager
 def running_dev(env: dict[str, str], tmp: Path) -> Iterator[Dev]:
-    """Start `dev` and wait for the UI's answer; whatever happens, end every process it started."""
+    """Start `dev` and wait until the UI answers and dev has printed its address; whatever happens,
+    end every process it started."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     out, err = tmp / "dev.out", tmp / "dev.err"
@@ -85,7 +86,8 @@ def running_dev(env: dict[str, str], tmp: Path) -> Iterator[Dev]:
                                    stdout=stdout, stderr=stderr, start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
-        while get(f"{url}/server_info") is None:
+        # Ready when dev itself says so: the UI answers before dev's own check prints the address.
+        while get(f"{url}/server_info") is None or "Dagster UI:" not in out.read_text():
             assert process.poll() is None, err.read_text()
             assert time.monotonic() < deadline, "the UI never answered"
             time.sleep(0.5)
