@@ -31,10 +31,10 @@ from pathlib import Path
 
 import psycopg
 
-from export_platform.embedded_postgres import database_url
-from export_platform.planning import plan_export
-from export_platform.sample_data import seed
-from export_platform.sql import select_statement
+from export_platform.tooling.embedded_postgres import database_url
+from export_platform.planning.plan import plan_export
+from export_platform.tooling.sample_data import seed
+from export_platform.planning.sql import select_statement
 
 COPY_SCRIPT = """
 import sys, psycopg
@@ -111,7 +111,7 @@ def main() -> None:
     env = {**os.environ, "EXPORT_PLATFORM_DATABASE_URL": url}
     s3_env = start_s3(args.out) if args.s3 else None
     args.out.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "export_platform.cli"]
+    cli = [sys.executable, "-m", "export_platform.tooling.cli"]
     query = select_statement(plan_export("users", "csv"))
     peak_rss: dict[tuple[str, int], float] = {}
 
