@@ -161,10 +161,15 @@ SELECT
 """
 
 
-def select_statement(plan: ExportPlan, key_range: Range | None = None) -> str:
+def select_statement(plan: ExportPlan, key_range: Range | None = None, as_text: tuple[str, ...] = ()) -> str:
+    """The export's rows; the columns `as_text` are read as their text (`col::text AS col`)."""
     order = sql.SQL(" ORDER BY ") + sql.SQL(", ").join(map(sql.Identifier, plan.order_by))
+    columns = [
+        sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(c)) if c in as_text else sql.Identifier(c)
+        for c in plan.columns
+    ]
     return sql.SQL("SELECT {columns} FROM {relation}{where}{order}").format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, plan.columns)),
+        columns=sql.SQL(", ").join(columns),
         relation=_identifier(plan.relation),
         where=_where(plan, key_range),
         order=order if plan.ordered else sql.SQL(""),

@@ -28,6 +28,7 @@ from ..planning import sql
 from ..planning.key_ranges import KeyRange, split_pages, split_range
 from ..tooling.embedded_postgres import database_url
 from ..planning.plan import ExportPlan
+from ..sinks.arrow_source import numeric_type
 
 if TYPE_CHECKING:
     import adbc_driver_postgresql.dbapi as adbc
@@ -86,9 +87,9 @@ class GuardedReader:
     read in flight; every read after it raises.
     """
 
-    def __init__(self, reader: pa.RecordBatchReader):
+    def __init__(self, reader: pa.RecordBatchReader, schema: pa.Schema | None = None):
         self._reader, self._lock, self._closed = reader, threading.Lock(), False
-        self.schema = reader.schema
+        self.schema = schema or reader.schema
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         while True:
@@ -297,8 +298,22 @@ class PostgresResource(dg.ConfigurableResource):
         return self._count(cursor, plan), split_pages(pages, streams) if pages is not None else [None]
 
     @staticmethod
-    def _reader(cursor: adbc.Cursor, plan: ExportPlan, key_range: sql.Range | None) -> pa.RecordBatchReader:
-        cursor.execute(sql.select_statement(plan, key_range))
+    def _declared(cursor: adbc.Cursor, plan: ExportPlan) -> tuple[pa.Schema, tuple[str, ...]]:
+        """The columns as declared, and those read as text: exact NUMERICs, which Postgres prints
+        as text far faster than the driver turns their binary form into text (10M rows of one
+        NUMERIC(10,2): 6 s of the client's CPU); the text keeps every digit, and the declared
+        type, carried on the reader's schema, still makes each a decimal."""
+        cursor.execute(sql.columns_statement(plan))
+        declared = cursor.fetch_arrow_table().schema
+        as_text = tuple(f.name for f in declared if numeric_type(f) is not None)
+        schema = pa.schema([pa.field(f.name, pa.string(), metadata=f.metadata) if f.name in as_text else f for f in declared])
+        return schema, as_text
+
+    @staticmethod
+    def _reader(
+        cursor: adbc.Cursor, plan: ExportPlan, key_range: sql.Range | None, as_text: tuple[str, ...]
+    ) -> pa.RecordBatchReader:
+        cursor.execute(sql.select_statement(plan, key_range, as_text))
         return cursor.fetch_record_batch()
 
     @contextmanager
@@ -326,6 +341,7 @@ class PostgresResource(dg.ConfigurableResource):
                 cursor.execute(sql.EXPORT_SNAPSHOT)
                 (snapshot_id,) = cursor.fetchone()
             count, ranges = self._ranges(cursor, plan, streams, key_range)
+            schema, as_text = self._declared(cursor, plan)
             if len(ranges) > 1:
                 self._bind(cursor, plan, ranges[0])
                 if on_exported is not None:
@@ -336,7 +352,7 @@ class PostgresResource(dg.ConfigurableResource):
                     others.enter_context(self._snapshot(plan, session_name, high_water, snapshot_id, r))[0]
                     for r in ranges[1:]
                 ]
-                readers = [GuardedReader(self._reader(c, plan, r)) for c, r in zip(cursors, ranges)]
+                readers = [GuardedReader(self._reader(c, plan, r, as_text), schema) for c, r in zip(cursors, ranges)]
                 try:
                     yield Snapshot(count, readers, high_water)
                 finally:

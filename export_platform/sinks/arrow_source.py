@@ -50,17 +50,21 @@ def numeric_type(field: pa.Field) -> pa.DataType | None:
 
 
 def _column_converter(field: pa.Field) -> Callable[[pa.Array], pa.Array] | None:
-    if not isinstance(field.type, pa.BaseExtensionType):
-        return None
+    """How a column's arrays become what the writers take. A NUMERIC arrives as the driver's
+    extension type with string storage, or as text read by the query (its declaration in the
+    field's metadata either way); an exact one becomes its decimal, any other stays text."""
+    extension = isinstance(field.type, pa.BaseExtensionType)
     decimal = numeric_type(field)
     if decimal is not None:
-        return lambda array: pc.cast(array.storage, decimal)
-    return lambda array: array.storage
+        return (lambda array: pc.cast(array.storage, decimal)) if extension else (lambda array: pc.cast(array, decimal))
+    return (lambda array: array.storage) if extension else None
 
 
 def _target_type(field: pa.Field) -> pa.DataType:
+    if numeric_type(field) is not None:
+        return numeric_type(field)
     if isinstance(field.type, pa.BaseExtensionType):
-        return numeric_type(field) or field.type.storage_type
+        return field.type.storage_type
     return field.type
 
 
