@@ -142,7 +142,8 @@ def start_s3(folder: Path) -> dict[str, str]:
 
 def find_psql() -> str | None:
     """psql from PATH, as a user would run it, else the one the pgserver package ships beside its Postgres."""
-    return shutil.which("psql") or shutil.which("psql", path=str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
+    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return shutil.which("psql") or shutil.which("psql", path=str(bundled))
 
 
 def unordered_statement(plan: ExportPlan, relation: sql.Identifier) -> str:
@@ -176,9 +177,16 @@ Contender = tuple[str, list[str], Path | None, dict]  # method, argv, file writt
 
 
 def contenders(
-    args: argparse.Namespace, url: str, plan: ExportPlan, env: dict, s3_env: dict | None, psql: str | None, order_none: bool
+    args: argparse.Namespace,
+    url: str,
+    plan: ExportPlan,
+    env: dict,
+    s3_env: dict | None,
+    psql: str | None,
+    order_none: bool,
 ) -> list[Contender]:
-    """Every process to measure, the ratio's base first: psql's unordered \\copy with --peers, else psycopg's COPY."""
+    """Every process to measure, the ratio's base first: psql's unordered \\copy with --peers, else
+    psycopg's COPY."""
     python, out = sys.executable, args.out
     cli = [python, "-m", "export_platform.cli"]
     relation = plan.relation.split(".")
@@ -190,8 +198,10 @@ def contenders(
             ("\\copy", unordered, "psql.csv"),
             (f"\\copy order by {', '.join(plan.order_by)}", select_statement(plan), "psql-ordered.csv"),
         ]:
-            command = f"\\copy ({query}) TO {sql.Literal(str(out / name)).as_string()} WITH (FORMAT csv, HEADER)"
-            listed.append((method, [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", command], out / name, env))
+            target = sql.Literal(str(out / name)).as_string()
+            command = f"\\copy ({query}) TO {target} WITH (FORMAT csv, HEADER)"
+            argv = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", command]
+            listed.append((method, argv, out / name, env))
     listed.append(("copy", [python, "-c", COPY_SCRIPT, url, select_statement(plan), str(copy_file)], copy_file, env))
     for fmt, chunks in [(f, int(c)) for f in args.formats.split(",") for c in args.chunks.split(",")]:
         target, method = out / f"users.{fmt}", fmt if chunks == 1 else f"{fmt} x{chunks}"
@@ -228,7 +238,8 @@ def main() -> None:
     parser.add_argument("--chunks", default="1", help="comma-separated chunk counts to run each format with, e.g. 1,2")
     parser.add_argument("--peers", action="store_true", help="also run psql \\copy, DuckDB and ConnectorX (the bench extra)")
     args = parser.parse_args()
-    if args.peers and not all(importlib.util.find_spec(m) for m in ("duckdb", "duckdb_extension_postgres_scanner", "connectorx")):
+    peer_modules = ("duckdb", "duckdb_extension_postgres_scanner", "connectorx")
+    if args.peers and not all(importlib.util.find_spec(m) for m in peer_modules):
         raise SystemExit("--peers needs the bench extra: make bench-peers, or pip install -c constraints.txt -e '.[bench]'")
 
     url = database_url()
@@ -249,8 +260,9 @@ def main() -> None:
     order_none = args.peers and "--order" in subprocess.run(run_help, env=env, capture_output=True, text=True).stdout
     if args.peers and not order_none:
         print("export-platform run has no --order yet: the `order none` exports are skipped")
+    listed = contenders(args, url, plan, env, s3_env, psql, order_none)
     peak_rss: dict[tuple[str, int], float] = {}
-    width = 24 if args.peers else 11
+    width = max(len("method"), *(len(method) for method, *_ in listed)) + 2
 
     base = "\\copy" if psql else "COPY"
     print(f"{'rows':>11} {'method':<{width}}{'seconds':>9}{'in run':>9}{'x ' + base:>8}{'peak RSS MB':>13}{'bytes':>15}")
@@ -260,7 +272,7 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE users")
             count = conn.execute(count_statement(plan)).fetchone()[0]
         base_seconds = None
-        for method, argv, target, run_env in contenders(args, url, plan, env, s3_env, psql, order_none):
+        for method, argv, target, run_env in listed:
             seconds, rss, stdout = best_of(args.repeat, argv, run_env)
             base_seconds = base_seconds or seconds
             # export-platform run prints rows=, bytes=, seconds=, ...; the other tools print nothing.
