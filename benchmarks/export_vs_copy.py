@@ -46,11 +46,13 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from export_platform.embedded_postgres import database_url
-from export_platform.planning import ExportPlan, plan_export
+from export_platform.planning.plan import ExportPlan, plan_export
+from export_platform.planning.sql import count_statement, select_statement
 from export_platform.resources.requests import RequestStore
-from export_platform.sample_data import seed
-from export_platform.sql import count_statement, select_statement
+from export_platform.tooling.embedded_postgres import database_url
+from export_platform.tooling.sample_data import seed
+
+CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
 
 COPY_SCRIPT = """
 import sys, psycopg
@@ -188,7 +190,6 @@ def contenders(
     """Every process to measure, the ratio's base first: psql's unordered \\copy with --peers, else
     psycopg's COPY."""
     python, out = sys.executable, args.out
-    cli = [python, "-m", "export_platform.cli"]
     relation = plan.relation.split(".")
     unordered = unordered_statement(plan, sql.Identifier(*relation))
     copy_file = out / "copy.csv"
@@ -205,14 +206,14 @@ def contenders(
     listed.append(("copy", [python, "-c", COPY_SCRIPT, url, select_statement(plan), str(copy_file)], copy_file, env))
     for fmt, chunks in [(f, int(c)) for f in args.formats.split(",") for c in args.chunks.split(",")]:
         target, method = out / f"users.{fmt}", fmt if chunks == 1 else f"{fmt} x{chunks}"
-        run = [*cli, "run", "users", "--format", fmt, "--chunks", str(chunks)]
+        run = [*CLI, "run", "users", "--format", fmt, "--chunks", str(chunks)]
         listed.append((method, [*run, "--output", str(target)], target, env))
         if s3_env:
             listed.append((f"{method}→s3", run, None, {**env, **s3_env}))
     if order_none:
         for fmt in ("csv", "parquet"):
             target = out / f"users-order-none.{fmt}"
-            run = [*cli, "run", "users", "--format", fmt, "--order", "none", "--output", str(target)]
+            run = [*CLI, "run", "users", "--format", fmt, "--order", "none", "--output", str(target)]
             listed.append((f"{fmt} order none", run, target, env))
     if args.peers:
         scan = unordered_statement(plan, sql.Identifier("db", *relation))
@@ -256,8 +257,8 @@ def main() -> None:
         else:
             print("psql is not on PATH (nor in pgserver): no \\copy; the ratio is against psycopg's COPY")
     # `--order` is newer than this benchmark: without it the CLI has no unordered export to time.
-    run_help = [sys.executable, "-m", "export_platform.cli", "run", "--help"]
-    order_none = args.peers and "--order" in subprocess.run(run_help, env=env, capture_output=True, text=True).stdout
+    run_help = subprocess.run([*CLI, "run", "--help"], env=env, capture_output=True, text=True, check=True)
+    order_none = args.peers and "--order" in run_help.stdout
     if args.peers and not order_none:
         print("export-platform run has no --order yet: the `order none` exports are skipped")
     listed = contenders(args, url, plan, env, s3_env, psql, order_none)

@@ -35,8 +35,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from export_platform.embedded_postgres import database_url
-from export_platform.instance import (
+from export_platform.tooling.embedded_postgres import database_url
+from export_platform.tooling.instance import (
     DAGSTER_DATABASE_URL_ENV,
     INSTANCE_YAML,
     prepare_dagster_home,
@@ -46,7 +46,7 @@ from export_platform.instance import (
     wait_for_workers,
 )
 from export_platform.resources.requests import RequestStore
-from export_platform.sample_data import seed
+from export_platform.tooling.sample_data import seed
 
 BENCH_DAGSTER_DATABASE = "dagster_latency_bench"
 LEDGER_ROWS = 200_000  # 500 a day: two days are 1,000 rows, 200 days 100,000

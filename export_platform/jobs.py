@@ -6,12 +6,12 @@ from typing import Any
 
 import dagster as dg
 
-from .config import config_class_for
-from .export_types import REGISTRY
+from .planning.config import config_class_for
+from .catalog.export_types import REGISTRY
 from .ops.chunked import combine_chunks, discard_chunk_parts, extract_chunk, split_export
 from .ops.export import build_plan_op, extract_export, plan_op_name, publish_export
-from .planning import ExportPlan
-from .registry import ExportType
+from .planning.plan import ExportPlan
+from .catalog.registry import ExportType
 from .workers.launcher import ISOLATED_TAG
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from export_platform.embedded_postgres import DATABASE_URL_ENV, start_embedded
+from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV, start_embedded
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV, LocalStorage
-from export_platform.sample_data import seed
+from export_platform.tooling.sample_data import seed
 
 SEED_ROWS = 3_000
 

@@ -18,8 +18,8 @@ import psycopg
 from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
-from export_platform.embedded_postgres import ensure_database
-from export_platform.instance import (
+from export_platform.tooling.embedded_postgres import ensure_database
+from export_platform.tooling.instance import (
     DAGSTER_DATABASE_URL_ENV,
     prepare_dagster_home,
     start_daemon,
@@ -29,7 +29,7 @@ from export_platform.instance import (
 )
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV
-from export_platform.sample_data import seed
+from export_platform.tooling.sample_data import seed
 
 TIMEOUT = 180
 WORKERS = 4  # as dagster.yaml: one per run the queue lets through at once

@@ -20,11 +20,11 @@ import pypdf
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from export_platform.embedded_postgres import ensure_database
-from export_platform.export_types import REGISTRY
+from export_platform.tooling.embedded_postgres import ensure_database
+from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_export_job
 from export_platform.ops.export import plan_op_name
-from export_platform.sample_data import seed
+from export_platform.tooling.sample_data import seed
 
 
 def run_job(export_type: str, config: dict[str, Any], resources: dict, tags=None, instance=None) -> dg.ExecuteInProcessResult:

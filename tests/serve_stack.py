@@ -57,7 +57,7 @@ def serve_process(storage_root: Path, log: Path, extra_env: dict[str, str] | Non
            **(extra_env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "export_platform.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "export_platform.tooling.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

@@ -104,7 +104,7 @@ def test_injection_as_a_value_is_just_a_value(db, resources, unchanged):
 def test_cli_reports_bad_input_and_exits_2(database_url, storage_root, unchanged, tmp_path, argv, message):
     output = tmp_path / "out.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "export_platform.cli", *argv, "--output", str(output)],
+        [sys.executable, "-m", "export_platform.tooling.cli", *argv, "--output", str(output)],
         capture_output=True,
         text=True,
         env=os.environ,
@@ -116,7 +116,7 @@ def test_cli_reports_bad_input_and_exits_2(database_url, storage_root, unchanged
 
 
 def test_pdf_above_its_row_limit_is_refused_before_any_data_is_read(resources, unchanged, monkeypatch):
-    monkeypatch.setattr("export_platform.formats.PDF_ROW_LIMIT", 100)  # the sample tables hold 3,000 rows
+    monkeypatch.setattr("export_platform.catalog.formats.PDF_ROW_LIMIT", 100)  # the sample tables hold 3,000 rows
     result = run_job("users", {"format": "pdf"}, resources)
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]

@@ -14,16 +14,16 @@ import dagster as dg
 import psycopg
 import pytest
 
-from export_platform import requests_table as rt
-from export_platform import sql
-from export_platform.chunks import NO_KEYS, KeyRange, split_range
-from export_platform.export_types import REGISTRY
+from export_platform.requests import table as rt
+from export_platform.planning import sql
+from export_platform.planning.key_ranges import NO_KEYS, KeyRange, split_range
+from export_platform.catalog.export_types import REGISTRY
 from export_platform.ops.export import INCREMENTAL_TAG, plan_op_name
-from export_platform.planning import MAX_CHUNKS, plan_export
+from export_platform.planning.plan import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
 from export_platform.resources.storage import LocalStorage
-from export_platform.sample_data import seed
+from export_platform.tooling.sample_data import seed
 from readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
 
 USERS = list(REGISTRY.get("users").columns)
@@ -130,7 +130,7 @@ def test_a_bad_chunk_count_is_refused_naming_the_field(resources, storage_root, 
 
 
 def test_cli_chunks(db, database_url, storage_root, tmp_path):
-    cli = [sys.executable, "-m", "export_platform.cli", "run", "ledger_postings"]
+    cli = [sys.executable, "-m", "export_platform.tooling.cli", "run", "ledger_postings"]
     bad = subprocess.run([*cli, "--chunks", "0", "--output", str(tmp_path / "x.csv")], capture_output=True, text=True,
                          env=os.environ, timeout=120)
     assert bad.returncode == 2 and "error: chunks: expected 1 to 16 chunks, got 0" in bad.stderr

@@ -14,16 +14,16 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from export_platform.cli import PENDING_HINT_SECONDS, build_parser
-from export_platform.embedded_postgres import DATABASE_URL_ENV, HOME_ENV
-from export_platform.formats import ExportFormat
-from export_platform.instance import DAGSTER_DATABASE_URL_ENV
+from export_platform.tooling.cli import PENDING_HINT_SECONDS, build_parser
+from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV, HOME_ENV
+from export_platform.catalog.formats import ExportFormat
+from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
 from dev_server import clean_env, database_url_beside, get, running_dev
 from readback import database_beside, db_rows, file_rows
 
-CLI = [sys.executable, "-m", "export_platform.cli"]
+CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -165,7 +165,7 @@ def test_every_command_answers_help_without_importing_dagster_or_polars():
     assert ("db", "stop") in commands and ("dev",) in commands and len(commands) > 15
     check = (
         "import sys, contextlib, io\n"
-        "from export_platform.cli import main\n"
+        "from export_platform.tooling.cli import main\n"
         "for argv in sys.argv[1:]:\n"
         "    args = argv.split()\n"
         "    out = io.StringIO()\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from export_platform import dagster_compat as compat
-from export_platform.instance import INSTANCE_YAML
+from export_platform.tooling.instance import INSTANCE_YAML
 
 PACKAGE = Path(compat.__file__).parent
 
@@ -32,7 +32,7 @@ def test_the_run_execution_body_keeps_its_signature_and_pid_log():
 
 def test_the_sensor_daemon_loop_sleeps_the_patched_constant():
     sensor = compat.sensor_daemon()
-    assert sensor.MIN_INTERVAL_LOOP_TIME == 5  # Dagster's value; export_platform.daemon lowers it
+    assert sensor.MIN_INTERVAL_LOOP_TIME == 5  # Dagster's value; export_platform.tooling.daemon lowers it
     assert "MIN_INTERVAL_LOOP_TIME - loop_duration" in inspect.getsource(sensor.execute_sensor_iteration_loop)
     assert callable(compat.daemon_main())
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from export_platform.config import ExportConfig, config_class_for
+from export_platform.planning.config import ExportConfig, config_class_for
 from export_platform.definitions import defs
-from export_platform.export_types import REGISTRY
-from export_platform.registry import ExportType, Filter, Registry, ValueType
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.catalog.registry import ExportType, Filter, Registry, ValueType
 
 import pytest
 

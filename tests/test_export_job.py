@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from export_platform.export_types import REGISTRY
-from export_platform.formats import ExportFormat
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.catalog.formats import ExportFormat
 from export_platform.sinks.pdf import TABLE_FONT_SIZE
 from export_platform.units import human_bytes
 from readback import (

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from export_platform import sql
+from export_platform.planning import sql
 from export_platform.definitions import defs
-from export_platform.export_types import REGISTRY
-from export_platform.formats import ExportFormat
-from export_platform.planning import decode_params, plan_request
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.catalog.formats import ExportFormat
+from export_platform.planning.plan import decode_params, plan_request
 from export_platform.resources.requests import RequestStore
 from test_request_sensor import row, tick
 

@@ -23,7 +23,7 @@ def test_planning_builds_no_polars_data_at_import():
         "import polars as pl, json; created = []; original = pl.Series.__init__\n"
         "def spy(self, *a, **k): created.append(1); original(self, *a, **k)\n"
         "pl.Series.__init__ = spy\n"
-        "import export_platform.planning; print(json.dumps(len(created)))"
+        "import export_platform.planning.plan; print(json.dumps(len(created)))"
     )
     created = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert json.loads(created) == 0

@@ -19,7 +19,7 @@ import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pytest
 
-from export_platform import sql
+from export_platform.planning import sql
 from export_platform.resources.postgres import IncrementalRefused, PostgresResource
 from readback import database_beside
 

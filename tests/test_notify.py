@@ -10,8 +10,8 @@ import threading
 import psycopg
 import sqlalchemy as sa
 
-from export_platform import requests_table as rt
-from export_platform.client import ExportClient
+from export_platform.requests import table as rt
+from export_platform.requests.client import ExportClient
 from export_platform.resources.requests import RequestStore
 from readback import database_beside
 from test_request_sensor import insert

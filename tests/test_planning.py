@@ -6,12 +6,12 @@ import pytest
 
 import dagster as dg
 
-from export_platform.config import CsvOptions, ExportOptions
+from export_platform.planning.config import CsvOptions, ExportOptions
 from export_platform.definitions import defs
-from export_platform.formats import ExportFormat
+from export_platform.catalog.formats import ExportFormat
 from export_platform.jobs import run_config_for
-from export_platform.planning import RequestError, decode_params, plan_export, plan_request
-from export_platform.registry import Operator
+from export_platform.planning.plan import RequestError, decode_params, plan_export, plan_request
+from export_platform.catalog.registry import Operator
 
 INJECTION = "x'); DROP TABLE users;--"
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from export_platform.ops.export import connection_lost
-from export_platform.planning import plan_export
+from export_platform.planning.plan import plan_export
 from export_platform.resources.postgres import ConnectionLost, GuardedReader, PostgresResource, StreamClosed
 
 SCHEMA = pa.schema([("id", pa.int64())])

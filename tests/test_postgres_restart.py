@@ -17,7 +17,7 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from pgserver.postgres_server import pg_ctl
 
 from daemon_stack import daemon_stack, insert, row, runs_for, wait_for, wait_status
-from export_platform.embedded_postgres import start_embedded
+from export_platform.tooling.embedded_postgres import start_embedded
 from readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ from psycopg.conninfo import make_conninfo
 from export_platform.definitions import defs
 from export_platform.ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
 from export_platform.errors import root_message
-from export_platform.instance import INSTANCE_YAML
+from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
-from export_platform.sample_data import seed
+from export_platform.tooling.sample_data import seed
 from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules
 from readback import database_beside, published_path, run_job
 

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 
 from daemon_stack import daemon_stack, export_sessions, files_in, insert, row, runs_for, wait_for, wait_status
-from export_platform.export_types import REGISTRY
-from export_platform.instance import INSTANCE_YAML
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.requests import REQUEST_ID_TAG
-from export_platform.run_launcher import run_worker
+from export_platform.workers.process_launcher import run_worker
 from readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow

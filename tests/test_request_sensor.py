@@ -10,7 +10,7 @@ import pytest
 
 from export_platform.definitions import defs
 from export_platform.jobs import EXPORT_JOBS
-from export_platform.requests_table import export_requests
+from export_platform.requests.table import export_requests
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, RequestStore, user_tag
 from export_platform.sensors.request_sensor import ROWS_PER_TICK, build_request_sensor

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from export_platform.definitions import defs
-from export_platform.export_types import REGISTRY
+from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_chunked_job
 from export_platform.ops import retention
 from export_platform.ops.export import plan_op_name

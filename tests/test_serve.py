@@ -15,8 +15,8 @@ from urllib.parse import quote, urlparse
 
 import pytest
 
-from export_platform import requests_table as rt
-from export_platform.client import ExportClient
+from export_platform.requests import table as rt
+from export_platform.requests.client import ExportClient
 from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Kind, LinkError, file_url, status_page_url
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage, storage_for
@@ -89,7 +89,7 @@ def test_a_local_request_gets_a_download_link_that_serves_its_file(db, resources
 
 def test_url_command_mints_a_download_link_and_a_status_page(db, resources, server, signing):
     final = export_request(db, resources, resources["storage"], user="dave")
-    command = [sys.executable, "-m", "export_platform.cli", "url", str(final["id"]), "--expires", "5m"]
+    command = [sys.executable, "-m", "export_platform.tooling.cli", "url", str(final["id"]), "--expires", "5m"]
     link = subprocess.run(command, env=server.env, capture_output=True, text=True, check=True).stdout.strip()
     assert server.get(link.removeprefix(server.base))[2] == open(final["file_uri"][7:], "rb").read()
     page = subprocess.run([*command, "--page"], env=server.env, capture_output=True, text=True, check=True).stdout
@@ -221,7 +221,7 @@ def test_unknown_requests_are_404_and_deleted_files_410(server, storage_root, db
 
 def test_no_signing_key_is_a_clear_error(server, storage_root, monkeypatch):
     env = {k: v for k, v in server.env.items() if k != SIGNING_KEY_ENV}
-    done = subprocess.run([sys.executable, "-m", "export_platform.cli", "serve", "--port", "1"], env=env,
+    done = subprocess.run([sys.executable, "-m", "export_platform.tooling.cli", "serve", "--port", "1"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 2 and f"{SIGNING_KEY_ENV} must be set" in done.stderr and "Traceback" not in done.stderr
     monkeypatch.setenv(PUBLIC_URL_ENV, server.base)

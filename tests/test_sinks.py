@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from export_platform.planning import plan_request
+from export_platform.planning.plan import plan_request
 from export_platform.sinks import scan_batches, sink
 from export_platform.sinks.xlsx import write_xlsx
 from readback import xlsx_sheets

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from export_platform import sql
-from export_platform.planning import plan_export
+from export_platform.planning import sql
+from export_platform.planning.plan import plan_export
 
 INJECTION = "x'); DROP TABLE users;--"
 

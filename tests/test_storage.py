@@ -13,8 +13,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from export_platform import requests_table as rt
-from export_platform.client import ExportClient, Refused
+from export_platform.requests import table as rt
+from export_platform.requests.client import ExportClient, Refused
 from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
 from export_platform.resources.storage import LocalStorage, S3Storage
 from readback import database_beside, db_rows, file_rows, run_job

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from dev_server import clean_env, running_dev
-from export_platform.embedded_postgres import DATABASE_URL_ENV
-from export_platform.sample_data import seed
+from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV
+from export_platform.tooling.sample_data import seed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
@@ -29,7 +29,7 @@ pytestmark = [
 ]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-CLI = [sys.executable, "-m", "export_platform.cli"]
+CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
 LOCATION = "export_platform.definitions"
 
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 import psycopg
 from psycopg import sql as pgsql
 
-from .. import requests_table as rt
+from ..requests import table as rt
 
 log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 2.0

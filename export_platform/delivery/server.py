@@ -36,8 +36,8 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from .. import requests_table as rt
-from ..embedded_postgres import database_url
+from ..requests import table as rt
+from ..tooling.embedded_postgres import database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage
 from .links import Kind, Signer, file_url, friendly_name, valid_key

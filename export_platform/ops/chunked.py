@@ -16,9 +16,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from .. import requests_table as rt
-from ..chunks import KeyRange
-from ..planning import ExportPlan
+from ..requests import table as rt
+from ..planning.key_ranges import KeyRange
+from ..planning.plan import ExportPlan
 from ..resources.postgres import PostgresResource
 from ..resources.requests import RequestStore, request_id_of
 from ..resources.storage import ExportStorage

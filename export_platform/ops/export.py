@@ -14,12 +14,12 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
-from .. import requests_table as rt
-from ..config import ExportConfig, options_of
-from ..planning import ExportPlan, Incremental, RequestError, plan_export
-from ..preflight import preflight
-from ..registry import ExportType
-from ..requests_table import Status
+from ..requests import table as rt
+from ..planning.config import ExportConfig, options_of
+from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
+from ..planning.preflight import preflight
+from ..catalog.registry import ExportType
+from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
 from ..resources.requests import REQUESTED_BY_TAG, RequestStore, request_id_of
 from ..resources.storage import ExportStorage

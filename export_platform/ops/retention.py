@@ -10,8 +10,8 @@ import dagster as dg
 from ..dagster_compat import FINISHED_STATUSES
 from pydantic import Field
 
-from .. import requests_table as rt
-from ..export_types import REGISTRY
+from ..requests import table as rt
+from ..catalog.export_types import REGISTRY
 from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage, StorageError, remove_tree, tree_size
 

@@ -23,10 +23,10 @@ import psycopg
 import pyarrow as pa
 from pydantic import Field
 
-from .. import sql
-from ..chunks import KeyRange, split_range
-from ..embedded_postgres import database_url
-from ..planning import ExportPlan
+from ..planning import sql
+from ..planning.key_ranges import KeyRange, split_range
+from ..tooling.embedded_postgres import database_url
+from ..planning.plan import ExportPlan
 
 if TYPE_CHECKING:
     import adbc_driver_postgresql.dbapi as adbc

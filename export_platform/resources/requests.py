@@ -11,8 +11,8 @@ import psycopg
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
-from .. import requests_table as rt
-from ..embedded_postgres import database_url
+from ..requests import table as rt
+from ..tooling.embedded_postgres import database_url
 
 REQUEST_ID_TAG = "export_platform/request_id"
 # The row's run key (random, unique beyond this table): how the sensor finds the run of a row.

@@ -21,7 +21,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..delivery.links import Signer, file_url, public_url
-from ..embedded_postgres import platform_home
+from ..tooling.embedded_postgres import platform_home
 
 STORAGE_URL_ENV = "EXPORT_PLATFORM_STORAGE_URL"
 TEMP_FOLDER = ".tmp"

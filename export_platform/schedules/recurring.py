@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..jobs import run_config_for
 from ..ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
-from ..planning import Incremental, RequestError, plan_export, plan_request
+from ..planning.plan import Incremental, RequestError, plan_export, plan_request
 
 RECURRING_EXPORTS = Path(__file__).with_name("recurring_exports.yaml")
 

@@ -13,12 +13,12 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from .. import requests_table as rt
+from ..requests import table as rt
 from ..jobs import run_config_for
 from ..ops.export import session_name
-from ..export_types import REGISTRY
-from ..planning import ExportPlan, RequestError, decode_params, plan_request
-from ..requests_table import Status
+from ..catalog.export_types import REGISTRY
+from ..planning.plan import ExportPlan, RequestError, decode_params, plan_request
+from ..requests.table import Status
 from ..resources.postgres import PostgresResource
 from ..resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, RequestStore, user_tag
 from .run_status import failure_message
@@ -152,7 +152,7 @@ def build_request_sensor(jobs: list[dg.JobDefinition]) -> dg.SensorDefinition:
     @dg.sensor(
         name="export_request_sensor",
         jobs=jobs,
-        # With the daemon's sensor loop at 0.5 s (export_platform/daemon.py), a new row is QUEUED
+        # With the daemon's sensor loop at 0.5 s (export_platform/tooling/daemon.py), a new row is QUEUED
         # within about a second; each tick reads a bounded batch.
         minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .. import requests_table as rt
+from ..requests import table as rt
 from ..dagster_compat import INTERRUPTED_ERROR, START_TIMEOUT_REASON, WORKER_CRASH_MESSAGE, WORKER_EXITED_CLEANLY
 from ..errors import root_message
 from ..ops.export import session_name

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import polars as pl
 
-from ..planning import ExportPlan
+from ..planning.plan import ExportPlan
 from .arrow_source import Pacer, polars_schema, scan_batches
-from .text import write_csv, write_json, write_ndjson, write_parquet
+from .polars_writers import write_csv, write_json, write_ndjson, write_parquet
 from .xlsx import write_xlsx
 
 __all__ = ["Pacer", "pacer_for", "polars_schema", "scan_batches", "sink"]

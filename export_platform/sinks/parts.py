@@ -18,10 +18,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from ..config import FormulaProtection
-from ..planning import ExportPlan
+from ..planning.config import FormulaProtection
+from ..planning.plan import ExportPlan
 from . import pacer_for, scan_batches, sink
-from .text import sink_parquet_as_is, write_parquet_part
+from .polars_writers import sink_parquet_as_is, write_parquet_part
 
 
 class StreamStopped(RuntimeError):

@@ -18,7 +18,7 @@ import polars as pl
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
-from ..planning import ExportPlan
+from ..planning.plan import ExportPlan
 from .arrow_source import Pacer, paced_batches
 from .columns import ISO_DATE, in_time_zone, temporals_as_text
 

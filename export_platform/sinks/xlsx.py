@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ..formats import XLSX_ROWS_PER_SHEET
-from ..planning import ExportPlan
+from ..catalog.formats import XLSX_ROWS_PER_SHEET
+from ..planning.plan import ExportPlan
 from .arrow_source import Pacer, paced_batches
 from .columns import ISO_DATE, ISO_TIMESTAMP, in_time_zone, neutralise_formulas
 

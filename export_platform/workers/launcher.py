@@ -17,7 +17,7 @@ import psutil
 import psycopg
 
 from ..dagster_compat import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
-from ..run_launcher import LocalWorkerRunLauncher, worker_gone
+from .process_launcher import LocalWorkerRunLauncher, worker_gone
 from .queue import LaunchQueue
 
 ISOLATED_TAG = "export_platform/isolated"

@@ -17,7 +17,7 @@ import psutil
 from dagster import DagsterEventType, DagsterInstance, DefaultRunLauncher
 from dagster import DagsterRun
 
-from .dagster_compat import GRPC_INFO_TAG, WORKER_STARTED_MESSAGE, CheckRunHealthResult, WorkerStatus
+from ..dagster_compat import GRPC_INFO_TAG, WORKER_STARTED_MESSAGE, CheckRunHealthResult, WorkerStatus
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 # The pid is logged just after the process starts; a process created later than this after the

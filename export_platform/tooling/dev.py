@@ -3,7 +3,7 @@ instance, as children of this command, which prints the UI's address once it ans
 them all on Ctrl-C or SIGTERM.
 
 Not `dagster dev`: it starts Dagster's own daemon entry point, whose sensor loop sleeps 5 s
-(export_platform/daemon.py shortens it), and no run workers. The terminal keeps the webserver's
+(export_platform/tooling/daemon.py shortens it), and no run workers. The terminal keeps the webserver's
 warnings and errors (Dagster's INFO lines are left out unless `--log-level info`); the daemon and
 the pool log to files in DAGSTER_HOME. Another long-running service is one more `Services.start`.
 """
@@ -84,7 +84,7 @@ def browser_url(host: str, port: int) -> str:
 def _serve_env(env: dict[str, str], host: str, port: int) -> None:
     """`dev --serve`: a development signing key kept under the platform home (production sets
     EXPORT_PLATFORM_SIGNING_KEY itself), and the public URL the runs then put on the rows."""
-    from .delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, dev_key_file, dev_signing_key
+    from ..delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, dev_key_file, dev_signing_key
 
     env.setdefault(SIGNING_KEY_ENV, dev_signing_key())
     env.setdefault(PUBLIC_URL_ENV, browser_url(host, port))
@@ -95,7 +95,7 @@ def _serve_env(env: dict[str, str], host: str, port: int) -> None:
 def run_dev(host: str, port: int, log_level: str, serve_port: int | None = None) -> int:
     from .embedded_postgres import HOME_ENV, platform_home
     from .instance import prepare_dagster_home
-    from .resources.requests import RequestStore
+    from ..resources.requests import RequestStore
 
     # Absolute: the services run in DAGSTER_HOME, and the default home is relative to the cwd.
     env = {**os.environ, HOME_ENV: str(platform_home()), **prepare_dagster_home()}
@@ -108,7 +108,7 @@ def run_dev(host: str, port: int, log_level: str, serve_port: int | None = None)
         if serve_port is not None:  # first: the runs `dagster dev` starts need its URL and key
             _serve_env(env, host, serve_port)
             services.start("serve", [
-                sys.executable, "-m", "export_platform.cli", "serve", "--host", host, "--port", str(serve_port),
+                sys.executable, "-m", "export_platform.tooling.cli", "serve", "--host", host, "--port", str(serve_port),
                 "--exit-with-parent", str(os.getpid()),
             ])
         # The Python this command runs on, so no venv needs to be on PATH; in DAGSTER_HOME, since
@@ -116,7 +116,7 @@ def run_dev(host: str, port: int, log_level: str, serve_port: int | None = None)
         home = Path(env["DAGSTER_HOME"])
         services.start("workers", [sys.executable, "-m", "export_platform.workers"], cwd=home, log=home / "workers.log")
         services.start("dagster-daemon", [
-            sys.executable, "-m", "export_platform.daemon", "run", "-m", CODE_LOCATION, "--log-level", log_level,
+            sys.executable, "-m", "export_platform.tooling.daemon", "run", "-m", CODE_LOCATION, "--log-level", log_level,
         ], cwd=home, log=home / "daemon.log")
         services.start("dagster-webserver", [
             sys.executable, "-m", "dagster_webserver", "-m", CODE_LOCATION, "-h", host, "-p", str(port),

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Optional
 import dagster as dg
 from pydantic import ConfigDict, Field, create_model
 
-from .formats import ExportFormat
-from .registry import ExportType, Filter, ValueType
+from ..catalog.formats import ExportFormat
+from ..catalog.registry import ExportType, Filter, ValueType
 
 
 class QuoteStyle(str, Enum):

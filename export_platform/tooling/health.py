@@ -6,11 +6,11 @@ import os
 import time
 
 import dagster as dg
-from .dagster_compat import InstigatorStatus, InstigatorType, TickStatus
+from ..dagster_compat import InstigatorStatus, InstigatorType, TickStatus
 
-from . import requests_table as rt
+from ..requests import table as rt
 from .instance import prepare_dagster_home
-from .resources.requests import RequestStore
+from ..resources.requests import RequestStore
 
 HEARTBEAT_TOLERANCE_SECONDS = 60  # daemons beat every 30 s
 TICK_TOLERANCE_SECONDS = 60

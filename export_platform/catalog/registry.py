@@ -1,7 +1,7 @@
 """The export-type model: what can be exported, which columns, which filters.
 
-An export type is plain data. The job factory (`jobs.py`), the SQL builder (`sql.py`) and the
-request validation (`planning.py`) read these declarations; none of them know any type by name.
+An export type is plain data. The job factory (`jobs.py`), the SQL builder (`planning/sql.py`) and the
+request validation (`planning/plan.py`) read these declarations; none of them know any type by name.
 """
 
 from __future__ import annotations

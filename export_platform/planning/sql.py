@@ -17,9 +17,9 @@ import re
 
 from psycopg import sql
 
-from .chunks import KeyRange
-from .planning import Condition, ExportPlan
-from .registry import Operator, ValueType
+from .key_ranges import KeyRange
+from .plan import Condition, ExportPlan
+from ..catalog.registry import Operator, ValueType
 
 _CAST = {
     ValueType.TEXT: sql.SQL("text"),

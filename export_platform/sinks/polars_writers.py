@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ..planning import ExportPlan
+from ..planning.plan import ExportPlan
 from .arrow_source import Pacer, paced_batches
 from .columns import (
     ISO_DATE,

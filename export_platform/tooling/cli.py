@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .export_types import REGISTRY
-from .formats import ExportFormat
+from ..catalog.export_types import REGISTRY
+from ..catalog.formats import ExportFormat
 
 if TYPE_CHECKING:
-    from .ops.export import PublishedExport
-    from .planning import ExportPlan
+    from ..ops.export import PublishedExport
+    from ..planning.plan import ExportPlan
 
 # The command prints its own result or error; Dagster's event log stays in the run record.
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -52,9 +52,9 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     """Execute the export type's Dagster job in this process and return what it published; with an
     `instance`, the run is recorded there (and shows in the UI)."""
     _quiet_dagster_warnings()
-    from .definitions import defs  # importing the code location is the slow part; only when needed
-    from .errors import root_message
-    from .jobs import run_config_for
+    from ..definitions import defs  # importing the code location is the slow part; only when needed
+    from ..errors import root_message
+    from ..jobs import run_config_for
 
     job = defs.resolve_job_def(f"export_{plan.export_type}")
     result = job.execute_in_process(
@@ -69,7 +69,7 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
 
 
 def _request_error(field: str, message: str) -> Exception:
-    from .planning import RequestError
+    from ..planning.plan import RequestError
 
     return RequestError(field, message)
 
@@ -105,7 +105,7 @@ def _params(args: argparse.Namespace) -> dict:
 def _plan_from_args(args: argparse.Namespace) -> ExportPlan:
     from dataclasses import replace
 
-    from .planning import check_chunks, export_type_named, plan_request
+    from ..planning.plan import check_chunks, export_type_named, plan_request
 
     plan = plan_request(args.type, args.format, _params(args))
     chunks = check_chunks(export_type_named(args.type), plan.format, args.chunks)
@@ -140,7 +140,7 @@ def _cmd_db_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from .resources.requests import RequestStore
+    from ..resources.requests import RequestStore
 
     print(f"export_requests is at schema version {RequestStore().migrate()}")
     return 0
@@ -166,7 +166,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
 def _demo_folder() -> Path | None:
     """The local folder the demo's files go to (None for S3 storage)."""
-    from .resources.storage import STORAGE_URL_ENV, LocalStorage, storage_for
+    from ..resources.storage import STORAGE_URL_ENV, LocalStorage, storage_for
 
     storage = storage_for(os.environ.get(STORAGE_URL_ENV))
     return storage.folder() if isinstance(storage, LocalStorage) else None
@@ -192,9 +192,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .embedded_postgres import database_url
     from .instance import prepare_dagster_home
-    from .planning import plan_export
-    from .units import human_bytes
-    from .resources.requests import RequestStore
+    from ..planning.plan import plan_export
+    from ..units import human_bytes
+    from ..resources.requests import RequestStore
 
     print(f"database: {database_url()}")
     RequestStore().migrate()  # the embedded database is ready for request rows too
@@ -227,8 +227,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_request(args: argparse.Namespace) -> int:
-    from .client import ExportClient
-    from .planning import plan_request
+    from ..requests.client import ExportClient
+    from ..planning.plan import plan_request
 
     params = _params(args)
     plan = plan_request(args.type, args.format, params)
@@ -278,7 +278,7 @@ class _Follower:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .client import ExportClient
+    from ..requests.client import ExportClient
 
     client = ExportClient()
     if args.wait:
@@ -295,7 +295,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .client import ExportClient
+    from ..requests.client import ExportClient
 
     rows = ExportClient().list(args.user, args.page, args.page_size)
     print(f"{'id':>8}  {'type':<20} {'format':<8} {'user':<12} {'status':<16} {'rows':>10}  created")
@@ -307,7 +307,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from .client import ExportClient
+    from ..requests.client import ExportClient
 
     if ExportClient().cancel(args.id):
         print(f"cancel requested for {args.id}")
@@ -326,7 +326,7 @@ def _seconds(text: str) -> int:
 
 
 def _cmd_url(args: argparse.Namespace) -> int:
-    from .client import ExportClient
+    from ..requests.client import ExportClient
 
     client = ExportClient()
     seconds = _seconds(args.expires)
@@ -335,16 +335,16 @@ def _cmd_url(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .delivery.server import serve
+    from ..delivery.server import serve
 
     serve(args.host, args.port, args.exit_with_parent)
     return 0
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from .client import ExportClient
+    from ..requests.client import ExportClient
 
-    from .resources.storage import StorageError
+    from ..resources.storage import StorageError
 
     try:
         freed = ExportClient().delete(args.id)
@@ -358,10 +358,10 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from .definitions import defs
-    from .errors import root_message
+    from ..definitions import defs
+    from ..errors import root_message
     from .instance import prepare_dagster_home
-    from .ops.retention import cleanup_run_config
+    from ..ops.retention import cleanup_run_config
 
     os.environ.update(prepare_dagster_home())  # run history lives in the real instance
     with dg.DagsterInstance.get() as instance:
@@ -400,7 +400,7 @@ def _cmd_workers(args: argparse.Namespace) -> int:
     import os
 
     from .instance import prepare_dagster_home
-    from .workers.supervisor import serve
+    from ..workers.supervisor import serve
 
     os.environ.update(prepare_dagster_home())
     serve(args.count, args.max_runs)
@@ -570,9 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as error:
         # Imported only now: they pull in Polars and Dagster, which `--help` must not wait for.
-        from .client import Refused
-        from .delivery.links import LinkError
-        from .planning import RequestError
+        from ..requests.client import Refused
+        from ..delivery.links import LinkError
+        from ..planning.plan import RequestError
 
         if isinstance(error, (RequestError, LinkError)):
             print(f"error: {error}", file=sys.stderr)

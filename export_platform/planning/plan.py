@@ -20,9 +20,9 @@ import polars as pl
 from pydantic import ValidationError
 
 from .config import CsvOptions, ExportOptions, FormulaProtection, ParquetCompression
-from .export_types import REGISTRY
-from .formats import ExportFormat
-from .registry import ExportType, Filter, Operator, ValueType
+from ..catalog.export_types import REGISTRY
+from ..catalog.formats import ExportFormat
+from ..catalog.registry import ExportType, Filter, Operator, ValueType
 
 MAX_LIST_VALUES = 10_000
 # Each chunk holds a database connection (and, across processes, a step): a bound on the load

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from .formats import ExportFormat
-from .planning import ExportPlan, RequestError
-from .resources.postgres import PostgresResource
-from .sinks import polars_schema
-from .sinks.arrow_source import is_numeric, numeric_declaration, numeric_type
-from .sinks.xlsx import EXCEL_DIGITS, writes_number
+from ..catalog.formats import ExportFormat
+from .plan import ExportPlan, RequestError
+from ..resources.postgres import PostgresResource
+from ..sinks import polars_schema
+from ..sinks.arrow_source import is_numeric, numeric_declaration, numeric_type
+from ..sinks.xlsx import EXCEL_DIGITS, writes_number
 
 _SCHEMA_FORMATS = (ExportFormat.xlsx, ExportFormat.parquet)
 

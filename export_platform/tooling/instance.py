@@ -22,7 +22,7 @@ from .embedded_postgres import DATABASE_URL_ENV, database_url, ensure_database, 
 
 DAGSTER_DATABASE_URL_ENV = "EXPORT_PLATFORM_DAGSTER_DATABASE_URL"
 DAGSTER_DATABASE = "dagster"
-INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+INSTANCE_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
 def dagster_database_url(app_url: str) -> str:
@@ -54,10 +54,10 @@ def prepare_dagster_home(home: Path | None = None, app_url: str | None = None) -
 
 def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
     """`dagster-daemon run` for this code location (with its sensor loop shortened, see
-    export_platform/daemon.py), as a child process logging to `log`."""
+    export_platform/tooling/daemon.py), as a child process logging to `log`."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "export_platform.daemon", "run", "-m", "export_platform.definitions"],
+            [sys.executable, "-m", "export_platform.tooling.daemon", "run", "-m", "export_platform.definitions"],
             env=env,
             cwd=INSTANCE_YAML.parent,
             stdout=out,

@@ -1,6 +1,6 @@
 """A small Python client for applications: the request table's calls without writing SQL.
 
-    from export_platform.client import ExportClient
+    from export_platform.requests.client import ExportClient
     client = ExportClient()                      # EXPORT_PLATFORM_DATABASE_URL or the embedded one
     request_id = client.request("users", "csv", filters={"country_code": "US"}, requested_by="alice")
     final = client.wait(request_id)              # a dict of the row, once it is terminal (LISTEN)
@@ -21,13 +21,13 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from . import requests_table as rt
-from .delivery import links
-from .embedded_postgres import database_url
-from .planning import plan_request
-from .requests_table import TERMINAL, Status
-from .resources.requests import RequestStore
-from .resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
+from . import table as rt
+from ..delivery import links
+from ..tooling.embedded_postgres import database_url
+from ..planning.plan import plan_request
+from .table import TERMINAL, Status
+from ..resources.requests import RequestStore
+from ..resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
 
 
 class Refused(RuntimeError):

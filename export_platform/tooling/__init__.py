@@ -1,0 +1,1 @@
+"""Local and operator tooling: the CLI, dev, the Dagster instance, the embedded Postgres, sample data."""
