@@ -117,12 +117,13 @@ class BatchSource(Protocol):
 class Interleaved:
     """The batches of several readers, in whatever order they arrive: one source for one writer,
     for an export that needs no row order. Each reader is drained on a thread of its own (the
-    driver decodes with the GIL released), at most `depth` batches ahead of the writer per reader.
+    driver decodes with the GIL released), at most `depth` batches queued for the writer per reader
+    (and one more in hand), so memory stays that of a few batches per stream.
 
     `close` stops the threads; the snapshot's readers must stay open until it has returned.
     """
 
-    def __init__(self, readers: list[BatchSource], depth: int = 2):
+    def __init__(self, readers: list[BatchSource], depth: int = 1):
         self.schema = readers[0].schema
         self._readers, self._queue = readers, queue.Queue(maxsize=depth * len(readers))
         self._stopped, self._threads = threading.Event(), []
