@@ -22,7 +22,7 @@ from export_platform.catalog.registry import RowOrder
 from export_platform.definitions import defs
 from export_platform.jobs import run_config_for
 from export_platform.planning.config import ExportOptions
-from export_platform.planning.key_ranges import PageRange, split_pages
+from export_platform.planning.key_ranges import KeyRange, PageRange, split_pages
 from export_platform.planning.plan import RequestError, plan_export, plan_request
 from export_platform.resources.postgres import PAGES_PER_STREAM, PostgresResource, stream_count
 from export_platform.sinks.arrow_source import Interleaved
@@ -119,6 +119,14 @@ def test_a_view_is_read_as_one_stream(db, database_url):
         assert len(snapshot.readers) == 1
         ids = [row[0] for batch in snapshot.readers[0] for row in _rows(batch)]
     assert sorted(ids) == [r[0] for r in db_rows(db, "users", ["id"])] and snapshot.count == len(ids)
+
+
+def test_a_chunk_of_the_chunked_job_reads_its_key_range_alone(db, database_url):
+    postgres = PostgresResource(url=database_url)
+    plan = plan_export("users", "csv", columns=["id"], options=ExportOptions(order="none"), chunks=3)
+    with postgres.snapshot_stream(plan, "chunk-test", key_range=KeyRange("100", "200")) as snapshot:
+        ids = [row[0] for reader in snapshot.readers for batch in reader for row in _rows(batch)]
+    assert sorted(ids) == list(range(100, 200)) and snapshot.count == 100
 
 
 def _rows(batch) -> list[tuple]:

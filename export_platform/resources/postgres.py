@@ -284,9 +284,10 @@ class PostgresResource(dg.ConfigurableResource):
     def _ranges(
         self, cursor: adbc.Cursor, plan: ExportPlan, streams: int, key_range: KeyRange | None
     ) -> tuple[int, list[sql.Range | None]]:
-        """The count and the ranges the streams read: key ranges in key order, else page ranges,
-        as many as asked or, when `streams` is 1, as the machine and the database allow."""
-        if plan.ordered:
+        """The count and the ranges the streams read: key ranges in key order or within a chunk's
+        `key_range`, else page ranges, as many as asked or, when `streams` is 1, as the machine
+        and the database allow."""
+        if plan.ordered or key_range is not None:
             if streams == 1:
                 return self._count(cursor, plan, key_range), [key_range]
             count, low, high = self._extent(cursor, plan)
