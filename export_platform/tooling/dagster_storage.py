@@ -16,6 +16,8 @@ from __future__ import annotations
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 
+from ..dagster_compat import ConfigurableClassData
+
 # A pooled connection older than this is replaced (e.g. after a proxy's idle cut-off).
 POOL_RECYCLE_SECONDS = 3600
 MAX_OVERFLOW = 8
@@ -24,7 +26,13 @@ NO_STATEMENT_TIMEOUT = 0
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
-    def __init__(self, postgres_url: str, should_autocreate_tables: bool = True, inst_data=None, token_provider=None):
+    def __init__(
+        self,
+        postgres_url: str,
+        should_autocreate_tables: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+        token_provider=None,
+    ):
         super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data, token_provider=token_provider)
         for storage in (self.run_storage, self.event_log_storage, self.schedule_storage):
             storage.optimize_for_webserver(
@@ -32,7 +40,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             )
 
     @classmethod
-    def from_config_value(cls, inst_data, config_value) -> PooledPostgresStorage:
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> PooledPostgresStorage:
         return cls(
             inst_data=inst_data,
             postgres_url=pg_url_from_config(config_value),
