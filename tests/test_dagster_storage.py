@@ -5,6 +5,7 @@ built from its instance ref (code servers, run processes)."""
 from __future__ import annotations
 
 import dagster as dg
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -41,3 +42,11 @@ def test_processes_built_from_the_instance_ref_pool_too(instance):
     assert ref.storage_data.class_name == PooledPostgresStorage.__name__
     with dg.DagsterInstance.from_ref(ref) as child:
         assert session(child) == session(child)
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_failing_a_statement(instance, database_url):
+    pid, _ = session(instance)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+    assert instance.get_runs(limit=1) == []
+    assert session(instance)[0] != pid

@@ -6,23 +6,22 @@ process. Measured with 10 requests at once (benchmarks/RESULTS.md, 2 Dec 2026): 
 connections to Dagster's database in one benchmark, and Postgres used 15 s of CPU in a 16 s burst
 while the run workers used 3 s; on a 2-core machine that queue of connections, not the exports, set
 the latency. Here each of the three storages keeps one connection open, plus up to
-`MAX_OVERFLOW` short-lived ones when threads (the daemon's, a run's) need more at once, through
-dagster-postgres's own pooled engine (the one `dagster-webserver` switches to), with no statement
-timeout, as before. Configured in dagster.yaml under `storage: custom:`.
+`MAX_OVERFLOW` short-lived ones while threads (the daemon's, a run's) need more at once: the pool
+`dagster-webserver` switches to (`optimize_for_webserver`), with a ping before each use, so that a
+connection the server dropped (a restart of Dagster's database) is replaced instead of failing the
+statement, and no statement timeout, as before. Configured in dagster.yaml under `storage: custom:`.
 """
 
 from __future__ import annotations
 
 from dagster_postgres import DagsterPostgresStorage
-from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
+from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
-from ..dagster_compat import ConfigurableClassData
+from ..dagster_compat import ConfigurableClassData, set_storage_engine
 
 # A pooled connection older than this is replaced (e.g. after a proxy's idle cut-off).
 POOL_RECYCLE_SECONDS = 3600
 MAX_OVERFLOW = 8
-# 0: no statement timeout, as with dagster-postgres's default engine (the webserver sets its own).
-NO_STATEMENT_TIMEOUT = 0
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
@@ -35,9 +34,16 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     ):
         super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data, token_provider=token_provider)
         for storage in (self.run_storage, self.event_log_storage, self.schedule_storage):
-            storage.optimize_for_webserver(
-                statement_timeout=NO_STATEMENT_TIMEOUT, pool_recycle=POOL_RECYCLE_SECONDS, max_overflow=MAX_OVERFLOW
+            engine = create_pg_engine(
+                postgres_url,
+                token_provider,
+                isolation_level="AUTOCOMMIT",  # as dagster-postgres's own engines
+                pool_size=1,
+                max_overflow=MAX_OVERFLOW,
+                pool_recycle=POOL_RECYCLE_SECONDS,
+                pool_pre_ping=True,
             )
+            set_storage_engine(storage, engine)
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value) -> PooledPostgresStorage:
