@@ -47,6 +47,12 @@ def execute_run_body() -> Callable[..., int]:
     return _execute_run_command_body
 
 
+def set_storage_engine(storage: object, engine: object) -> None:
+    """dagster-postgres's run, event-log and schedule storages each keep their SQLAlchemy engine in
+    `_engine` (what their `optimize_for_webserver` replaces); there is no public way to pass one."""
+    storage._engine = engine  # type: ignore[attr-defined]
+
+
 def sensor_daemon() -> ModuleType:
     from dagster._daemon import sensor
 
@@ -89,5 +95,6 @@ __all__ = [
     "is_valid_cron_string",
     "sensor_daemon",
     "set_sensor_loop_seconds",
+    "set_storage_engine",
     "setup_interrupt_handlers",
 ]

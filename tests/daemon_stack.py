@@ -32,7 +32,6 @@ from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.tooling.sample_data import seed
 
 TIMEOUT = 180
-WORKERS = 4  # as dagster.yaml: one per run the queue lets through at once
 
 
 def fresh_database(url: str, name: str) -> str:
@@ -62,7 +61,9 @@ class Stack:
             self.daemon.wait(timeout=60)
         self.daemon = None
 
-    def start_workers(self, count: int = WORKERS, max_runs: int | None = None) -> None:
+    def start_workers(self, count: int | None = None, max_runs: int | None = None) -> None:
+        """`count` workers, by default dagster.yaml's (one per run the queue lets through at once)."""
+        count = count or self.instance.run_launcher.workers
         self.workers = start_workers(self.env, self.tmp / "workers.log", count, max_runs)
         wait_for_workers(self.instance, self.workers, count)
 

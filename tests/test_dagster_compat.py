@@ -74,3 +74,11 @@ def test_the_instance_yaml_names_importable_classes():
     for section in ("run_coordinator", "run_launcher"):
         module, name = config[section]["module"], config[section]["class"]
         assert isinstance(getattr(importlib.import_module(module), name), type), section
+
+
+def test_dagster_postgres_storages_keep_their_engine_where_the_pooled_storage_replaces_it():
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+
+    for storage in (PostgresRunStorage, PostgresEventLogStorage, PostgresScheduleStorage):
+        assert "self._engine = create_pg_engine(" in inspect.getsource(storage.optimize_for_webserver), storage
+        assert "self._engine" in inspect.getsource(storage.__init__), storage

@@ -102,7 +102,7 @@ def test_cancelling_a_running_export_stops_it_and_replaces_its_worker(stack, app
     assert wait_for(lambda: not export_sessions(app, run.run_id), 30, "the export query to stop")
     assert files_in(stack.exports) == exports_before
     wait_for(lambda: not psutil.pid_exists(pid), 60, "the worker that ran it to retire")
-    wait_for(lambda: len(worker_pids(stack)) == 4, 120, "a replacement worker")
+    wait_for(lambda: len(worker_pids(stack)) == stack.instance.run_launcher.workers, 120, "a replacement worker")
 
 
 def test_a_killed_worker_fails_its_run_and_a_new_worker_takes_the_next(stack, app):
@@ -119,7 +119,7 @@ def test_a_killed_worker_fails_its_run_and_a_new_worker_takes_the_next(stack, ap
     assert wait_for(lambda: not export_sessions(app, running["run_id"]), 30, "the orphaned query to stop")
     assert files_in(stack.exports) == exports_before
 
-    wait_for(lambda: len(worker_pids(stack)) == 4, 120, "a replacement worker")
+    wait_for(lambda: len(worker_pids(stack)) == stack.instance.run_launcher.workers, 120, "a replacement worker")
     next_id = ledger_request(app, 3)
     final = wait_status(app, next_id, {"COMPLETED", "FAILED"})
     assert final["status"] == "COMPLETED", final["error"]
