@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psycopg
 
-from export_platform.tooling.embedded_postgres import database_url
+from export_platform.tooling.embedded_postgres import local_database_url
 from export_platform.planning.plan import plan_export
 from export_platform.tooling.sample_data import seed
 from export_platform.planning.sql import select_statement
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--chunks", default="1", help="comma-separated chunk counts to run each format with, e.g. 1,2")
     args = parser.parse_args()
 
-    url = database_url()
+    url = local_database_url()
     env = {**os.environ, "EXPORT_PLATFORM_DATABASE_URL": url}
     s3_env = start_s3(args.out) if args.s3 else None
     args.out.mkdir(parents=True, exist_ok=True)

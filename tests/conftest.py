@@ -5,12 +5,14 @@ included; tests must not change them (bad-input tests check that nothing did).""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV, start_embedded
+from export_platform.resources.database_url import DATABASE_URL_ENV
+from export_platform.tooling.embedded_postgres import start_embedded
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV, LocalStorage
@@ -19,13 +21,19 @@ from export_platform.tooling.sample_data import seed
 SEED_ROWS = 3_000
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's database, in the environment before any test module is collected: modules
+    import the code location, which requires the variable; commands and processes started by
+    tests find the same server through it."""
+    if not os.environ.get(DATABASE_URL_ENV):
+        # pgserver stops the server and deletes this folder when the session's process exits.
+        pgdata = Path(tempfile.mkdtemp(prefix="export_platform_tests_pg_"))
+        os.environ[DATABASE_URL_ENV] = start_embedded(pgdata, cleanup_mode="delete")
+
+
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = os.environ.get(DATABASE_URL_ENV)
-    if not url:
-        url = start_embedded(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="delete")
-        # Commands and processes started by tests find the same server through the environment.
-        os.environ[DATABASE_URL_ENV] = url
+def database_url() -> str:
+    url = os.environ[DATABASE_URL_ENV]
     with psycopg.connect(url, autocommit=True) as conn:
         seed(conn, SEED_ROWS)
     RequestStore(url=url).migrate()

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from dev_server import clean_env, running_dev
-from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV
+from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.tooling.sample_data import seed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
 from ..requests import table as rt
-from ..tooling.embedded_postgres import database_url
 
 REQUEST_ID_TAG = "export_platform/request_id"
 # The row's run key (random, unique beyond this table): how the sensor finds the run of a row.
@@ -23,10 +22,9 @@ MAX_TAG_LENGTH = 63
 
 
 class RequestStore(dg.ConfigurableResource):
-    url: str | None = Field(
-        default=None,
-        description="libpq URL of the database holding export_requests. Unset: the same database as "
-        "the export source (EXPORT_PLATFORM_DATABASE_URL or the embedded Postgres).",
+    url: str = Field(
+        description="libpq URL of the database holding export_requests (definitions.py: the export source's, "
+        "EXPORT_PLATFORM_DATABASE_URL)."
     )
     statement_timeout_ms: int = Field(
         default=10_000, description="Upper bound for any statement on the request table (keeps sensor ticks short)."
@@ -37,7 +35,7 @@ class RequestStore(dg.ConfigurableResource):
 
     def _pool(self) -> sa.Engine:
         if self._engine is None:
-            url, timeout = self.url or database_url(), self.statement_timeout_ms
+            url, timeout = self.url, self.statement_timeout_ms
             # `creator` accepts any libpq URL or keyword string, as psycopg does.
             self._engine = sa.create_engine(
                 "postgresql+psycopg://",
