@@ -27,7 +27,8 @@ from export_platform.tooling.instance import (
     wait_for_daemon,
     wait_for_workers,
 )
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.naming import REQUEST_ID_TAG, session_name
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.tooling.sample_data import seed
 
@@ -145,5 +146,5 @@ def files_in(folder: Path) -> list[Path]:
 
 def export_sessions(app, run_id) -> list:
     return app.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"export_platform:{run_id}",)
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (session_name(run_id),)
     ).fetchall()

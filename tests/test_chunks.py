@@ -18,10 +18,11 @@ from export_platform.requests import table as rt
 from export_platform.planning import sql
 from export_platform.planning.key_ranges import NO_KEYS, KeyRange, split_range
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.ops.export import INCREMENTAL_TAG, plan_op_name
+from export_platform.naming import INCREMENTAL_TAG, REQUEST_ID_TAG
+from export_platform.ops.export import plan_op_name
 from export_platform.planning.plan import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage
 from export_platform.tooling.sample_data import seed
 from readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
@@ -183,7 +184,7 @@ def _rows(table) -> list[tuple]:
 def chunked_users_job() -> dg.JobDefinition:
     from export_platform.definitions import defs
 
-    return defs.resolve_job_def("export_users_chunked")
+    return defs.resolve_job_def(REGISTRY.get("users").chunked_job_name)
 
 
 def _run_chunked(instance, config: dict, database: str, tags=None) -> dg.ExecuteJobResult:

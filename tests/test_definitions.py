@@ -12,6 +12,7 @@ from export_platform.planning.config import ExportConfig, config_class_for
 from export_platform.definitions import defs
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.registry import ExportType, Filter, Registry, ValueType
+from export_platform.naming import MAX_RUNTIME_TAG
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.tooling.embedded_postgres import HOME_ENV
 
@@ -19,6 +20,7 @@ import pytest
 
 
 def test_every_export_type_has_a_job():
+    # The names themselves, as docs and the Launchpad show them: the one place they are spelled out.
     defs.get_repository_def().load_all_definitions()
     names = sorted(j.name for j in defs.resolve_all_job_defs())
     chunked = [t.chunked_job_name for t in REGISTRY if t.chunk_key]
@@ -44,7 +46,7 @@ def test_config_is_typed_and_described(export_type):
     nested += [f for section in sections for f in _fields(fields[section].annotation).values()]
     assert all(f.description for f in nested)
     job = defs.resolve_job_def(export_type.job_name)
-    assert job.tags["dagster/max_runtime"] == str(export_type.max_runtime_seconds)
+    assert job.tags[MAX_RUNTIME_TAG] == str(export_type.max_runtime_seconds)
     plan_config = job.graph.node_named(f"plan_{export_type.name}").definition.config_schema.as_field().config_type
     assert "filters" in plan_config.fields and plan_config.fields["filters"].description
 

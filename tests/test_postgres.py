@@ -8,6 +8,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
+from export_platform.naming import session_name
 from export_platform.ops.export import connection_lost
 from export_platform.planning.plan import plan_export
 from export_platform.resources.postgres import ConnectionLost, GuardedReader, PostgresResource, StreamClosed
@@ -76,7 +77,7 @@ def test_a_killed_backend_mid_stream_is_a_lost_connection_whatever_the_message(d
     plan = plan_export("users", "csv")
     postgres = PostgresResource(url=database_url, batch_size_hint_bytes=1024)
     with pytest.raises(ConnectionLost) as raised:
-        with postgres.snapshot_stream(plan, "export_platform:kill-probe") as snapshot:
+        with postgres.snapshot_stream(plan, session_name("kill-probe")) as snapshot:
             batches = iter(snapshot.readers[0])
             next(batches)
             with psycopg.connect(database_url, autocommit=True) as admin:

@@ -11,7 +11,8 @@ import pytest
 
 from export_platform.errors import root_message
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.naming import REQUEST_ID_TAG
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage
 from readback import run_job
 from test_recurring import incremental_db, run_incremental  # noqa: F401  (fixture)

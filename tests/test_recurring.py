@@ -11,7 +11,8 @@ import yaml
 from psycopg.conninfo import make_conninfo
 
 from export_platform.definitions import defs
-from export_platform.ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.naming import INCREMENTAL_TAG, SCHEDULE_TAG
 from export_platform.errors import root_message
 from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
@@ -36,7 +37,7 @@ def test_every_declared_recurring_export_is_a_schedule_of_its_job():
     schedules = {s.name: s for s in defs.schedules if s.name.startswith("recurring_")}
     assert set(schedules) == {"recurring_us_users_daily", "recurring_ezpass_changes_hourly", "recurring_ledger_weekly"}
     daily = schedules["recurring_us_users_daily"]
-    assert (daily.cron_schedule, daily.execution_timezone, daily.job_name) == ("0 6 * * *", "America/New_York", "export_users")
+    assert (daily.cron_schedule, daily.execution_timezone, daily.job_name) == ("0 6 * * *", "America/New_York", REGISTRY.get("users").job_name)
     # The samples ship stopped: a dev instance left running must not write files every hour.
     assert {s.default_status for s in schedules.values()} == {dg.DefaultScheduleStatus.STOPPED}
     for schedule in schedules.values():
@@ -62,7 +63,7 @@ def test_an_entry_without_enabled_runs_once_deployed(tmp_path):
 def test_every_scheduled_run_executes_into_its_dated_folder(db, resources, storage_root, name):
     schedule = defs.get_schedule_def(f"recurring_{name}")
     run_request = evaluate(schedule)
-    export_type = schedule.job_name.removeprefix("export_")
+    [export_type] = [t.name for t in REGISTRY if t.job_name == schedule.job_name]
     [op_config] = run_request.run_config["ops"].values()
     result = run_job(export_type, op_config["config"], resources, tags=run_request.tags)
     assert result.success
@@ -222,8 +223,9 @@ def test_the_run_queue_holds_a_second_run_of_one_incremental_key():
 
     limits = yaml.safe_load(INSTANCE_YAML.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
     tags = evaluate(defs.get_schedule_def("recurring_ezpass_changes_hourly")).tags
-    running = dg.DagsterRun(job_name="export_ezpass_transactions", run_id="a" * 36, tags=tags)
+    job_name = REGISTRY.get("ezpass_transactions").job_name
+    running = dg.DagsterRun(job_name=job_name, run_id="a" * 36, tags=tags)
     counter = TagConcurrencyLimitsCounter(limits, [running])
-    assert counter.is_blocked(dg.DagsterRun(job_name="export_ezpass_transactions", run_id="b" * 36, tags=tags))
+    assert counter.is_blocked(dg.DagsterRun(job_name=job_name, run_id="b" * 36, tags=tags))
     other_key = {**tags, INCREMENTAL_TAG: "another_key", SCHEDULE_TAG: "another_key"}
-    assert not counter.is_blocked(dg.DagsterRun(job_name="export_ezpass_transactions", run_id="c" * 36, tags=other_key))
+    assert not counter.is_blocked(dg.DagsterRun(job_name=job_name, run_id="c" * 36, tags=other_key))

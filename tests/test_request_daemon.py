@@ -22,7 +22,7 @@ import pytest
 from daemon_stack import daemon_stack, export_sessions, files_in, insert, row, runs_for, wait_for, wait_status
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.tooling.instance import INSTANCE_YAML
-from export_platform.resources.requests import REQUEST_ID_TAG
+from export_platform.naming import EXPORT_TYPE_TAG, MAX_RUNTIME_TAG, REQUEST_ID_TAG, REQUESTED_BY_TAG
 from export_platform.workers.process_launcher import run_worker
 from readback import db_rows, file_rows
 
@@ -96,7 +96,7 @@ def test_twenty_requests_complete_once_each_within_the_queue_limits(stack, app):
     assert len(runs_for(instance, keyed_id)) == 1
     spans = [(r.start_time, r.end_time, r.dagster_run.tags) for r in records]
     assert max_overlap([(s, e) for s, e, _ in spans]) <= 4
-    for key, limit in (("export_type", 3), ("requested_by", 2)):
+    for key, limit in ((EXPORT_TYPE_TAG, 3), (REQUESTED_BY_TAG, 2)):
         for value in {tags[key] for *_, tags in spans}:
             assert max_overlap([(s, e) for s, e, tags in spans if tags[key] == value]) <= limit, (key, value)
 
@@ -197,7 +197,7 @@ def graphql(stack):
 def test_launchpad_run_through_graphql(stack, app, graphql):
     config = {"format": "parquet", "filters": {"currency": ["EUR"]}}
     run_id = graphql.submit_job_execution(
-        "export_ledger_postings", run_config={"ops": {"plan_ledger_postings": {"config": config}}}
+        REGISTRY.get("ledger_postings").job_name, run_config={"ops": {"plan_ledger_postings": {"config": config}}}
     )
     wait_for(lambda: graphql.get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS, what="the Launchpad run")
     published = stack.instance.get_run_by_id(run_id)
@@ -222,7 +222,7 @@ def test_a_failing_run_leaves_its_request_failed_with_the_error(stack, app, grap
     request_id = insert(app, "users", status="QUEUED")  # as if the sensor had queued it
     config = {"filters": {"lifetime_value_min": "10", "lifetime_value_max": "1"}}
     graphql.submit_job_execution(
-        "export_users",
+        REGISTRY.get("users").job_name,
         run_config={"ops": {"plan_users": {"config": config}}},
         tags={REQUEST_ID_TAG: str(request_id)},
     )
@@ -271,10 +271,10 @@ def test_requests_inserted_across_a_daemon_restart_all_complete_exactly_once(sta
 def test_a_run_past_its_maximum_runtime_ends_the_request_failed(stack, app, graphql):
     request_id = insert(app, "users", status="QUEUED")  # as if the sensor had queued it
     run_id = graphql.submit_job_execution(
-        "export_users",
+        REGISTRY.get("users").job_name,
         run_config={"ops": {"plan_users": {"config": {"format": "csv"}}}},
         # The export types' own limit is an hour; a 4M-row export outlives a 1 s one.
-        tags={REQUEST_ID_TAG: str(request_id), "dagster/max_runtime": "1"},
+        tags={REQUEST_ID_TAG: str(request_id), MAX_RUNTIME_TAG: "1"},
     )
     final = wait_status(app, request_id, {"FAILED", "COMPLETED", "CANCELLED"}, timeout=120)
     assert final["status"] == "FAILED", final

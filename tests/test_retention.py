@@ -104,7 +104,7 @@ def test_old_export_run_history_is_pruned_for_plain_and_chunked_jobs(resources, 
     assert chunked.execute_in_process(
         run_config={"ops": {plan_op_name("ledger_postings"): {"config": config}}}, resources=resources, instance=instance
     ).success
-    names = ("export_ledger_postings", "export_ledger_postings_chunked")
+    names = (REGISTRY.get("ledger_postings").job_name, REGISTRY.get("ledger_postings").chunked_job_name)
     count = lambda: [instance.get_runs_count(dg.RunsFilter(job_name=name)) for name in names]  # noqa: E731
     assert count() == [2, 1]
     assert run_cleanup(resources, resources["storage"], instance, run_history_days=1)["prune_run_history"]["runs"] == 0

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from export_platform.requests import table as rt
 from export_platform.requests.client import ExportClient, Refused
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.naming import REQUEST_ID_TAG, REQUESTED_BY_TAG
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage, S3Storage
 from readback import database_beside, db_rows, file_rows, run_job
 from test_request_sensor import insert, row
@@ -35,7 +36,7 @@ def export_request(db, resources, storage, user="alice o'hara") -> dict:
         "ledger_postings",
         {"format": "csv", "columns": COLUMNS},
         {**resources, "storage": storage},
-        tags={REQUEST_ID_TAG: str(request_id), "requested_by": user},
+        tags={REQUEST_ID_TAG: str(request_id), REQUESTED_BY_TAG: user},
     )
     assert result.success
     return row(db, request_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,13 +11,6 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
 from ..requests import table as rt
-
-REQUEST_ID_TAG = "export_platform/request_id"
-# The row's run key (random, unique beyond this table): how the sensor finds the run of a row.
-REQUEST_KEY_TAG = "export_platform/request_key"
-REQUESTED_BY_TAG = "requested_by"
-# Dagster caps tag values at 63 characters.
-MAX_TAG_LENGTH = 63
 
 
 class RequestStore(dg.ConfigurableResource):
@@ -75,19 +67,3 @@ class RequestStore(dg.ConfigurableResource):
     def run(self, statement: sa.Executable) -> sa.CursorResult:
         with self.transaction() as conn:
             return conn.execute(statement)
-
-
-def user_tag(requested_by: str | None) -> str:
-    """`requested_by` as a run tag (the per-user queue limit and storage folder): readable, and
-    distinct for users who share a prefix longer than a tag can hold."""
-    user = requested_by or "anonymous"
-    if len(user) <= MAX_TAG_LENGTH:
-        return user
-    digest = hashlib.sha256(user.encode()).hexdigest()[:10]
-    return f"{user[: MAX_TAG_LENGTH - len(digest) - 1]}~{digest}"
-
-
-def request_id_of(tags: dict[str, str]) -> int | None:
-    """The request row behind a run, or None for runs launched from the Launchpad or a schedule."""
-    value = tags.get(REQUEST_ID_TAG)
-    return int(value) if value else None

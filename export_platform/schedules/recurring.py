@@ -15,7 +15,8 @@ from ..dagster_compat import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..jobs import run_config_for
-from ..ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
+from ..catalog.export_types import REGISTRY
+from ..naming import EXPORT_TYPE_TAG, INCREMENTAL_TAG, SCHEDULE_TAG
 from ..planning.plan import Incremental, RequestError, plan_export, plan_request
 
 RECURRING_EXPORTS = Path(__file__).with_name("recurring_exports.yaml")
@@ -63,13 +64,13 @@ def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
         raise RecurringExportError(f"recurring export {entry.name!r}: invalid cron {entry.cron!r}")
     return dg.ScheduleDefinition(
         name=f"recurring_{entry.name}",
-        job_name=f"export_{entry.export_type}",
+        job_name=REGISTRY.get(entry.export_type).job_name,
         cron_schedule=entry.cron,
         execution_timezone=entry.timezone,
         run_config=run_config,
         tags={
             SCHEDULE_TAG: entry.name,
-            "export_type": entry.export_type,
+            EXPORT_TYPE_TAG: entry.export_type,
             **({INCREMENTAL_TAG: entry.name} if entry.incremental else {}),
         },
         description=entry.description or f"{entry.export_type} as {entry.format}, {entry.cron} ({entry.timezone})",

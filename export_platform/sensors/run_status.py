@@ -11,9 +11,9 @@ import dagster as dg
 from ..requests import table as rt
 from ..dagster_compat import INTERRUPTED_ERROR, START_TIMEOUT_REASON, WORKER_CRASH_MESSAGE, WORKER_EXITED_CLEANLY
 from ..errors import root_message
-from ..ops.export import session_name
 from ..resources.postgres import PostgresResource
-from ..resources.requests import RequestStore, request_id_of
+from ..naming import request_id_of, session_name
+from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
 
 INTERVAL_SECONDS = 2

@@ -61,7 +61,7 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     from ..errors import root_message
     from ..jobs import run_config_for
 
-    job = defs.resolve_job_def(f"export_{plan.export_type}")
+    job = defs.resolve_job_def(REGISTRY.get(plan.export_type).job_name)
     result = job.execute_in_process(
         run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
     )

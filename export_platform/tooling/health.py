@@ -8,6 +8,7 @@ import time
 import dagster as dg
 from ..dagster_compat import InstigatorStatus, InstigatorType, TickStatus
 
+from ..naming import REQUEST_SENSOR
 from ..requests import table as rt
 from .instance import prepare_dagster_home
 from ..resources.database_url import require_database_url
@@ -16,7 +17,6 @@ from ..resources.requests import RequestStore
 HEARTBEAT_TOLERANCE_SECONDS = 60  # daemons beat every 30 s
 TICK_TOLERANCE_SECONDS = 60
 REQUIRED_DAEMONS = ("SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING")
-REQUEST_SENSOR = "export_request_sensor"
 
 
 def _database(lines: list[str]) -> list[str]:
