@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from export_platform.errors import root_message
+from export_platform.run_failures import root_message
 from export_platform.ops.export import EXTRACT_RETRIES
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.storage import LocalStorage

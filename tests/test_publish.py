@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from export_platform.errors import root_message
+from export_platform.run_failures import root_message
 from export_platform.resources.postgres import PostgresResource
 from export_platform.naming import REQUEST_ID_TAG
 from export_platform.resources.requests import RequestStore

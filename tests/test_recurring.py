@@ -13,7 +13,7 @@ from psycopg.conninfo import make_conninfo
 from export_platform.definitions import defs
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.naming import INCREMENTAL_TAG, SCHEDULE_TAG
-from export_platform.errors import root_message
+from export_platform.run_failures import root_message
 from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore

@@ -29,7 +29,7 @@ from ..naming import (
     user_tag,
 )
 from ..resources.requests import RequestStore
-from .run_status import failure_message
+from ..run_failures import failure_message
 
 ROWS_PER_TICK = 50
 # An active row this long without an update gets its run's status checked.

@@ -58,7 +58,7 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     `instance`, the run is recorded there (and shows in the UI)."""
     _quiet_dagster_warnings()
     from ..definitions import defs  # importing the code location is the slow part; only when needed
-    from ..errors import root_message
+    from ..run_failures import root_message
     from ..jobs import run_config_for
 
     job = defs.resolve_job_def(REGISTRY.get(plan.export_type).job_name)
@@ -367,7 +367,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ..definitions import defs
-    from ..errors import root_message
+    from ..run_failures import root_message
     from .instance import prepare_dagster_home
     from ..ops.retention import cleanup_run_config
 
