@@ -25,7 +25,7 @@ from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage
 from export_platform.tooling.sample_data import seed
-from readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
+from support.readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
 
 USERS = list(REGISTRY.get("users").columns)
 TEXT_FORMATS = ["csv", "csv_gz", "csv_zst", "ndjson", "ndjson_zst"]
@@ -200,18 +200,12 @@ def _run_chunked(instance, config: dict, database: str, tags=None) -> dg.Execute
     return dg.execute_job(job, instance, run_config=run_config, tags=tags)
 
 
-@pytest.fixture
-def instance(storage_root):
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _step_events(result, kind: str) -> list[str]:
     return sorted(e.step_key for e in result.all_events if e.event_type_value == kind)
 
 
 @pytest.mark.slow
-def test_chunked_job_runs_a_process_per_chunk(skewed_db, database_url, instance):
+def test_chunked_job_runs_a_process_per_chunk(skewed_db, database_url, instance, storage_root):  # steps read the storage URL
     fmt, store = "parquet", RequestStore(url=database_url)
     request_id = store.run(rt.insert("users", fmt, {}, "chunk-test", None)).scalar()
     config = {"format": fmt, "chunks": 3, "filters": {"country_code": ["US"]}}

@@ -21,8 +21,8 @@ from export_platform.catalog.formats import ExportFormat
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
-from dev_server import clean_env, database_url_beside, get, running_dev
-from readback import database_beside, db_rows, file_rows
+from support.dev_server import clean_env, database_url_beside, get, running_dev
+from support.readback import database_beside, db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
 

@@ -9,10 +9,9 @@ import polars as pl
 import psycopg
 import pytest
 
-from daemon_stack import daemon_stack, files_in, wait_for
+from support.daemon_stack import daemon_stack, files_in, wait_for
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.naming import INCREMENTAL_TAG
-from test_request_daemon import graphql  # noqa: F401  (the webserver's GraphQL API, for Launchpad runs)
 
 pytestmark = pytest.mark.slow
 

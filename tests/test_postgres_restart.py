@@ -15,11 +15,12 @@ import psycopg
 import pytest
 from pgserver.postgres_server import pg_ctl
 
-from daemon_stack import daemon_stack, insert, row, runs_for, wait_for, wait_status
+from support.daemon_stack import daemon_stack, runs_for, wait_for, wait_status
+from support.request_rows import insert, row
 from export_platform.dagster_compat import InstigatorType, TickStatus
 from export_platform.naming import REQUEST_SENSOR
 from export_platform.tooling.embedded_postgres import start_embedded
-from readback import db_rows, file_rows
+from support.readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow
 

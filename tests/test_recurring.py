@@ -16,10 +16,8 @@ from export_platform.naming import INCREMENTAL_TAG, SCHEDULE_TAG
 from export_platform.run_failures import root_message
 from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import RequestStore
-from export_platform.tooling.sample_data import seed
 from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules
-from readback import database_beside, published_path, run_job
+from support.readback import published_path, run_incremental, run_job
 
 
 @pytest.fixture(autouse=True)
@@ -91,25 +89,8 @@ def test_a_bad_entry_fails_loading_with_its_name(tmp_path, entry, message):
         build_recurring_schedules(path)
 
 
-@pytest.fixture
-def incremental_db(database_url, storage_root) -> tuple[str, dict]:
-    url = database_beside(database_url, "incremental_check")
-    with psycopg.connect(url, autocommit=True) as conn:
-        seed(conn, 500, ("users",))
-    store = RequestStore(url=url)
-    store.migrate()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM export_watermarks")
-    # No margin: these tests run one step after another, never racing a writer's clock read.
-    return url, {"postgres": PostgresResource(url=url, incremental_margin_seconds=0), "requests": store}
-
-
 def exported_ids(result) -> list[int]:
     return pl.read_parquet(published_path(result))["id"].to_list()
-
-
-def run_incremental(config: dict, resources: dict, export_type: str = "users"):
-    return run_job(export_type, config, resources, tags={INCREMENTAL_TAG: config["incremental"]["key"]})
 
 
 def test_incremental_runs_have_no_gap_and_no_duplicate_with_concurrent_writers(incremental_db, resources):

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -19,12 +15,12 @@ import psutil
 import psycopg
 import pytest
 
-from daemon_stack import daemon_stack, export_sessions, files_in, insert, row, runs_for, wait_for, wait_status
+from support.daemon_stack import daemon_stack, export_sessions, files_in, runs_for, wait_for, wait_status
+from support.request_rows import insert, row
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.naming import EXPORT_TYPE_TAG, MAX_RUNTIME_TAG, REQUEST_ID_TAG, REQUESTED_BY_TAG
 from export_platform.workers.process_launcher import run_worker
-from readback import db_rows, file_rows
+from support.readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow
 
@@ -159,39 +155,6 @@ def test_a_killed_run_worker_fails_its_request_and_stops_its_query(stack, app, w
     assert files_in(stack.exports) == exports_before  # the killed worker's temp file is removed
     if with_code_server:  # on the warm pool, the worker's parent is the pool's supervisor
         stack.start_workers()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def graphql(stack):
-    from dagster_graphql import DagsterGraphQLClient
-
-    port = free_port()
-    webserver = Path(sys.executable).with_name("dagster-webserver")
-    with (stack.tmp / "webserver.log").open("ab") as log:
-        process = subprocess.Popen(
-            [str(webserver), "-m", "export_platform.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            env=stack.env, cwd=INSTANCE_YAML.parent, stdout=log, stderr=subprocess.STDOUT,
-        )
-
-    def ready() -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200
-        except OSError:
-            assert process.poll() is None, "dagster-webserver exited"
-            return False
-
-    try:
-        wait_for(ready, 120, "dagster-webserver")
-        yield DagsterGraphQLClient("127.0.0.1", port_number=port)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def test_launchpad_run_through_graphql(stack, app, graphql):

@@ -11,52 +11,15 @@ import pytest
 from export_platform.definitions import defs
 from export_platform.jobs import EXPORT_JOBS
 from export_platform.requests.table import export_requests
-from export_platform.resources.postgres import PostgresResource
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.naming import EXPORT_TYPE_TAG, REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, user_tag
-from export_platform.resources.requests import RequestStore
-from export_platform.sensors.request_sensor import ROWS_PER_TICK, build_request_sensor
-from readback import run_job
-
-SENSOR = build_request_sensor(EXPORT_JOBS)
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def store(database_url):
-    store = RequestStore(url=database_url)
-    store.engine()  # the session migrated the table; this checks its version
-    return store
-
-
-def insert(db, export_type="users", fmt="csv", params=None, user="alice") -> int:
-    return db.execute(
-        "INSERT INTO export_requests (export_type, format, params, requested_by) VALUES (%s, %s, %s, %s) RETURNING id",
-        (export_type, fmt, json.dumps(params or {}), user),
-    ).fetchone()[0]
-
-
-def row(db, request_id):
-    # params as text: a poison row's JSON is one Python cannot decode.
-    columns = ", ".join(f"{c.name}::text" if c.name == "params" else c.name for c in export_requests.columns)
-    cursor = db.execute(f"SELECT {columns} FROM export_requests WHERE id = %s", (request_id,))
-    names = [c.name for c in cursor.description]
-    return dict(zip(names, cursor.fetchone()))
+from export_platform.sensors.request_sensor import ROWS_PER_TICK
+from support.readback import run_job
+from support.request_rows import insert, row, tick
 
 
 def ids(result: dg.SensorResult) -> list[int]:
     return [int(r.tags[REQUEST_ID_TAG]) for r in result.run_requests]
-
-
-def tick(instance, store, database_url) -> dg.SensorResult:
-    resources = {"requests": store, "postgres": PostgresResource(url=database_url)}
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        return SENSOR(context)
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,9 @@ from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, stat
 from export_platform.ops import export as export_ops
 from export_platform.resources.postgres import PostgresResource
 from export_platform.naming import REQUEST_ID_TAG, REQUESTED_BY_TAG
-from readback import run_job
-from serve_stack import TEST_KEY, serve_process
-from test_request_sensor import insert, row
+from support.readback import run_job
+from support.serve_stack import TEST_KEY, serve_process
+from support.request_rows import insert, row
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from dev_server import clean_env, running_dev
+from support.dev_server import clean_env, running_dev
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.naming import REQUEST_SENSOR
 from export_platform.resources.database_url import DATABASE_URL_ENV
