@@ -16,7 +16,7 @@ from export_platform.naming import INCREMENTAL_TAG, SCHEDULE_TAG
 from export_platform.run_failures import root_message
 from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
-from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules
+from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules, load_recurring_exports
 from support.readback import published_path, run_incremental, run_job
 
 
@@ -47,6 +47,19 @@ def test_every_declared_recurring_export_is_a_schedule_of_its_job():
     # The queue runs one run per incremental key at a time (dagster.yaml).
     assert evaluate(schedules["recurring_ezpass_changes_hourly"]).tags[INCREMENTAL_TAG] == "ezpass_changes_hourly"
     assert INCREMENTAL_TAG not in evaluate(daily).tags
+
+
+def test_each_recurring_entry_is_planned_once(monkeypatch):
+    # An incremental entry was planned a second time from the first plan's output.
+    from export_platform.planning import plan as planning
+
+    planned, check_filters = [], planning.check_filters
+    monkeypatch.setattr(planning, "check_filters", lambda export_type, filters: planned.append(export_type.name)
+                        or check_filters(export_type, filters))
+    entries = load_recurring_exports()
+    assert any(e.incremental for e in entries)
+    build_recurring_schedules()
+    assert planned == [e.export_type for e in entries]
 
 
 def test_an_entry_without_enabled_runs_once_deployed(tmp_path):

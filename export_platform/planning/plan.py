@@ -379,10 +379,11 @@ def _options_from_params(params: Mapping[str, Any]) -> ExportOptions:
         raise RequestError(".".join(map(str, first["loc"])), first["msg"]) from None
 
 
-def plan_request(export_type_name: Any, format: Any, params: Any) -> ExportPlan:
+def plan_request(export_type_name: Any, format: Any, params: Any, incremental: Incremental | None = None) -> ExportPlan:
     """Check a request row (`params` as the application stored it) and plan it. JSON null is
     refused like any other non-object: an application that meant "everything" writes `{}`, and a
-    null that slipped through must not export a whole table."""
+    null that slipped through must not export a whole table. `incremental`: a recurring entry's
+    (request rows cannot ask for one)."""
     if not isinstance(params, Mapping):
         raise RequestError(
             "params", f"expected a JSON object with {', '.join(PARAM_KEYS)} (use {{}} for all rows), got {shown(params)}"
@@ -391,7 +392,9 @@ def plan_request(export_type_name: Any, format: Any, params: Any) -> ExportPlan:
     if unknown:
         raise RequestError(f"params.{_cut(unknown[0])}", f"unknown option; known: {', '.join(PARAM_KEYS)}")
     options = _options_from_params({k: v for k, v in params.items() if v is not None})
-    return plan_export(export_type_name, format, params.get("filters"), params.get("columns"), options)
+    return plan_export(
+        export_type_name, format, params.get("filters"), params.get("columns"), options, incremental=incremental
+    )
 
 
 def plan_export(

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..jobs import run_config_for
 from ..catalog.export_types import REGISTRY
 from ..naming import EXPORT_TYPE_TAG, INCREMENTAL_TAG, SCHEDULE_TAG
-from ..planning.plan import Incremental, RequestError, plan_export, plan_request
+from ..planning.plan import Incremental, RequestError, plan_request
 
 RECURRING_EXPORTS = Path(__file__).with_name("recurring_exports.yaml")
 
@@ -45,13 +45,9 @@ class RecurringExportError(ValueError):
 
 
 def _run_config(entry: RecurringExport) -> dict:
-    plan = plan_request(entry.export_type, entry.format, entry.params)
-    if entry.incremental is not None:
-        incremental = Incremental(entry.incremental.column, entry.name, None)
-        plan = plan_export(
-            plan.export_type, plan.format, plan.filters, list(plan.columns), plan.options, incremental=incremental
-        )
-    return run_config_for(plan)
+    # The key is the entry's name; the lower mark is read by each run's plan op.
+    incremental = Incremental(entry.incremental.column, entry.name, None) if entry.incremental else None
+    return run_config_for(plan_request(entry.export_type, entry.format, entry.params, incremental))
 
 
 def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
