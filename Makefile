@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: demo test test-fast bench dev stop clean
+.PHONY: demo test test-fast bench bench-peers dev stop clean
 
 # The Dagster UI's port for `make dev` (make dev PORT=3300).
 PORT ?= 3000
@@ -30,6 +31,16 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/export_vs_copy.py
+
+# The benchmark's peers (DuckDB, ConnectorX): an extra of their own, never installed by the other targets.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# The peer table of issue 12 (10M rows); e.g. make bench-peers PEERS_ARGS="--rows 1000000 --repeat 2".
+PEERS_ARGS ?= --rows 10000000
+bench-peers: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/export_vs_copy.py --peers $(PEERS_ARGS)
 
 dev: $(STAMP)
 	$(BIN)/export-platform dev --port $(PORT)

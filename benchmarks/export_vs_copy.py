@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/export_vs_copy.py --rows 1000000 10000000
     .venv/bin/python benchmarks/export_vs_copy.py --repeat 1 --formats csv,csv.gz,csv.zst,parquet,ndjson,json,xlsx
     .venv/bin/python benchmarks/export_vs_copy.py --rows 10000000 --chunks 1,2 --repeat 3
+    .venv/bin/python benchmarks/export_vs_copy.py --rows 10000000 --peers   # make bench-peers
 
 For each size: seeds `users` with N rows, then runs each contender as a whole process and
 records wall time and that process's peak RSS (from wait4):
@@ -15,26 +16,43 @@ records wall time and that process's peak RSS (from wait4):
     snapshot), shown as e.g. `csv x2`
   - with --s3: the same exports published to an S3-compatible server (moto, on a loopback port)
     instead of a local file, to show memory stays flat when the target is object storage
+  - with --peers (needs the `bench` extra: `make bench-peers`), the tools a user would pick instead,
+    on the same columns: psql `\\copy (SELECT ...) TO file csv header` without and with the export's
+    ORDER BY (psql from PATH, else the one pgserver ships; skipped when neither exists), DuckDB's
+    postgres scanner (ATTACH, `COPY (SELECT ...) TO` parquet zstd, parquet snappy and csv, one
+    thread per core), ConnectorX (`read_sql` in 2 partitions on the key, to Arrow, written by
+    pyarrow as zstd Parquet), and `export-platform run --order none` for csv and parquet when the
+    CLI has `--order`. The ratio column is then against psql's unordered `\\copy`.
 The fastest of --repeat runs is kept. Whole-process times include Python start-up and the
-Dagster import; the "in run" column is the job's own extract+publish time.
+Dagster import; the "in run" column is the job's own extract+publish time. Every csv and parquet
+file written is read back: its columns and row count must be the table's, or the benchmark stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
+import pgserver
+import polars as pl
 import psycopg
+from psycopg import sql
 
+from export_platform.planning.plan import ExportPlan, plan_export
+from export_platform.planning.sql import count_statement, select_statement
+from export_platform.resources.requests import RequestStore
 from export_platform.tooling.embedded_postgres import local_database_url
-from export_platform.planning.plan import plan_export
 from export_platform.tooling.sample_data import seed
-from export_platform.planning.sql import select_statement
+
+CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
 
 COPY_SCRIPT = """
 import sys, psycopg
@@ -43,6 +61,33 @@ with psycopg.connect(url) as conn, open(path, "wb") as out:
     with conn.cursor().copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
         for chunk in copy:
             out.write(chunk)
+"""
+
+
+# DuckDB downloads an extension on first use unless told otherwise; the benchmark loads the binary
+# that the `duckdb-extension-postgres-scanner` package installed, from its path, so nothing is
+# fetched at run time and the extension is the one pinned in constraints.txt.
+DUCKDB_SCRIPT = """
+import os, sys
+from pathlib import Path
+import duckdb, duckdb_extension_postgres_scanner
+url, query, path, options = sys.argv[1:]
+literal = lambda text: "'" + text.replace("'", "''") + "'"
+extension = (Path(duckdb_extension_postgres_scanner.__file__).parent / "extensions"
+             / f"v{duckdb.__version__}" / "postgres_scanner.duckdb_extension")
+con = duckdb.connect(config={"autoinstall_known_extensions": False, "threads": os.cpu_count()})
+con.execute(f"LOAD {literal(str(extension))}")
+con.execute(f"ATTACH {literal(url)} AS db (TYPE postgres, READ_ONLY)")
+con.execute(f"COPY ({query}) TO {literal(path)} ({options})")
+"""
+
+# ConnectorX as its documentation shows it: the whole result in memory as Arrow, then one write.
+CONNECTORX_SCRIPT = """
+import sys
+import connectorx, pyarrow.parquet
+url, query, key, path = sys.argv[1:]
+table = connectorx.read_sql(url, query, partition_on=key, partition_num=2, return_type="arrow")
+pyarrow.parquet.write_table(table, path, compression="zstd")
 """
 
 
@@ -97,6 +142,93 @@ def start_s3(folder: Path) -> dict[str, str]:
     return s3_env
 
 
+def find_psql() -> str | None:
+    """psql from PATH, as a user would run it, else the one the pgserver package ships beside its Postgres."""
+    bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return shutil.which("psql") or shutil.which("psql", path=str(bundled))
+
+
+def unordered_statement(plan: ExportPlan, relation: sql.Identifier) -> str:
+    """The export's columns with no ORDER BY: what a tool that does not sort reads."""
+    columns = sql.SQL(", ").join(map(sql.Identifier, plan.columns))
+    return sql.SQL("SELECT {columns} FROM {relation}").format(columns=columns, relation=relation).as_string()
+
+
+def authority_host_url(url: str) -> str:
+    """The URL with a `?host=/socket/dir` moved, percent-encoded, into its authority: ConnectorX
+    rejects a URL with an empty host (the embedded Postgres listens on a socket only); libpq takes both."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    if parts.hostname or "host" not in query:
+        return url
+    userinfo, host = parts.netloc.rpartition("@")[0], quote(query.pop("host")[0], safe="")
+    rest = "&".join(f"{key}={value}" for key, values in query.items() for value in values)
+    return urlunsplit((parts.scheme, f"{userinfo}@{host}" if userinfo else host, parts.path, rest, ""))
+
+
+def check_file(method: str, path: Path, plan: ExportPlan, rows: int) -> None:
+    """Stops the benchmark unless the file has the export's columns and every row of the table: a
+    fast wrong file is no result. Read by Polars, which keeps quoted newlines inside their field."""
+    frame = pl.scan_parquet(path) if path.suffix == ".parquet" else pl.scan_csv(path, infer_schema=False)
+    columns, count = frame.collect_schema().names(), frame.select(pl.len()).collect().item()
+    if columns != list(plan.columns) or count != rows:
+        raise SystemExit(f"{method}: {path} has {count:,} rows of {columns}; expected {rows:,} of {list(plan.columns)}")
+
+
+Contender = tuple[str, list[str], Path | None, dict]  # method, argv, file written (None: S3), environment
+
+
+def contenders(
+    args: argparse.Namespace,
+    url: str,
+    plan: ExportPlan,
+    env: dict,
+    s3_env: dict | None,
+    psql: str | None,
+    order_none: bool,
+) -> list[Contender]:
+    """Every process to measure, the ratio's base first: psql's unordered \\copy with --peers, else
+    psycopg's COPY."""
+    python, out = sys.executable, args.out
+    relation = plan.relation.split(".")
+    unordered = unordered_statement(plan, sql.Identifier(*relation))
+    copy_file = out / "copy.csv"
+    listed: list[Contender] = []
+    if psql:
+        for method, query, name in [
+            ("\\copy", unordered, "psql.csv"),
+            (f"\\copy order by {', '.join(plan.order_by)}", select_statement(plan), "psql-ordered.csv"),
+        ]:
+            target = sql.Literal(str(out / name)).as_string()
+            command = f"\\copy ({query}) TO {target} WITH (FORMAT csv, HEADER)"
+            argv = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", command]
+            listed.append((method, argv, out / name, env))
+    listed.append(("copy", [python, "-c", COPY_SCRIPT, url, select_statement(plan), str(copy_file)], copy_file, env))
+    for fmt, chunks in [(f, int(c)) for f in args.formats.split(",") for c in args.chunks.split(",")]:
+        target, method = out / f"users.{fmt}", fmt if chunks == 1 else f"{fmt} x{chunks}"
+        run = [*CLI, "run", "users", "--format", fmt, "--chunks", str(chunks)]
+        listed.append((method, [*run, "--output", str(target)], target, env))
+        if s3_env:
+            listed.append((f"{method}→s3", run, None, {**env, **s3_env}))
+    if order_none:
+        for fmt in ("csv", "parquet"):
+            target = out / f"users-order-none.{fmt}"
+            run = [*CLI, "run", "users", "--format", fmt, "--order", "none", "--output", str(target)]
+            listed.append((f"{fmt} order none", run, target, env))
+    if args.peers:
+        scan = unordered_statement(plan, sql.Identifier("db", *relation))
+        for method, options, name in [
+            ("duckdb parquet zstd", "FORMAT parquet, COMPRESSION zstd", "duckdb-zstd.parquet"),
+            ("duckdb parquet snappy", "FORMAT parquet, COMPRESSION snappy", "duckdb-snappy.parquet"),
+            ("duckdb csv", "FORMAT csv, HEADER", "duckdb.csv"),
+        ]:
+            listed.append((method, [python, "-c", DUCKDB_SCRIPT, url, scan, str(out / name), options], out / name, env))
+        target = out / "connectorx.parquet"
+        argv = [python, "-c", CONNECTORX_SCRIPT, authority_host_url(url), unordered, plan.chunk_key, str(target)]
+        listed.append(("connectorx parquet zstd", argv, target, env))
+    return listed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
@@ -105,42 +237,56 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "export_platform_bench")
     parser.add_argument("--s3", action="store_true", help="also publish each format to a local moto S3 server")
     parser.add_argument("--chunks", default="1", help="comma-separated chunk counts to run each format with, e.g. 1,2")
+    parser.add_argument("--peers", action="store_true", help="also run psql \\copy, DuckDB and ConnectorX (the bench extra)")
     args = parser.parse_args()
+    peer_modules = ("duckdb", "duckdb_extension_postgres_scanner", "connectorx")
+    if args.peers and not all(importlib.util.find_spec(m) for m in peer_modules):
+        raise SystemExit("--peers needs the bench extra: make bench-peers, or pip install -c constraints.txt -e '.[bench]'")
 
     url = local_database_url()
+    RequestStore(url=url).migrate()  # `export-platform run` checks the request table's schema, also in a fresh database
     env = {**os.environ, "EXPORT_PLATFORM_DATABASE_URL": url}
     s3_env = start_s3(args.out) if args.s3 else None
     args.out.mkdir(parents=True, exist_ok=True)
-    cli = [sys.executable, "-m", "export_platform.tooling.cli"]
-    query = select_statement(plan_export("users", "csv"))
+    plan = plan_export("users", "csv")
+    psql = find_psql() if args.peers else None
+    if args.peers:
+        if psql:
+            version = subprocess.run([psql, "--version"], capture_output=True, text=True).stdout.strip()
+            print(f"psql: {psql} ({version})")
+        else:
+            print("psql is not on PATH (nor in pgserver): no \\copy; the ratio is against psycopg's COPY")
+    # `--order` is newer than this benchmark: without it the CLI has no unordered export to time.
+    run_help = subprocess.run([*CLI, "run", "--help"], env=env, capture_output=True, text=True, check=True)
+    order_none = args.peers and "--order" in run_help.stdout
+    if args.peers and not order_none:
+        print("export-platform run has no --order yet: the `order none` exports are skipped")
+    listed = contenders(args, url, plan, env, s3_env, psql, order_none)
     peak_rss: dict[tuple[str, int], float] = {}
+    width = max(len("method"), *(len(method) for method, *_ in listed)) + 2
 
-    print(f"{'rows':>11} {'method':<11}{'seconds':>9}{'in run':>9}{'x COPY':>8}{'peak RSS MB':>13}{'bytes':>15}")
+    base = "\\copy" if psql else "COPY"
+    print(f"{'rows':>11} {'method':<{width}}{'seconds':>9}{'in run':>9}{'x ' + base:>8}{'peak RSS MB':>13}{'bytes':>15}")
     for rows in args.rows:
         with psycopg.connect(url, autocommit=True) as conn:
             seed(conn, rows, tables=("users",))
             conn.execute("VACUUM ANALYZE users")
-        copy_file = args.out / "copy.csv"
-        copy_seconds, rss, _ = best_of(args.repeat, [sys.executable, "-c", COPY_SCRIPT, url, query, str(copy_file)], env)
-        print(f"{rows:>11,} {'copy':<11}{copy_seconds:>9.2f}{'':>9}{1:>8.2f}{rss:>13.0f}{copy_file.stat().st_size:>15,}")
-        for fmt, chunks in [(f, int(c)) for f in args.formats.split(",") for c in args.chunks.split(",")]:
-            target, method = args.out / f"users.{fmt}", fmt if chunks == 1 else f"{fmt} x{chunks}"
-            seconds, rss, stdout = best_of(
-                args.repeat, [*cli, "run", "users", "--format", fmt, "--chunks", str(chunks), "--output", str(target)], env
-            )
-            in_run = float(dict(p.split("=", 1) for p in stdout.split())["seconds"])
+            count = conn.execute(count_statement(plan)).fetchone()[0]
+        base_seconds = None
+        for method, argv, target, run_env in listed:
+            seconds, rss, stdout = best_of(args.repeat, argv, run_env)
+            base_seconds = base_seconds or seconds
+            # export-platform run prints rows=, bytes=, seconds=, ...; the other tools print nothing.
+            result = dict(p.split("=", 1) for p in stdout.split() if "=" in p)
+            in_run = f"{float(result['seconds']):.2f}" if "seconds" in result else ""
+            size = target.stat().st_size if target else int(result["bytes"])
+            if target and target.suffix in (".csv", ".parquet"):
+                check_file(method, target, plan, count)
             peak_rss[(method, rows)] = rss
             print(
-                f"{rows:>11,} {method:<11}{seconds:>9.2f}{in_run:>9.2f}{seconds / copy_seconds:>8.2f}"
-                f"{rss:>13.0f}{target.stat().st_size:>15,}"
+                f"{rows:>11,} {method:<{width}}{seconds:>9.2f}{in_run:>9}{seconds / base_seconds:>8.2f}"
+                f"{rss:>13.0f}{size:>15,}"
             )
-            if s3_env:
-                seconds, rss, stdout = best_of(args.repeat, [*cli, "run", "users", "--format", fmt], {**env, **s3_env})
-                result = dict(p.split("=", 1) for p in stdout.split())
-                print(
-                    f"{rows:>11,} {fmt + '→s3':<9}{seconds:>9.2f}{float(result['seconds']):>9.2f}"
-                    f"{seconds / copy_seconds:>8.2f}{rss:>13.0f}{int(result['bytes']):>15,}"
-                )
     if len(args.rows) > 1:
         low, high = min(args.rows), max(args.rows)
         for method in sorted({m for m, _ in peak_rss}):

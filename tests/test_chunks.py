@@ -18,7 +18,7 @@ from export_platform.requests import table as rt
 from export_platform.planning import sql
 from export_platform.planning.key_ranges import NO_KEYS, KeyRange, split_range
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.naming import INCREMENTAL_TAG, REQUEST_ID_TAG
+from export_platform.naming import INCREMENTAL_TAG, REQUEST_ID_TAG, session_name
 from export_platform.ops.export import plan_op_name
 from export_platform.planning.plan import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
@@ -244,9 +244,10 @@ def terminate_one_chunk(url: str, stop: threading.Event) -> list[int]:
         with psycopg.connect(url, autocommit=True) as conn:
             while not killed and not stop.wait(0.05):
                 pid = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'export_platform:%%' "
+                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s "
                     "AND state = 'active' AND query LIKE 'COPY%%ORDER BY%%' AND datname = current_database() "
-                    "AND pid <> pg_backend_pid() LIMIT 1"
+                    "AND pid <> pg_backend_pid() LIMIT 1",
+                    (session_name("%"),),
                 ).fetchone()
                 if pid and conn.execute("SELECT pg_terminate_backend(%s)", pid).fetchone()[0]:
                     killed.append(pid[0])
@@ -337,13 +338,16 @@ def test_the_request_row_shows_the_total_of_all_chunks(database_url, resources):
     assert float(store.run(rt.by_id(running)).mappings().one()["progress_pct"]) == 75.0
 
 
-def test_incremental_bounds_hold_in_every_chunk(skewed_db, resources):
+@pytest.mark.parametrize("order", ["key", "none"])
+def test_incremental_bounds_hold_in_every_chunk(skewed_db, resources, order):
     store = RequestStore(url=skewed_db)
     store.migrate()
     postgres = PostgresResource(url=skewed_db, batch_size_hint_bytes=64 * 1024, incremental_margin_seconds=0)
     overrides = {"postgres": postgres, "requests": store}
-    config = {"format": "csv", "columns": ["id"], "chunks": 3, "incremental": {"column": "updated_at", "key": "chunks"}}
-    tags = {INCREMENTAL_TAG: "chunks"}
+    key = f"chunks-{order}"
+    config = {"format": "csv", "columns": ["id"], "chunks": 3, "order": order,
+              "incremental": {"column": "updated_at", "key": key}}
+    tags = {INCREMENTAL_TAG: key}
     late = 2_000_000_000
     with psycopg.connect(skewed_db) as slow_writer, psycopg.connect(skewed_db, autocommit=True) as app:
         try:
@@ -355,5 +359,5 @@ def test_incremental_bounds_hold_in_every_chunk(skewed_db, resources):
             expected = [r[0] for r in app.execute("SELECT id FROM users WHERE updated_at < now() ORDER BY id")]
         finally:
             app.execute("DELETE FROM users WHERE id = %s", (late,))
-    ids = [[int(line) for line in published_path(r).read_text().splitlines()[1:]] for r in (first, second)]
+    ids = [sorted(int(line) for line in published_path(r).read_text().splitlines()[1:]) for r in (first, second)]
     assert ids == [expected[:-1], [late]]

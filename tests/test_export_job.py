@@ -33,6 +33,7 @@ def _check_published(result, expected_rows: int):
     published = result.output_for_node("publish_export")
     assert published.rows == expected_rows
     assert published.bytes == path.stat().st_size
+    assert published.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # hashed while written
 
 
 @pytest.mark.parametrize(("export_type", "fmt"), CASES)

@@ -68,14 +68,14 @@ def slow_to_publish(monkeypatch):
     from export_platform.ops import export
 
     reached, release = threading.Event(), threading.Event()
-    digest = export._digest
+    place = export._place
 
-    def held(path):
+    def held(*args):
         reached.set()
         assert release.wait(30)
-        return digest(path)
+        return place(*args)
 
-    monkeypatch.setattr(export, "_digest", held)
+    monkeypatch.setattr(export, "_place", held)
     return reached, release
 
 

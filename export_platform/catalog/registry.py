@@ -19,6 +19,13 @@ class ValueType(str, Enum):
     DATE = "date"
 
 
+class RowOrder(str, Enum):
+    """The file's row order."""
+
+    key = "key"  # by `order_by`: the same rows always give the same file
+    none = "none"  # as the table stores them, read by parallel streams: the fastest
+
+
 class Operator(str, Enum):
     EQ = "eq"  # equality; with `multi` a list of values means IN
     MIN = "min"  # column >= value (inclusive lower bound)
@@ -62,6 +69,8 @@ class ExportType:
     # Run each export in a process of its own instead of a warm run worker (docs/deploy.md): for
     # types whose exports are huge, or that need a pod per run (K8sRunLauncher).
     isolated: bool = False
+    # The row order of an export that does not choose one (its `order` option).
+    order: RowOrder = RowOrder.key
     # An integer, NOT NULL column that leads `order_by`: chunked exports split its range so that
     # the chunks, concatenated in key order, are the file's row order. None: never chunked.
     chunk_key: str | None = None

@@ -23,7 +23,7 @@ from ..resources.postgres import PostgresResource
 from ..naming import request_id_of, session_name
 from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
-from ..sinks import scan_batches
+from ..sinks import digest_of, scan_batches
 from ..sinks.parts import join_parts, part_path, write_part
 from .export import EXTRACT_RETRIES, Progress, StagedFile, connection_lost, temp_path
 
@@ -112,10 +112,12 @@ def combine_chunks(
 ) -> StagedFile:
     chunks = sorted(chunks, key=lambda c: c.task.index)
     path = temp_path(context, plan, storage)
-    join_parts(plan, [Path(c.path) for c in chunks], path)
+    with digest_of(plan, path) as digest:
+        join_parts(plan, [Path(c.path) for c in chunks], path)
     rows, expected = sum(c.rows for c in chunks), sum(c.expected_rows for c in chunks)
     context.log.info(f"joined {len(chunks)} chunks: {rows:,} rows")
-    return StagedFile(str(path), rows, expected, chunks[0].task.started, chunks[0].task.high_water)
+    first = chunks[0].task
+    return StagedFile(str(path), rows, expected, first.started, digest.sha256, digest.size, first.high_water)
 
 
 @dg.failure_hook(required_resource_keys={"storage"})

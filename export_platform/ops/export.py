@@ -1,7 +1,6 @@
 """The three steps of every export job: plan → extract (stream into a temp file) → publish."""
 
 
-import hashlib
 import re
 import shutil
 import threading
@@ -24,6 +23,7 @@ from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresRes
 from ..naming import INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
 from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
+from ..sinks import digest_of
 from ..sinks.parts import sink_streams
 from ..units import human_bytes
 
@@ -37,6 +37,8 @@ class StagedFile:
     rows: int
     expected_rows: int
     started: float
+    sha256: str
+    bytes: int
     high_water: str | None = None
 
 
@@ -203,7 +205,8 @@ def extract_export(
             streams = f" in {len(snapshot.readers)} chunks" if len(snapshot.readers) > 1 else ""
             context.log.info(f"{snapshot.count:,} rows to export{streams}")
             progress = Progress(context, snapshot.count, requests)
-            sink_streams(snapshot.readers, plan, path, progress.stream)
+            with digest_of(plan, path) as digest:
+                sink_streams(snapshot.readers, plan, path, progress.stream)
         context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
     except BaseException as error:
         discard_staging(path, context.run_id)
@@ -215,12 +218,9 @@ def extract_export(
             cause = error.__cause__ if isinstance(error, ConnectionLost) and error.__cause__ else error
             raise dg.Failure(f"lost the database connection on all {attempts} attempts: {cause}") from error
         raise
-    return StagedFile(str(path), progress.rows, snapshot.count, started, snapshot.high_water)
-
-
-def _digest(path: Path) -> tuple[str, int]:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest(), path.stat().st_size
+    return StagedFile(
+        str(path), progress.rows, snapshot.count, started, digest.sha256, digest.size, snapshot.high_water
+    )
 
 
 def _path_part(value: str) -> str:
@@ -293,7 +293,7 @@ def _record(
 
 
 @dg.op(
-    description="Check the row count and checksum the file; then publish it and record it (request row, "
+    description="Check the row count; then publish the file and record it (request row, "
     "incremental mark) as one decision: if the recording fails, or a cancel came first, the file is removed."
 )
 def publish_export(
@@ -312,7 +312,7 @@ def publish_export(
             )
         if request_id is not None:  # no upload for a request that was cancelled meanwhile
             _check_wanted(request_id, requests.run(rt.status_of(request_id)).scalar())
-        sha256, size = _digest(path)
+        sha256, size = staged.sha256, staged.bytes
         now = datetime.now(timezone.utc)
         uri = _place(context, plan, path, storage, now)
         try:

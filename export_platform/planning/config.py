@@ -13,7 +13,7 @@ import dagster as dg
 from pydantic import ConfigDict, Field, create_model
 
 from ..catalog.formats import ExportFormat
-from ..catalog.registry import ExportType, Filter, ValueType
+from ..catalog.registry import ExportType, Filter, RowOrder, ValueType
 
 
 class QuoteStyle(str, Enum):
@@ -117,6 +117,13 @@ class IncrementalConfig(dg.Config):
     key: str = Field(description="Name under which the high-water mark is kept, one per recurring export.")
 
 
+ORDER_HELP = (
+    "Row order of the file: key (by the type's order_by columns: the same rows always give the same file, "
+    "read as one ordered stream or, with chunks, key ranges) or none (as the table stores them, read by several "
+    "parallel streams over the table's pages: the fastest; views are read as one stream)."
+)
+
+
 class ExportOptions(_Options):
     """How the file is written: everything but what is exported (format, columns, filters)."""
 
@@ -137,6 +144,7 @@ class ExportOptions(_Options):
         "that a spreadsheet cannot run it as a formula. auto: on for xlsx and for csv with a BOM; on; off (the "
         "raw text, for systems that need it). Numbers are never changed.",
     )
+    order: Optional[RowOrder] = Field(default=None, description=f"{ORDER_HELP} Unset: the export type's default.")
     csv: CsvOptions = Field(default_factory=CsvOptions, description="Options for csv, csv_gz and csv_zst.")
     parquet: ParquetOptions = Field(default_factory=ParquetOptions, description="Options for parquet.")
     xlsx: XlsxOptions = Field(default_factory=XlsxOptions, description="Options for xlsx.")
@@ -165,9 +173,11 @@ class ExportConfig(ExportOptions):
     )
     chunks: int = Field(
         default=1,
-        description="Split the type's key range into this many chunks read in parallel (1 to 16; csv, ndjson and "
-        "parquet only), each over its own database connection. In export_<type> they are streams in one process "
-        "sharing one snapshot; in export_<type>_chunked they are steps, each retried alone. 1: one stream.",
+        description="With order key: split the type's key range into this many chunks read in parallel (1 to 16; "
+        "csv, ndjson and parquet only), each over its own database connection. In export_<type> they are streams in "
+        "one process sharing one snapshot; in export_<type>_chunked they are steps, each retried alone. 1: one "
+        "stream. With order none: this many parallel streams over the table's pages, any format; 1: as many as the "
+        "machine and the database allow (docs/reference.md).",
     )
 
 
@@ -216,5 +226,9 @@ def config_class_for(export_type: ExportType) -> type[ExportConfig]:
                 default_factory=list,
                 description=f"Columns to export, in this order. Empty: all of {', '.join(export_type.columns)}.",
             ),
+        ),
+        order=(
+            RowOrder,
+            Field(default=export_type.order, description=f"{ORDER_HELP} Default for {export_type.name}: {export_type.order.value}."),
         ),
     )

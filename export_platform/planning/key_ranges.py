@@ -1,5 +1,6 @@
-"""Key ranges for chunked exports: the type's chunk key split into consecutive ranges whose
-exports, concatenated in range order, are the whole export in its declared row order."""
+"""The ranges an export is read in, in parallel: key ranges (the type's chunk key split into
+consecutive ranges whose exports, concatenated in range order, are the whole export in its
+declared row order) and page ranges (the table's heap pages, for exports in no order)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,25 @@ def split_range(low: int | None, high: int | None, chunks: int, closed: bool) ->
     uppers = [*cuts, str(high) if closed else None]
     last = count - 1
     return [KeyRange(lo, hi, upper_inclusive=closed and i == last) for i, (lo, hi) in enumerate(zip(lowers, uppers))]
+
+
+@dataclass(frozen=True)
+class PageRange:
+    """The rows stored in heap pages `lower <= page < upper` (by ctid; Postgres 14+ reads such a
+    range with a TID range scan). None leaves that side open: the outer ranges also take rows on
+    pages beyond those counted when the table was measured."""
+
+    lower: int | None = None
+    upper: int | None = None
+
+    def describe(self, key: str = "page") -> str:
+        return KeyRange(
+            None if self.lower is None else str(self.lower), None if self.upper is None else str(self.upper)
+        ).describe(key)
+
+
+def split_pages(pages: int, streams: int) -> list[PageRange]:
+    """`streams` consecutive page ranges of (nearly) equal size covering the whole table."""
+    count = max(1, min(streams, pages))
+    cuts = [pages * i // count for i in range(1, count)]
+    return [PageRange(lo, hi) for lo, hi in zip([None, *cuts], [*cuts, None])]

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from .config import CsvOptions, ExportOptions, FormulaProtection, ParquetCompression
 from ..catalog.export_types import REGISTRY
 from ..catalog.formats import ExportFormat
-from ..catalog.registry import ExportType, Filter, Operator, ValueType
+from ..catalog.registry import ExportType, Filter, Operator, RowOrder, ValueType
 
 MAX_LIST_VALUES = 10_000
 # Each chunk holds a database connection (and, across processes, a step): a bound on the load
@@ -76,6 +76,14 @@ class ExportPlan:
     incremental: Incremental | None = None
     chunks: int = 1
     chunk_key: str | None = None
+
+    @property
+    def order(self) -> RowOrder:
+        return self.options.order or RowOrder.key
+
+    @property
+    def ordered(self) -> bool:
+        return self.order is RowOrder.key
 
     @property
     def csv(self) -> CsvOptions:
@@ -246,11 +254,13 @@ def check_filters(export_type: ExportType, filters: Any) -> tuple[dict[str, Any]
     return normalised, tuple(conditions)
 
 
-def check_chunks(export_type: ExportType, export_format: ExportFormat, chunks: Any) -> int:
+def check_chunks(export_type: ExportType, export_format: ExportFormat, chunks: Any, order: RowOrder) -> int:
     if isinstance(chunks, bool) or not isinstance(chunks, int):
         raise RequestError("chunks", f"expected a whole number of chunks, got {chunks!r}")
     if not 1 <= chunks <= MAX_CHUNKS:
         raise RequestError("chunks", f"expected 1 to {MAX_CHUNKS} chunks, got {chunks}")
+    if order is RowOrder.none:  # streams over pages, merged into one writer: any type, any format
+        return chunks
     if chunks > 1 and export_type.chunk_key is None:
         raise RequestError("chunks", f"{export_type.name} declares no chunk key: it is exported as one stream")
     if chunks > 1 and not export_format.chunkable:
@@ -379,11 +389,18 @@ def _options_from_params(params: Mapping[str, Any]) -> ExportOptions:
         raise RequestError(".".join(map(str, first["loc"])), first["msg"]) from None
 
 
-def plan_request(export_type_name: Any, format: Any, params: Any, incremental: Incremental | None = None) -> ExportPlan:
-    """Check a request row (`params` as the application stored it) and plan it. JSON null is
-    refused like any other non-object: an application that meant "everything" writes `{}`, and a
-    null that slipped through must not export a whole table. `incremental`: a recurring entry's
-    (request rows cannot ask for one)."""
+def plan_request(
+    export_type_name: Any,
+    format: Any,
+    params: Any,
+    output_path: str | None = None,
+    chunks: Any = 1,
+    incremental: Incremental | None = None,
+) -> ExportPlan:
+    """Check a request row (`params` as the application stored it) and plan it; `output_path` and
+    `chunks` are the command line's, `incremental` a recurring entry's (a request row can ask for
+    none of them). JSON null is refused like any other non-object: an application that meant
+    "everything" writes `{}`, and a null that slipped through must not export a whole table."""
     if not isinstance(params, Mapping):
         raise RequestError(
             "params", f"expected a JSON object with {', '.join(PARAM_KEYS)} (use {{}} for all rows), got {shown(params)}"
@@ -393,7 +410,14 @@ def plan_request(export_type_name: Any, format: Any, params: Any, incremental: I
         raise RequestError(f"params.{_cut(unknown[0])}", f"unknown option; known: {', '.join(PARAM_KEYS)}")
     options = _options_from_params({k: v for k, v in params.items() if v is not None})
     return plan_export(
-        export_type_name, format, params.get("filters"), params.get("columns"), options, incremental=incremental
+        export_type_name,
+        format,
+        params.get("filters"),
+        params.get("columns"),
+        options,
+        output_path,
+        incremental=incremental,
+        chunks=chunks,
     )
 
 
@@ -413,6 +437,9 @@ def plan_export(
     export_format = parse_format(format)
     normalised, conditions = check_filters(export_type, filters)
     chosen = check_columns(export_type, columns)
+    options = check_options(options or ExportOptions(), chosen)
+    order = options.order or export_type.order
+    options = options.model_copy(update={"order": order})
     return ExportPlan(
         export_type=export_type.name,
         relation=export_type.relation,
@@ -421,9 +448,9 @@ def plan_export(
         order_by=export_type.order_by,
         conditions=conditions,
         filters=normalised,
-        options=check_options(options or ExportOptions(), chosen),
+        options=options,
         output_path=output_path,
         incremental=incremental,
-        chunks=check_chunks(export_type, export_format, chunks),
+        chunks=check_chunks(export_type, export_format, chunks, order),
         chunk_key=export_type.chunk_key,
     )

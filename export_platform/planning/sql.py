@@ -17,7 +17,7 @@ import re
 
 from psycopg import sql
 
-from .key_ranges import KeyRange
+from .key_ranges import KeyRange, PageRange
 from .plan import Condition, ExportPlan
 from ..catalog.registry import Operator, ValueType
 
@@ -60,12 +60,30 @@ def _incremental_predicates(plan: ExportPlan) -> list[sql.Composable]:
 
 
 _KEY_LOWER, _KEY_UPPER = "export_platform.key_lower", "export_platform.key_upper"
+_PAGE_LOWER, _PAGE_UPPER = "export_platform.page_lower", "export_platform.page_upper"
+Range = KeyRange | PageRange
 
 
-def _range_predicates(plan: ExportPlan, key_range: KeyRange | None) -> list[sql.Composable]:
+def _first_tid(setting: str) -> sql.Composable:
+    # The tid of the first row slot of the page the setting names: '(page,0)'.
+    return sql.SQL("('(' || current_setting({}) || ',0)')::tid").format(sql.Literal(setting))
+
+
+def _page_predicates(pages: PageRange) -> list[sql.Composable]:
+    predicates = []
+    if pages.lower is not None:
+        predicates.append(sql.SQL("ctid >= {}").format(_first_tid(_PAGE_LOWER)))
+    if pages.upper is not None:
+        predicates.append(sql.SQL("ctid < {}").format(_first_tid(_PAGE_UPPER)))
+    return predicates
+
+
+def _range_predicates(plan: ExportPlan, key_range: Range | None) -> list[sql.Composable]:
     # Only the sides a range has: a bare `key >= x AND key < y` lets the planner scan the key's index.
     if key_range is None:
         return []
+    if isinstance(key_range, PageRange):
+        return _page_predicates(key_range)
     key, predicates = sql.Identifier(plan.chunk_key or ""), []
     if key_range.lower is not None:
         predicates.append(sql.SQL("{} >= current_setting({})::bigint").format(key, sql.Literal(_KEY_LOWER)))
@@ -75,7 +93,7 @@ def _range_predicates(plan: ExportPlan, key_range: KeyRange | None) -> list[sql.
     return predicates
 
 
-def _where(plan: ExportPlan, key_range: KeyRange | None = None) -> sql.Composable:
+def _where(plan: ExportPlan, key_range: Range | None = None) -> sql.Composable:
     predicates = [_predicate(i, c) for i, c in enumerate(plan.conditions)] + _incremental_predicates(plan)
     predicates += _range_predicates(plan, key_range)
     if not predicates:
@@ -84,27 +102,30 @@ def _where(plan: ExportPlan, key_range: KeyRange | None = None) -> sql.Composabl
 
 
 def _settings(
-    plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None
+    plan: ExportPlan, key_range: Range | None = None, upper: str | None = None
 ) -> list[tuple[str, str]]:
-    """(setting, value) pairs: the plan's filter values, the incremental bounds, a chunk's key range."""
+    """(setting, value) pairs: the plan's filter values, the incremental bounds, a stream's range."""
     values = [json.dumps(list(c.values)) if c.multi else c.values[0] for c in plan.conditions]
     settings = [(f"export_platform.p{i}", value) for i, value in enumerate(values)]
     if plan.incremental and plan.incremental.lower:
         settings.append(("export_platform.lower", plan.incremental.lower))
     if upper is not None:  # a chunk reads up to the bound fixed where the export was planned
         settings.append(("export_platform.upper", upper))
-    if key_range is not None:
+    if isinstance(key_range, PageRange):
+        bounds = ((_PAGE_LOWER, key_range.lower), (_PAGE_UPPER, key_range.upper))
+        settings += [(name, str(value)) for name, value in bounds if value is not None]
+    elif key_range is not None:
         bounds = ((_KEY_LOWER, key_range.lower), (_KEY_UPPER, key_range.upper))
         settings += [(name, value) for name, value in bounds if value is not None]
     return settings
 
 
-def parameters(plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None) -> tuple[str, ...]:
+def parameters(plan: ExportPlan, key_range: Range | None = None, upper: str | None = None) -> tuple[str, ...]:
     """The values bound to `bind_statement`, one text per setting."""
     return tuple(value for _, value in _settings(plan, key_range, upper))
 
 
-def bind_statement(plan: ExportPlan, key_range: KeyRange | None = None, upper: str | None = None) -> str | None:
+def bind_statement(plan: ExportPlan, key_range: Range | None = None, upper: str | None = None) -> str | None:
     names = [name for name, _ in _settings(plan, key_range, upper)]
     if not names:
         return None
@@ -140,12 +161,18 @@ SELECT
 """
 
 
-def select_statement(plan: ExportPlan, key_range: KeyRange | None = None) -> str:
-    return sql.SQL("SELECT {columns} FROM {relation}{where} ORDER BY {order}").format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, plan.columns)),
+def select_statement(plan: ExportPlan, key_range: Range | None = None, as_text: tuple[str, ...] = ()) -> str:
+    """The export's rows; the columns `as_text` are read as their text (`col::text AS col`)."""
+    order = sql.SQL(" ORDER BY ") + sql.SQL(", ").join(map(sql.Identifier, plan.order_by))
+    columns = [
+        sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(c)) if c in as_text else sql.Identifier(c)
+        for c in plan.columns
+    ]
+    return sql.SQL("SELECT {columns} FROM {relation}{where}{order}").format(
+        columns=sql.SQL(", ").join(columns),
         relation=_identifier(plan.relation),
         where=_where(plan, key_range),
-        order=sql.SQL(", ").join(map(sql.Identifier, plan.order_by)),
+        order=order if plan.ordered else sql.SQL(""),
     ).as_string()
 
 
@@ -156,7 +183,7 @@ def columns_statement(plan: ExportPlan) -> str:
     ).as_string()
 
 
-def count_statement(plan: ExportPlan, key_range: KeyRange | None = None) -> str:
+def count_statement(plan: ExportPlan, key_range: Range | None = None) -> str:
     return sql.SQL("SELECT count(*) FROM {relation}{where}").format(
         relation=_identifier(plan.relation), where=_where(plan, key_range)
     ).as_string()
@@ -168,6 +195,19 @@ def extent_statement(plan: ExportPlan) -> str:
     return sql.SQL("SELECT count(*), min({key}), max({key}) FROM {relation}{where}").format(
         key=key, relation=_identifier(plan.relation), where=_where(plan)
     ).as_string()
+
+
+def stream_limits_statement(plan: ExportPlan) -> str:
+    """What bounds the number of parallel page streams: the relation's heap pages (NULL for a view
+    or a partitioned table, which have no pages of their own), how many processes the database lets
+    one query use (its parallel workers plus the leader), and the connections still free."""
+    return sql.SQL(
+        "SELECT CASE WHEN relkind IN ('r', 'm') THEN pg_relation_size(oid) / current_setting('block_size')::int END, "
+        "current_setting('max_parallel_workers_per_gather')::int + 1, "
+        "current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int "
+        "- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') "
+        "FROM pg_class WHERE oid = {}::regclass"
+    ).format(sql.Literal(_identifier(plan.relation).as_string())).as_string()
 
 
 # Other connections adopt this transaction's snapshot (SET TRANSACTION SNAPSHOT), so that every

@@ -47,7 +47,7 @@ class RecurringExportError(ValueError):
 def _run_config(entry: RecurringExport) -> dict:
     # The key is the entry's name; the lower mark is read by each run's plan op.
     incremental = Incremental(entry.incremental.column, entry.name, None) if entry.incremental else None
-    return run_config_for(plan_request(entry.export_type, entry.format, entry.params, incremental))
+    return run_config_for(plan_request(entry.export_type, entry.format, entry.params, incremental=incremental))
 
 
 def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:

@@ -14,10 +14,11 @@ import polars as pl
 
 from ..planning.plan import ExportPlan
 from .arrow_source import Pacer, polars_schema, scan_batches
+from .digest import WrittenDigest
 from .polars_writers import write_csv, write_json, write_ndjson, write_parquet
 from .xlsx import write_xlsx
 
-__all__ = ["Pacer", "pacer_for", "polars_schema", "scan_batches", "sink"]
+__all__ = ["Pacer", "WrittenDigest", "digest_of", "pacer_for", "polars_schema", "scan_batches", "sink"]
 
 POLARS_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path], None]] = {
     "csv": write_csv,
@@ -37,6 +38,15 @@ PYTHON_WRITERS: dict[str, Callable[[pl.LazyFrame, ExportPlan, Path, Pacer | None
     "xlsx": write_xlsx,
     "pdf": _write_pdf,
 }
+
+
+# The writers that only ever append to their file, which can therefore be hashed as it grows.
+APPENDING = {"csv", "ndjson", "parquet", "json"}
+
+
+def digest_of(plan: ExportPlan, path: Path) -> WrittenDigest:
+    """`with digest_of(plan, path) as digest:` around the writer: the file's sha256 and size."""
+    return WrittenDigest(path, follow=plan.format.family in APPENDING)
 
 
 def pacer_for(plan: ExportPlan, on_written: Callable[[int], None] | None = None) -> Pacer | None:

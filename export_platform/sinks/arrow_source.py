@@ -6,6 +6,7 @@ source that the writers stream from, so memory stays flat whatever the row count
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,17 +50,21 @@ def numeric_type(field: pa.Field) -> pa.DataType | None:
 
 
 def _column_converter(field: pa.Field) -> Callable[[pa.Array], pa.Array] | None:
-    if not isinstance(field.type, pa.BaseExtensionType):
-        return None
+    """How a column's arrays become what the writers take. A NUMERIC arrives as the driver's
+    extension type with string storage, or as text read by the query (its declaration in the
+    field's metadata either way); an exact one becomes its decimal, any other stays text."""
+    extension = isinstance(field.type, pa.BaseExtensionType)
     decimal = numeric_type(field)
     if decimal is not None:
-        return lambda array: pc.cast(array.storage, decimal)
-    return lambda array: array.storage
+        return (lambda array: pc.cast(array.storage, decimal)) if extension else (lambda array: pc.cast(array, decimal))
+    return (lambda array: array.storage) if extension else None
 
 
 def _target_type(field: pa.Field) -> pa.DataType:
+    if numeric_type(field) is not None:
+        return numeric_type(field)
     if isinstance(field.type, pa.BaseExtensionType):
-        return numeric_type(field) or field.type.storage_type
+        return field.type.storage_type
     return field.type
 
 
@@ -107,6 +112,60 @@ class BatchSource(Protocol):
     schema: pa.Schema
 
     def __iter__(self) -> Iterator[pa.RecordBatch]: ...
+
+
+class Interleaved:
+    """The batches of several readers, in whatever order they arrive: one source for one writer,
+    for an export that needs no row order. Each reader is drained on a thread of its own (the
+    driver decodes with the GIL released), at most `depth` batches queued for the writer per reader
+    (and one more in hand), so memory stays that of a few batches per stream.
+
+    `close` stops the threads; the snapshot's readers must stay open until it has returned.
+    """
+
+    def __init__(self, readers: list[BatchSource], depth: int = 1):
+        self.schema = readers[0].schema
+        self._readers, self._queue = readers, queue.Queue(maxsize=depth * len(readers))
+        self._stopped, self._threads = threading.Event(), []
+
+    def _put(self, item: object) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _drain(self, reader: BatchSource) -> None:
+        try:
+            for batch in reader:
+                if self._stopped.is_set():
+                    return
+                self._put(batch)
+            self._put(None)
+        except BaseException as error:  # raised in the writer's thread, which reports it
+            self._put(error)
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        self._threads = [
+            threading.Thread(target=self._drain, args=(r,), name="export-stream", daemon=True) for r in self._readers
+        ]
+        for thread in self._threads:
+            thread.start()
+        remaining = len(self._threads)
+        while remaining:
+            item = self._queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+
+    def close(self) -> None:
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join()
 
 
 def scan_batches(

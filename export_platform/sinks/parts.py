@@ -21,6 +21,7 @@ import pyarrow as pa
 from ..planning.config import FormulaProtection
 from ..planning.plan import ExportPlan
 from . import pacer_for, scan_batches, sink
+from .arrow_source import BatchSource, Interleaved
 from .polars_writers import sink_parquet_as_is, write_parquet_part
 
 
@@ -100,20 +101,31 @@ def join_parts(plan: ExportPlan, parts: list[Path], path: Path) -> None:
             part.unlink(missing_ok=True)
 
 
+def _sink_one(reader: BatchSource, plan: ExportPlan, path: Path, report: Callable[[int], None]) -> None:
+    # A Python writer's progress is the rows it has written, since the scan runs ahead of it.
+    pacer = pacer_for(plan, report)
+    sink(scan_batches(reader, report if pacer is None else lambda rows: None, pacer), plan, path, pacer)
+
+
 def sink_streams(
-    readers: list[pa.RecordBatchReader], plan: ExportPlan, path: Path, on_rows: Callable[[int], Callable[[int], None]]
+    readers: list[BatchSource], plan: ExportPlan, path: Path, on_rows: Callable[[int], Callable[[int], None]]
 ) -> None:
-    """Write the readers (consecutive key ranges) into `path` in the plan's format, in parallel.
+    """Write the readers into `path` in the plan's format, in parallel.
 
     `on_rows(i)` is stream i's progress callback. One reader is the plain streaming path, with
-    the pacer the Python writers need; several are written as parts on threads and joined. When
-    one stream fails the others stop at their next batch, and the first error is raised.
+    the pacer the Python writers need. Readers in no order are interleaved into that one writer.
+    Readers of consecutive key ranges are written as parts on threads and joined; when one stream
+    fails the others stop at their next batch, and the first error is raised.
     """
     if len(readers) == 1:
-        report = on_rows(0)
-        # A Python writer's progress is the rows it has written, since the scan runs ahead of it.
-        pacer = pacer_for(plan, report)
-        sink(scan_batches(readers[0], report if pacer is None else lambda rows: None, pacer), plan, path, pacer)
+        _sink_one(readers[0], plan, path, on_rows(0))
+        return
+    if not plan.ordered:
+        interleaved = Interleaved(readers)
+        try:
+            _sink_one(interleaved, plan, path, on_rows(0))
+        finally:
+            interleaved.close()
         return
     parts, stop = _part_paths(plan, path, len(readers)), threading.Event()
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..catalog.export_types import REGISTRY
 from ..catalog.formats import ExportFormat
+from ..catalog.registry import RowOrder
 
 if TYPE_CHECKING:
     from ..ops.export import PublishedExport
@@ -104,17 +105,15 @@ def _params(args: argparse.Namespace) -> dict:
     csv = {k: v for k, v in flags.items() if v is not None}
     if csv:
         params["csv"] = {**(params.get("csv") or {}), **csv}
+    if args.order is not None:
+        params["order"] = args.order
     return {"filters": _filters(args.filter), "columns": args.columns, **params}
 
 
 def _plan_from_args(args: argparse.Namespace) -> ExportPlan:
-    from dataclasses import replace
+    from ..planning.plan import plan_request
 
-    from ..planning.plan import check_chunks, export_type_named, plan_request
-
-    plan = plan_request(args.type, args.format, _params(args))
-    chunks = check_chunks(export_type_named(args.type), plan.format, args.chunks)
-    return replace(plan, output_path=args.output, chunks=chunks)
+    return plan_request(args.type, args.format, _params(args), output_path=args.output, chunks=args.chunks)
 
 
 def _local_database() -> str:
@@ -426,6 +425,9 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delimiter", help="CSV field delimiter (default ,)")
     parser.add_argument("--quote-char", help='CSV quote character (default ")')
     parser.add_argument("--no-header", action="store_true", help="CSV without a header row")
+    parser.add_argument("--order", choices=[o.value for o in RowOrder],
+                        help="row order: key (the type's order_by, the same file every time) or none (as stored, read "
+                        "by parallel streams: fastest); default: the type's")
     parser.add_argument(
         "--options",
         metavar="JSON",
@@ -492,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     _export_options(run)
     run.add_argument("--output", metavar="PATH", help="write the file to this path instead of the storage folder")
     run.add_argument("--chunks", type=int, default=1, metavar="N",
-                     help="read the type's key range as N parallel streams sharing one snapshot (csv, ndjson, "
-                     "parquet; default 1)")
+                     help="read as N parallel streams sharing one snapshot: with --order key, N key ranges (csv, "
+                     "ndjson, parquet); with --order none, N page ranges, 1 (the default) choosing N from the "
+                     "machine and the database")
     run.set_defaults(handler=_cmd_run)
 
     request = command("request", "ask for an export as an application does: insert an export_requests row",
