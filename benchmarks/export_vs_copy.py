@@ -49,7 +49,7 @@ from psycopg import sql
 from export_platform.planning.plan import ExportPlan, plan_export
 from export_platform.planning.sql import count_statement, select_statement
 from export_platform.resources.requests import RequestStore
-from export_platform.tooling.embedded_postgres import database_url
+from export_platform.tooling.embedded_postgres import local_database_url
 from export_platform.tooling.sample_data import seed
 
 CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
@@ -243,8 +243,8 @@ def main() -> None:
     if args.peers and not all(importlib.util.find_spec(m) for m in peer_modules):
         raise SystemExit("--peers needs the bench extra: make bench-peers, or pip install -c constraints.txt -e '.[bench]'")
 
-    url = database_url()
-    RequestStore().migrate()  # `export-platform run` checks the request table's schema, also in a fresh database
+    url = local_database_url()
+    RequestStore(url=url).migrate()  # `export-platform run` checks the request table's schema, also in a fresh database
     env = {**os.environ, "EXPORT_PLATFORM_DATABASE_URL": url}
     s3_env = start_s3(args.out) if args.s3 else None
     args.out.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from export_platform.tooling.embedded_postgres import database_url
+from export_platform.tooling.embedded_postgres import local_database_url
 from export_platform.tooling.instance import (
     DAGSTER_DATABASE_URL_ENV,
     INSTANCE_YAML,
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="Dagster's daemon entry point and no pool")
     args = parser.parse_args()
 
-    url = database_url()
+    url = local_database_url()
     with psycopg.connect(url, autocommit=True) as conn:
         present = conn.execute("SELECT to_regclass('ledger_postings') IS NOT NULL").fetchone()[0]
         if not present or not conn.execute("SELECT EXISTS (SELECT FROM ledger_postings WHERE id = %s)", (LEDGER_ROWS,)).fetchone()[0]:

@@ -24,10 +24,11 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from serve_stack import serve_process  # noqa: E402 - the tests' way of starting it
+from support.serve_stack import serve_process  # noqa: E402 - the tests' way of starting it
 
 from export_platform.delivery.links import file_url  # noqa: E402
-from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV, start_embedded  # noqa: E402
+from export_platform.resources.database_url import DATABASE_URL_ENV  # noqa: E402
+from export_platform.tooling.embedded_postgres import start_embedded  # noqa: E402
 
 KEY = "requests/bench/users-20261202T000000Z-0badcafe.csv"
 MIB = 1 << 20

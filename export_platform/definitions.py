@@ -5,6 +5,7 @@ import dagster as dg
 
 from .jobs import CHUNKED_JOBS, EXPORT_JOBS
 from .ops.retention import retention_cleanup
+from .resources.database_url import DATABASE_URL_ENV, require_database_url
 from .resources.postgres import PostgresResource
 from .resources.requests import RequestStore
 from .resources.storage import STORAGE_URL_ENV, storage_for
@@ -17,15 +18,19 @@ from .sensors.run_status import build_run_status_sensors
 # no sensor here sets owners; every process loading this module (UI, daemon, runs) would print it.
 warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `SensorDefinition", category=dg.BetaWarning)
 
+# A process that loads the code location without its database fails here, naming the variable,
+# rather than at its first sensor tick or run; the value itself is read at run time (EnvVar).
+require_database_url()
+
 defs = dg.Definitions(
     jobs=[*EXPORT_JOBS, *CHUNKED_JOBS, retention_cleanup],
     schedules=[retention_schedule, *build_recurring_schedules()],
     sensors=[build_request_sensor(EXPORT_JOBS), *build_run_status_sensors([*EXPORT_JOBS, *CHUNKED_JOBS])],
     resources={
-        "postgres": PostgresResource(),
+        "postgres": PostgresResource(url=dg.EnvVar(DATABASE_URL_ENV)),
         # The scheme picks the implementation when the code location loads; the values are
         # resolved at run time.
         "storage": storage_for(os.environ.get(STORAGE_URL_ENV)),
-        "requests": RequestStore(),
+        "requests": RequestStore(url=dg.EnvVar(DATABASE_URL_ENV)),
     },
 )

@@ -12,11 +12,11 @@ from .ops.chunked import combine_chunks, discard_chunk_parts, extract_chunk, spl
 from .ops.export import build_plan_op, extract_export, plan_op_name, publish_export
 from .planning.plan import ExportPlan
 from .catalog.registry import ExportType
-from .workers.launcher import ISOLATED_TAG
+from .naming import EXPORT_TYPE_TAG, ISOLATED_TAG, MAX_RUNTIME_TAG
 
 
 def _tags(export_type: ExportType) -> dict[str, str]:
-    tags = {"export_type": export_type.name, "dagster/max_runtime": str(export_type.max_runtime_seconds)}
+    tags = {EXPORT_TYPE_TAG: export_type.name, MAX_RUNTIME_TAG: str(export_type.max_runtime_seconds)}
     return tags | ({ISOLATED_TAG: "true"} if export_type.isolated else {})
 
 

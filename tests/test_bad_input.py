@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from readback import run_job
+from support.readback import run_job
 
 INJECTION = "x'); DROP TABLE users;--"
 

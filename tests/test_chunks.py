@@ -18,13 +18,14 @@ from export_platform.requests import table as rt
 from export_platform.planning import sql
 from export_platform.planning.key_ranges import NO_KEYS, KeyRange, split_range
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.ops.export import INCREMENTAL_TAG, plan_op_name
+from export_platform.naming import INCREMENTAL_TAG, REQUEST_ID_TAG, session_name
+from export_platform.ops.export import plan_op_name
 from export_platform.planning.plan import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage
 from export_platform.tooling.sample_data import seed
-from readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
+from support.readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job
 
 USERS = list(REGISTRY.get("users").columns)
 TEXT_FORMATS = ["csv", "csv_gz", "csv_zst", "ndjson", "ndjson_zst"]
@@ -183,7 +184,7 @@ def _rows(table) -> list[tuple]:
 def chunked_users_job() -> dg.JobDefinition:
     from export_platform.definitions import defs
 
-    return defs.resolve_job_def("export_users_chunked")
+    return defs.resolve_job_def(REGISTRY.get("users").chunked_job_name)
 
 
 def _run_chunked(instance, config: dict, database: str, tags=None) -> dg.ExecuteJobResult:
@@ -199,18 +200,12 @@ def _run_chunked(instance, config: dict, database: str, tags=None) -> dg.Execute
     return dg.execute_job(job, instance, run_config=run_config, tags=tags)
 
 
-@pytest.fixture
-def instance(storage_root):
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _step_events(result, kind: str) -> list[str]:
     return sorted(e.step_key for e in result.all_events if e.event_type_value == kind)
 
 
 @pytest.mark.slow
-def test_chunked_job_runs_a_process_per_chunk(skewed_db, database_url, instance):
+def test_chunked_job_runs_a_process_per_chunk(skewed_db, database_url, instance, storage_root):  # steps read the storage URL
     fmt, store = "parquet", RequestStore(url=database_url)
     request_id = store.run(rt.insert("users", fmt, {}, "chunk-test", None)).scalar()
     config = {"format": fmt, "chunks": 3, "filters": {"country_code": ["US"]}}
@@ -249,9 +244,10 @@ def terminate_one_chunk(url: str, stop: threading.Event) -> list[int]:
         with psycopg.connect(url, autocommit=True) as conn:
             while not killed and not stop.wait(0.05):
                 pid = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'export_platform:%%' "
+                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE %s "
                     "AND state = 'active' AND query LIKE 'COPY%%ORDER BY%%' AND datname = current_database() "
-                    "AND pid <> pg_backend_pid() LIMIT 1"
+                    "AND pid <> pg_backend_pid() LIMIT 1",
+                    (session_name("%"),),
                 ).fetchone()
                 if pid and conn.execute("SELECT pg_terminate_backend(%s)", pid).fetchone()[0]:
                     killed.append(pid[0])

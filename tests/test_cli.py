@@ -15,13 +15,14 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from export_platform.tooling.cli import PENDING_HINT_SECONDS, build_parser
-from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV, HOME_ENV
+from export_platform.resources.database_url import DATABASE_URL_ENV
+from export_platform.tooling.embedded_postgres import HOME_ENV
 from export_platform.catalog.formats import ExportFormat
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
-from dev_server import clean_env, database_url_beside, get, running_dev
-from readback import database_beside, db_rows, file_rows
+from support.dev_server import clean_env, database_url_beside, get, running_dev
+from support.readback import database_beside, db_rows, file_rows
 
 CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
 
@@ -218,6 +219,15 @@ def test_db_stop_stops_the_embedded_server_and_the_next_command_starts_it(tmp_pa
     assert cli("db", "stop", env=env).stdout.strip() == "the embedded Postgres is not running"
     assert cli("db", "url", env=env).stdout.strip() == url
     cli("db", "stop", env=env)
+
+
+@pytest.mark.parametrize("command", [["db", "migrate"], ["health"], ["cleanup"], ["workers"], ["serve"]])
+def test_operator_commands_need_the_database_url_and_start_no_embedded_postgres(command, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV} | {HOME_ENV: str(tmp_path)}
+    done = subprocess.run([*CLI, *command], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {DATABASE_URL_ENV} is not set"), done.stderr
+    assert list(tmp_path.iterdir()) == []  # no pgdata, no DAGSTER_HOME
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from daemon_stack import fresh_database
+from support.daemon_stack import fresh_database
 from export_platform.tooling.dagster_storage import PooledPostgresStorage
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home
 

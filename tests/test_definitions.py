@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import psutil
+
 from export_platform.planning.config import ExportConfig, config_class_for
 from export_platform.definitions import defs
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.registry import ExportType, Filter, Registry, ValueType
+from export_platform.naming import MAX_RUNTIME_TAG
+from export_platform.resources.database_url import DATABASE_URL_ENV
+from export_platform.tooling.embedded_postgres import HOME_ENV
 
 import pytest
 
 
 def test_every_export_type_has_a_job():
+    # The names themselves, as docs and the Launchpad show them: the one place they are spelled out.
     defs.get_repository_def().load_all_definitions()
     names = sorted(j.name for j in defs.resolve_all_job_defs())
     chunked = [t.chunked_job_name for t in REGISTRY if t.chunk_key]
@@ -36,7 +46,7 @@ def test_config_is_typed_and_described(export_type):
     nested += [f for section in sections for f in _fields(fields[section].annotation).values()]
     assert all(f.description for f in nested)
     job = defs.resolve_job_def(export_type.job_name)
-    assert job.tags["dagster/max_runtime"] == str(export_type.max_runtime_seconds)
+    assert job.tags[MAX_RUNTIME_TAG] == str(export_type.max_runtime_seconds)
     plan_config = job.graph.node_named(f"plan_{export_type.name}").definition.config_schema.as_field().config_type
     assert "filters" in plan_config.fields and plan_config.fields["filters"].description
 
@@ -48,3 +58,20 @@ def test_a_declaration_is_checked_when_it_is_made():
         ExportType("t", "t", columns=("id", "day"), order_by=("day", "id"), chunk_key="id")
     with pytest.raises(ValueError, match="share a name"):
         Registry([ExportType("t", "t", ("id",), ("id",)), ExportType("t", "u", ("id",), ("id",))])
+
+
+def _postgres_under(folder) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "postgres" and str(folder) in " ".join(p.info["cmdline"] or ())]
+
+
+def test_a_code_location_without_its_database_url_fails_at_load_and_starts_no_postgres(tmp_path):
+    # As a daemon, webserver or code server loads it in a pod whose secret is missing.
+    env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV}
+    env |= {HOME_ENV: str(tmp_path / "platform"), "DAGSTER_HOME": str(tmp_path)}
+    loaded = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "export_platform.definitions"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert loaded.returncode != 0
+    assert f"DatabaseUrlMissing: {DATABASE_URL_ENV} is not set" in loaded.stdout + loaded.stderr
+    assert not (tmp_path / "platform" / "pgdata").exists()
+    assert _postgres_under(tmp_path) == []

@@ -14,7 +14,7 @@ from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.formats import ExportFormat
 from export_platform.sinks.pdf import TABLE_FONT_SIZE
 from export_platform.units import human_bytes
-from readback import (
+from support.readback import (
     as_pdf_text, csv_rows, db_rows, file_bytes, file_rows, neutralised, parquet_rows, pdf_rows, published_path, run_job,
     xlsx_mismatches, xlsx_rows,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from readback import db_rows, file_rows, published_path, run_job
+from support.readback import db_rows, file_rows, published_path, run_job
 
 CASES = [
     # (export type, filters, the equivalent WHERE clause written by hand)

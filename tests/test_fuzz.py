@@ -16,8 +16,7 @@ from export_platform.definitions import defs
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.formats import ExportFormat
 from export_platform.planning.plan import decode_params, plan_request
-from export_platform.resources.requests import RequestStore
-from test_request_sensor import row, tick
+from support.request_rows import row, tick
 
 INJECTION = "x'); DROP TABLE users;--"
 # jsonb and text columns cannot hold NUL or lone surrogates, so an application could not insert them.
@@ -56,17 +55,6 @@ params_json = (
 @pytest.fixture
 def clean_queue(db):
     db.execute("UPDATE export_requests SET status = 'CANCELLED' WHERE status IN ('PENDING', 'QUEUED')")
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture(scope="module")
-def store(database_url):
-    return RequestStore(url=database_url)
 
 
 def strings_in(value) -> list[str]:

@@ -9,9 +9,9 @@ import polars as pl
 import psycopg
 import pytest
 
-from daemon_stack import daemon_stack, files_in, wait_for
-from export_platform.ops.export import INCREMENTAL_TAG
-from test_request_daemon import graphql  # noqa: F401  (the webserver's GraphQL API, for Launchpad runs)
+from support.daemon_stack import daemon_stack, files_in, wait_for
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.naming import INCREMENTAL_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def test_two_runs_of_one_incremental_key_never_export_the_same_rows(stack, graph
     config = {"format": "parquet", "columns": ["id"], "incremental": {"column": "updated_at", "key": "overlap"}}
     run_config = {"ops": {"plan_ezpass_transactions": {"config": config}}}
     run_ids = [
-        graphql.submit_job_execution("export_ezpass_transactions", run_config=run_config, tags={INCREMENTAL_TAG: "overlap"})
+        graphql.submit_job_execution(REGISTRY.get("ezpass_transactions").job_name, run_config=run_config, tags={INCREMENTAL_TAG: "overlap"})
         for _ in range(2)
     ]
 

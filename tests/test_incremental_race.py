@@ -21,7 +21,7 @@ import pytest
 
 from export_platform.planning import sql
 from export_platform.resources.postgres import IncrementalRefused, PostgresResource
-from readback import database_beside
+from support.readback import database_beside
 
 BOUNDS = 3_000
 

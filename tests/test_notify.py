@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from export_platform.requests import table as rt
 from export_platform.requests.client import ExportClient
 from export_platform.resources.requests import RequestStore
-from readback import database_beside
-from test_request_sensor import insert
+from support.readback import database_beside
+from support.request_rows import insert
 
 
 def listener(url: str) -> psycopg.Connection:

@@ -8,6 +8,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
+from export_platform.naming import session_name
 from export_platform.ops.export import connection_lost
 from export_platform.planning.plan import plan_export
 from export_platform.resources.postgres import ConnectionLost, GuardedReader, PostgresResource, StreamClosed
@@ -22,11 +23,29 @@ def test_close_waits_for_the_read_in_flight_and_stops_later_reads():
         yield pa.record_batch([pa.array([1])], schema=SCHEMA)
         reading.set()
         release.wait(10)  # a read blocked in the driver
+        order.append("the read in flight returned")
         yield pa.record_batch([pa.array([2])], schema=SCHEMA)
         yield pa.record_batch([pa.array([3])], schema=SCHEMA)
 
     guard = GuardedReader(pa.RecordBatchReader.from_batches(SCHEMA, batches()))
-    seen, outcome = [], []
+    closer_waits = threading.Event()
+
+    class WatchedLock:
+        """The guard's lock, saying when `close` has asked for it (the read in flight holds it)."""
+
+        def __init__(self, lock):
+            self._lock = lock
+
+        def __enter__(self):
+            if threading.current_thread().name == "closer":
+                closer_waits.set()
+            self._lock.acquire()
+
+        def __exit__(self, *exc):
+            self._lock.release()
+
+    guard._lock = WatchedLock(guard._lock)
+    seen, outcome, order = [], [], []
 
     def consume():
         try:
@@ -35,17 +54,24 @@ def test_close_waits_for_the_read_in_flight_and_stops_later_reads():
         except StreamClosed as error:
             outcome.append(error)
 
+    def close():
+        guard.close()
+        order.append("closed")
+
     consumer = threading.Thread(target=consume)
     consumer.start()
     assert reading.wait(10)
-    closer = threading.Thread(target=guard.close)
+    closer = threading.Thread(target=close, name="closer")
     closer.start()
-    closer.join(0.5)
-    assert closer.is_alive()  # still waiting for the read in flight
+    assert closer_waits.wait(10)  # close has begun, while the read is in flight
+    assert order == []  # and has not returned
     release.set()
     closer.join(10)
     consumer.join(10)
-    assert seen == [1, 2] and len(outcome) == 1  # the batch in flight arrives; nothing is read after close
+    assert not closer.is_alive() and not consumer.is_alive()
+    # close returned only once the read in flight had; that batch arrives, and nothing is read after.
+    assert order == ["the read in flight returned", "closed"]
+    assert seen == [1, 2] and len(outcome) == 1
     with pytest.raises(StreamClosed):
         next(iter(guard))
 
@@ -76,7 +102,7 @@ def test_a_killed_backend_mid_stream_is_a_lost_connection_whatever_the_message(d
     plan = plan_export("users", "csv")
     postgres = PostgresResource(url=database_url, batch_size_hint_bytes=1024)
     with pytest.raises(ConnectionLost) as raised:
-        with postgres.snapshot_stream(plan, "export_platform:kill-probe") as snapshot:
+        with postgres.snapshot_stream(plan, session_name("kill-probe")) as snapshot:
             batches = iter(snapshot.readers[0])
             next(batches)
             with psycopg.connect(database_url, autocommit=True) as admin:

@@ -13,12 +13,14 @@ import dagster as dg
 import pgserver
 import psycopg
 import pytest
-from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from pgserver.postgres_server import pg_ctl
 
-from daemon_stack import daemon_stack, insert, row, runs_for, wait_for, wait_status
+from support.daemon_stack import daemon_stack, runs_for, wait_for, wait_status
+from support.request_rows import insert, row
+from export_platform.dagster_compat import InstigatorType, TickStatus
+from export_platform.naming import REQUEST_SENSOR
 from export_platform.tooling.embedded_postgres import start_embedded
-from readback import db_rows, file_rows
+from support.readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +44,7 @@ def stack(app_server, database_url, tmp_path_factory):
 def request_sensor_ticks(instance: dg.DagsterInstance) -> list:
     [state] = [
         s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-        if s.name == "export_request_sensor"
+        if s.name == REQUEST_SENSOR
     ]
     return instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=20)
 

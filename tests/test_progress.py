@@ -11,7 +11,7 @@ from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage
 from export_platform.sinks import xlsx
-from readback import published_path, run_job, seeded_beside
+from support.readback import published_path, run_job, seeded_beside
 
 ROWS = 200_000
 # Extra writer time per row: 200,000 rows take at least 10 s on any machine, so the count of

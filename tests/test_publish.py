@@ -9,13 +9,14 @@ import time
 import psycopg
 import pytest
 
-from export_platform.errors import root_message
+from export_platform.run_failures import root_message
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.naming import REQUEST_ID_TAG
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage
-from readback import run_job
-from test_recurring import incremental_db, run_incremental  # noqa: F401  (fixture)
-from test_request_sensor import insert, row
+from support.readback import run_job
+from support.readback import run_incremental
+from support.request_rows import insert, row
 
 
 def files(root) -> list:
@@ -118,7 +119,7 @@ def test_a_cancel_while_the_file_is_being_published_wins_and_removes_it(db, data
     assert final["file_uri"] is None and files(tmp_path) == []
 
 
-def test_a_mark_that_cannot_advance_takes_its_published_file_back(incremental_db, resources, tmp_path):  # noqa: F811
+def test_a_mark_that_cannot_advance_takes_its_published_file_back(incremental_db, resources, tmp_path):
     url, overrides = incremental_db
     storage = LocalStorage(root=str(tmp_path))
     config = {"format": "csv", "columns": ["id"], "incremental": {"column": "updated_at", "key": "inc_locked"}}

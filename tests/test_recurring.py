@@ -11,14 +11,13 @@ import yaml
 from psycopg.conninfo import make_conninfo
 
 from export_platform.definitions import defs
-from export_platform.ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
-from export_platform.errors import root_message
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.naming import INCREMENTAL_TAG, SCHEDULE_TAG
+from export_platform.run_failures import root_message
 from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import RequestStore
-from export_platform.tooling.sample_data import seed
-from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules
-from readback import database_beside, published_path, run_job
+from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules, load_recurring_exports
+from support.readback import published_path, run_incremental, run_job
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +35,7 @@ def test_every_declared_recurring_export_is_a_schedule_of_its_job():
     schedules = {s.name: s for s in defs.schedules if s.name.startswith("recurring_")}
     assert set(schedules) == {"recurring_us_users_daily", "recurring_ezpass_changes_hourly", "recurring_ledger_weekly"}
     daily = schedules["recurring_us_users_daily"]
-    assert (daily.cron_schedule, daily.execution_timezone, daily.job_name) == ("0 6 * * *", "America/New_York", "export_users")
+    assert (daily.cron_schedule, daily.execution_timezone, daily.job_name) == ("0 6 * * *", "America/New_York", REGISTRY.get("users").job_name)
     # The samples ship stopped: a dev instance left running must not write files every hour.
     assert {s.default_status for s in schedules.values()} == {dg.DefaultScheduleStatus.STOPPED}
     for schedule in schedules.values():
@@ -48,6 +47,19 @@ def test_every_declared_recurring_export_is_a_schedule_of_its_job():
     # The queue runs one run per incremental key at a time (dagster.yaml).
     assert evaluate(schedules["recurring_ezpass_changes_hourly"]).tags[INCREMENTAL_TAG] == "ezpass_changes_hourly"
     assert INCREMENTAL_TAG not in evaluate(daily).tags
+
+
+def test_each_recurring_entry_is_planned_once(monkeypatch):
+    # An incremental entry was planned a second time from the first plan's output.
+    from export_platform.planning import plan as planning
+
+    planned, check_filters = [], planning.check_filters
+    monkeypatch.setattr(planning, "check_filters", lambda export_type, filters: planned.append(export_type.name)
+                        or check_filters(export_type, filters))
+    entries = load_recurring_exports()
+    assert any(e.incremental for e in entries)
+    build_recurring_schedules()
+    assert planned == [e.export_type for e in entries]
 
 
 def test_an_entry_without_enabled_runs_once_deployed(tmp_path):
@@ -62,7 +74,7 @@ def test_an_entry_without_enabled_runs_once_deployed(tmp_path):
 def test_every_scheduled_run_executes_into_its_dated_folder(db, resources, storage_root, name):
     schedule = defs.get_schedule_def(f"recurring_{name}")
     run_request = evaluate(schedule)
-    export_type = schedule.job_name.removeprefix("export_")
+    [export_type] = [t.name for t in REGISTRY if t.job_name == schedule.job_name]
     [op_config] = run_request.run_config["ops"].values()
     result = run_job(export_type, op_config["config"], resources, tags=run_request.tags)
     assert result.success
@@ -90,25 +102,8 @@ def test_a_bad_entry_fails_loading_with_its_name(tmp_path, entry, message):
         build_recurring_schedules(path)
 
 
-@pytest.fixture
-def incremental_db(database_url, storage_root) -> tuple[str, dict]:
-    url = database_beside(database_url, "incremental_check")
-    with psycopg.connect(url, autocommit=True) as conn:
-        seed(conn, 500, ("users",))
-    store = RequestStore(url=url)
-    store.migrate()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DELETE FROM export_watermarks")
-    # No margin: these tests run one step after another, never racing a writer's clock read.
-    return url, {"postgres": PostgresResource(url=url, incremental_margin_seconds=0), "requests": store}
-
-
 def exported_ids(result) -> list[int]:
     return pl.read_parquet(published_path(result))["id"].to_list()
-
-
-def run_incremental(config: dict, resources: dict, export_type: str = "users"):
-    return run_job(export_type, config, resources, tags={INCREMENTAL_TAG: config["incremental"]["key"]})
 
 
 def test_incremental_runs_have_no_gap_and_no_duplicate_with_concurrent_writers(incremental_db, resources):
@@ -222,8 +217,9 @@ def test_the_run_queue_holds_a_second_run_of_one_incremental_key():
 
     limits = yaml.safe_load(INSTANCE_YAML.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
     tags = evaluate(defs.get_schedule_def("recurring_ezpass_changes_hourly")).tags
-    running = dg.DagsterRun(job_name="export_ezpass_transactions", run_id="a" * 36, tags=tags)
+    job_name = REGISTRY.get("ezpass_transactions").job_name
+    running = dg.DagsterRun(job_name=job_name, run_id="a" * 36, tags=tags)
     counter = TagConcurrencyLimitsCounter(limits, [running])
-    assert counter.is_blocked(dg.DagsterRun(job_name="export_ezpass_transactions", run_id="b" * 36, tags=tags))
+    assert counter.is_blocked(dg.DagsterRun(job_name=job_name, run_id="b" * 36, tags=tags))
     other_key = {**tags, INCREMENTAL_TAG: "another_key", SCHEDULE_TAG: "another_key"}
-    assert not counter.is_blocked(dg.DagsterRun(job_name="export_ezpass_transactions", run_id="c" * 36, tags=other_key))
+    assert not counter.is_blocked(dg.DagsterRun(job_name=job_name, run_id="c" * 36, tags=other_key))

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -19,12 +15,12 @@ import psutil
 import psycopg
 import pytest
 
-from daemon_stack import daemon_stack, export_sessions, files_in, insert, row, runs_for, wait_for, wait_status
+from support.daemon_stack import daemon_stack, export_sessions, files_in, runs_for, wait_for, wait_status
+from support.request_rows import insert, row
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.tooling.instance import INSTANCE_YAML
-from export_platform.resources.requests import REQUEST_ID_TAG
+from export_platform.naming import EXPORT_TYPE_TAG, MAX_RUNTIME_TAG, REQUEST_ID_TAG, REQUESTED_BY_TAG
 from export_platform.workers.process_launcher import run_worker
-from readback import db_rows, file_rows
+from support.readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +95,8 @@ def test_twenty_requests_complete_once_each_within_the_queue_limits(stack, app):
     queue = instance.run_coordinator.get_run_queue_config()
     assert max_overlap([(s, e) for s, e, _ in spans]) <= queue.max_concurrent_runs
     limits = {limit["key"]: limit["limit"] for limit in queue.tag_concurrency_limits}
-    assert limits["export_type"] < queue.max_concurrent_runs  # one type never takes every slot
-    for key in ("export_type", "requested_by"):
+    assert limits[EXPORT_TYPE_TAG] < queue.max_concurrent_runs  # one type never takes every slot
+    for key in (EXPORT_TYPE_TAG, REQUESTED_BY_TAG):
         for value in {tags[key] for *_, tags in spans}:
             assert max_overlap([(s, e) for s, e, tags in spans if tags[key] == value]) <= limits[key], (key, value)
 
@@ -165,43 +161,10 @@ def test_a_killed_run_worker_fails_its_request_and_stops_its_query(stack, app, w
         stack.start_workers()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def graphql(stack):
-    from dagster_graphql import DagsterGraphQLClient
-
-    port = free_port()
-    webserver = Path(sys.executable).with_name("dagster-webserver")
-    with (stack.tmp / "webserver.log").open("ab") as log:
-        process = subprocess.Popen(
-            [str(webserver), "-m", "export_platform.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            env=stack.env, cwd=INSTANCE_YAML.parent, stdout=log, stderr=subprocess.STDOUT,
-        )
-
-    def ready() -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200
-        except OSError:
-            assert process.poll() is None, "dagster-webserver exited"
-            return False
-
-    try:
-        wait_for(ready, 120, "dagster-webserver")
-        yield DagsterGraphQLClient("127.0.0.1", port_number=port)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
 def test_launchpad_run_through_graphql(stack, app, graphql):
     config = {"format": "parquet", "filters": {"currency": ["EUR"]}}
     run_id = graphql.submit_job_execution(
-        "export_ledger_postings", run_config={"ops": {"plan_ledger_postings": {"config": config}}}
+        REGISTRY.get("ledger_postings").job_name, run_config={"ops": {"plan_ledger_postings": {"config": config}}}
     )
     wait_for(lambda: graphql.get_run_status(run_id) == dg.DagsterRunStatus.SUCCESS, what="the Launchpad run")
     published = stack.instance.get_run_by_id(run_id)
@@ -226,7 +189,7 @@ def test_a_failing_run_leaves_its_request_failed_with_the_error(stack, app, grap
     request_id = insert(app, "users", status="QUEUED")  # as if the sensor had queued it
     config = {"filters": {"lifetime_value_min": "10", "lifetime_value_max": "1"}}
     graphql.submit_job_execution(
-        "export_users",
+        REGISTRY.get("users").job_name,
         run_config={"ops": {"plan_users": {"config": config}}},
         tags={REQUEST_ID_TAG: str(request_id)},
     )
@@ -275,10 +238,10 @@ def test_requests_inserted_across_a_daemon_restart_all_complete_exactly_once(sta
 def test_a_run_past_its_maximum_runtime_ends_the_request_failed(stack, app, graphql):
     request_id = insert(app, "users", status="QUEUED")  # as if the sensor had queued it
     run_id = graphql.submit_job_execution(
-        "export_users",
+        REGISTRY.get("users").job_name,
         run_config={"ops": {"plan_users": {"config": {"format": "csv"}}}},
         # The export types' own limit is an hour; a 4M-row export outlives a 1 s one.
-        tags={REQUEST_ID_TAG: str(request_id), "dagster/max_runtime": "1"},
+        tags={REQUEST_ID_TAG: str(request_id), MAX_RUNTIME_TAG: "1"},
     )
     final = wait_status(app, request_id, {"FAILED", "COMPLETED", "CANCELLED"}, timeout=120)
     assert final["status"] == "FAILED", final

@@ -11,50 +11,15 @@ import pytest
 from export_platform.definitions import defs
 from export_platform.jobs import EXPORT_JOBS
 from export_platform.requests.table import export_requests
-from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, RequestStore, user_tag
-from export_platform.sensors.request_sensor import ROWS_PER_TICK, build_request_sensor
-from readback import run_job
-
-SENSOR = build_request_sensor(EXPORT_JOBS)
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def store(database_url):
-    store = RequestStore(url=database_url)
-    store.engine()  # the session migrated the table; this checks its version
-    return store
-
-
-def insert(db, export_type="users", fmt="csv", params=None, user="alice") -> int:
-    return db.execute(
-        "INSERT INTO export_requests (export_type, format, params, requested_by) VALUES (%s, %s, %s, %s) RETURNING id",
-        (export_type, fmt, json.dumps(params or {}), user),
-    ).fetchone()[0]
-
-
-def row(db, request_id):
-    # params as text: a poison row's JSON is one Python cannot decode.
-    columns = ", ".join(f"{c.name}::text" if c.name == "params" else c.name for c in export_requests.columns)
-    cursor = db.execute(f"SELECT {columns} FROM export_requests WHERE id = %s", (request_id,))
-    names = [c.name for c in cursor.description]
-    return dict(zip(names, cursor.fetchone()))
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.naming import EXPORT_TYPE_TAG, REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, user_tag
+from export_platform.sensors.request_sensor import ROWS_PER_TICK
+from support.readback import run_job
+from support.request_rows import insert, row, tick
 
 
 def ids(result: dg.SensorResult) -> list[int]:
     return [int(r.tags[REQUEST_ID_TAG]) for r in result.run_requests]
-
-
-def tick(instance, store, database_url) -> dg.SensorResult:
-    resources = {"requests": store, "postgres": PostgresResource(url=database_url)}
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        return SENSOR(context)
 
 
 @pytest.fixture(autouse=True)
@@ -79,9 +44,9 @@ def test_valid_rows_become_run_requests_and_bad_rows_fail_with_the_field(db, sto
 
     [request] = result.run_requests
     assert request.run_key == row(db, good)["run_key"]
-    assert request.job_name == "export_users"
+    assert request.job_name == REGISTRY.get("users").job_name
     assert request.tags == {
-        REQUEST_ID_TAG: str(good), REQUEST_KEY_TAG: request.run_key, "export_type": "users", "requested_by": "alice"
+        REQUEST_ID_TAG: str(good), REQUEST_KEY_TAG: request.run_key, EXPORT_TYPE_TAG: "users", REQUESTED_BY_TAG: "alice"
     }
     config = request.run_config["ops"]["plan_users"]["config"]
     assert config["format"] == "csv_gz" and config["filters"] == {"country_code": ["US", "GB"]}
@@ -91,7 +56,7 @@ def test_valid_rows_become_run_requests_and_bad_rows_fail_with_the_field(db, sto
         assert failed["status"] == "FAILED" and message in failed["error"], failed
         assert failed["finished_at"] is not None and failed["run_id"] is None
     # The run config the sensor built is one the job accepts.
-    assert dg.validate_run_config(defs.resolve_job_def("export_users"), request.run_config)
+    assert dg.validate_run_config(defs.resolve_job_def(REGISTRY.get("users").job_name), request.run_config)
 
 
 def test_rows_committed_out_of_id_order_are_not_skipped(db, store, instance, database_url):
@@ -202,7 +167,7 @@ def test_an_open_row_can_still_be_cancelled_by_sql(db, store):
 def test_a_run_of_another_table_with_the_same_request_id_is_not_this_rows_run(db, store, instance, database_url):
     """Two export databases on one Dagster instance, or a recreated table: ids repeat, run keys do not."""
     request_id = insert(db)
-    [job] = [j for j in EXPORT_JOBS if j.name == "export_users"]
+    [job] = [j for j in EXPORT_JOBS if j.name == REGISTRY.get("users").job_name]
     earlier = instance.create_run_for_job(
         job, run_config={}, tags={REQUEST_ID_TAG: str(request_id), "dagster/run_key": str(request_id)}
     )
@@ -229,7 +194,7 @@ def test_a_row_whose_run_never_appears_is_offered_again_then_failed(db, store, i
 def test_users_sharing_a_long_prefix_get_distinct_readable_tags(db, store, instance, database_url):
     prefix = "team-analytics-" * 5
     first, second = insert(db, user=prefix + "alice"), insert(db, user=prefix + "bob")
-    tags = {int(r.tags[REQUEST_ID_TAG]): r.tags["requested_by"] for r in tick(instance, store, database_url).run_requests}
+    tags = {int(r.tags[REQUEST_ID_TAG]): r.tags[REQUESTED_BY_TAG] for r in tick(instance, store, database_url).run_requests}
     assert tags[first] != tags[second]
     assert all(len(t) <= 63 and t.startswith(prefix[:40]) for t in tags.values())
     assert user_tag("bob") == "bob" and user_tag(None) == "anonymous"

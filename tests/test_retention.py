@@ -18,9 +18,8 @@ from export_platform.ops import retention
 from export_platform.ops.export import plan_op_name
 from export_platform.ops.retention import cleanup_run_config, retention_cleanup
 from export_platform.resources.storage import LocalStorage, S3Storage, StorageError
-from readback import run_job
-from test_request_sensor import row
-from test_storage import export_request
+from support.readback import run_job
+from support.request_rows import export_request, row
 
 
 def run_cleanup(resources, storage, instance, dry_run=False, **overrides) -> dict:
@@ -47,12 +46,6 @@ def exists(uri: str) -> bool:
         return Path(parsed.path).exists()
     listing = boto3.client("s3").list_objects_v2(Bucket=parsed.netloc, Prefix=parsed.path.lstrip("/"))
     return listing.get("KeyCount", 0) == 1
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -104,7 +97,7 @@ def test_old_export_run_history_is_pruned_for_plain_and_chunked_jobs(resources, 
     assert chunked.execute_in_process(
         run_config={"ops": {plan_op_name("ledger_postings"): {"config": config}}}, resources=resources, instance=instance
     ).success
-    names = ("export_ledger_postings", "export_ledger_postings_chunked")
+    names = (REGISTRY.get("ledger_postings").job_name, REGISTRY.get("ledger_postings").chunked_job_name)
     count = lambda: [instance.get_runs_count(dg.RunsFilter(job_name=name)) for name in names]  # noqa: E731
     assert count() == [2, 1]
     assert run_cleanup(resources, resources["storage"], instance, run_history_days=1)["prune_run_history"]["runs"] == 0

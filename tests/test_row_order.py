@@ -24,10 +24,12 @@ from export_platform.jobs import run_config_for
 from export_platform.planning.config import ExportOptions
 from export_platform.planning.key_ranges import KeyRange, PageRange, split_pages
 from export_platform.planning.plan import RequestError, plan_export, plan_request
+from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.resources.postgres import PAGES_PER_STREAM, PostgresResource, stream_count
 from export_platform.sinks.arrow_source import Interleaved
 from export_platform.sinks.digest import WrittenDigest, file_digest
-from readback import database_beside, db_rows, file_rows, published_path, run_job, xlsx_mismatches, xlsx_rows
+from export_platform.tooling.embedded_postgres import HOME_ENV
+from support.readback import database_beside, db_rows, file_rows, published_path, run_job, xlsx_mismatches, xlsx_rows
 
 USERS = list(REGISTRY.get("users").columns)
 UNORDERED = [f.name for f in ExportFormat if f is not ExportFormat.pdf]
@@ -225,7 +227,7 @@ def test_the_order_option_in_request_params_and_the_launchpad():
     with pytest.raises(RequestError) as refused:
         plan_request("users", "csv", {"order": "random"})
     assert refused.value.field == "order"
-    job = defs.resolve_job_def("export_users")
+    job = defs.resolve_job_def(REGISTRY.get("users").job_name)
     assert dg.validate_run_config(job, run_config_for(plan_request("users", "parquet", {"order": "none"})))
     fields = job.graph.node_named("plan_users").definition.config_schema.as_field().config_type.fields
     assert fields["order"].default_value == "key" and "none" in fields["order"].description
@@ -233,7 +235,7 @@ def test_the_order_option_in_request_params_and_the_launchpad():
 
 def test_cli_order_none(db, database_url, storage_root, tmp_path):
     out = tmp_path / "users.parquet"
-    env = {**os.environ, "EXPORT_PLATFORM_DATABASE_URL": database_url, "EXPORT_PLATFORM_HOME": str(storage_root)}
+    env = {**os.environ, DATABASE_URL_ENV: database_url, HOME_ENV: str(storage_root)}
     done = subprocess.run(
         [sys.executable, "-m", "export_platform.tooling.cli", "run", "users", "--format", "parquet", "--order", "none",
          "--chunks", "2", "--output", str(out)], capture_output=True, text=True, env=env, timeout=120,

@@ -6,12 +6,11 @@ import pytest
 from dagster._core.events import JobFailureData, RunFailureReason
 
 from export_platform.jobs import EXPORT_JOBS
-from export_platform.sensors.run_status import LOST_DATABASE, NEVER_STARTED, failure_message
-from test_request_sensor import instance  # noqa: F401  (fixture: a test instance)
+from export_platform.run_failures import LOST_DATABASE, NEVER_STARTED, failure_message
 
 
 @pytest.fixture
-def run(instance):  # noqa: F811
+def run(instance):
     return instance.create_run_for_job(EXPORT_JOBS[0], run_config={})
 
 

@@ -20,9 +20,8 @@ from export_platform.requests.client import ExportClient
 from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Kind, LinkError, file_url, status_page_url
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage, storage_for
-from serve_stack import TEST_KEY, serve_process
-from test_request_sensor import insert
-from test_storage import export_request
+from support.serve_stack import TEST_KEY, serve_process
+from support.request_rows import export_request, insert
 
 pytestmark = pytest.mark.slow  # a real server process
 

@@ -12,13 +12,14 @@ from decimal import Decimal
 import adbc_driver_postgresql.dbapi as adbc
 import openpyxl
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from export_platform.planning.plan import plan_request
-from export_platform.sinks import scan_batches, sink
+from export_platform.sinks import Pacer, pacer_for, scan_batches, sink
 from export_platform.sinks.xlsx import write_xlsx
-from readback import xlsx_sheets
+from support.readback import xlsx_sheets
 
 QUERY = """
 SELECT 1.50::numeric(5, 2) AS exact,
@@ -164,10 +165,51 @@ def test_xlsx_continues_on_new_sheets_with_the_header_repeated(database_url, tmp
     assert seen[-1] == 2500
 
 
-@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet", "ndjson", "json", "xlsx", "pdf"])
-def test_only_python_writers_hold_back_the_scan(fmt):
-    # Polars' sinks never report progress to a pacer: pacing them would stall the scan.
-    from export_platform.sinks import Pacer, pacer_for
+BATCH_ROWS, BATCHES = 100, 40
+ID_SCHEMA = pa.schema([("id", pa.int64())])
 
-    pacer = pacer_for(plan_request("users", fmt, {}))
-    assert isinstance(pacer, Pacer) if fmt in ("json", "xlsx", "pdf") else pacer is None
+
+class WatchedSource:
+    """Batches of ids that record, as each is handed to the scan, how far the scan is ahead of
+    what the writer has reported written."""
+
+    schema = ID_SCHEMA
+
+    def __init__(self, pacer: Pacer | None):
+        self.pacer, self.leads = pacer, []
+
+    def __iter__(self):
+        for i in range(BATCHES):
+            self.leads.append(i * BATCH_ROWS - (self.pacer.written if self.pacer else 0))
+            yield pa.record_batch([pa.array(range(i * BATCH_ROWS, (i + 1) * BATCH_ROWS), pa.int64())], schema=ID_SCHEMA)
+
+
+def export_watched(fmt: str, path, ahead: int | None = None) -> tuple[Pacer | None, WatchedSource, list[int]]:
+    """Export BATCHES batches in `fmt` as the extract op does: the format's pacer (with `ahead`), its progress."""
+    plan, progress = plan_request("users", fmt, {}), []
+    pacer = pacer_for(plan, progress.append)
+    if pacer is not None and ahead is not None:
+        pacer.ahead = ahead
+    source = WatchedSource(pacer)
+    sink(scan_batches(source, lambda rows: None, pacer), plan, path, pacer)
+    return pacer, source, progress
+
+
+@pytest.mark.parametrize("fmt", ["json", "xlsx", "pdf"])
+def test_a_python_writer_holds_the_scan_back_and_reports_what_it_wrote(fmt, tmp_path):
+    # Without it the scan reads to the end while the writer is still at the start (the whole result in
+    # memory). A pacer one batch ahead shows it even for writers as fast as json's.
+    ahead = BATCH_ROWS
+    pacer, source, progress = export_watched(fmt, tmp_path / f"out.{fmt}", ahead)
+    # A batch passes the pacer once the one before it has room, so two may be in hand beyond `ahead`.
+    assert max(source.leads) <= ahead + 2 * BATCH_ROWS
+    assert len(progress) > 1 and progress == sorted(progress) and progress[-1] == BATCHES * BATCH_ROWS
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "parquet", "ndjson"])
+def test_a_polars_sink_is_never_paced_by_a_pacer_it_cannot_report_to(fmt, tmp_path):
+    # Polars' sinks report nothing while they write: a pacer given to one would stall the scan
+    # `stall_seconds` at a time.
+    pacer, source, _ = export_watched(fmt, tmp_path / f"out.{fmt}")
+    assert pacer is None or pacer.written == BATCHES * BATCH_ROWS
+    assert len(source.leads) == BATCHES

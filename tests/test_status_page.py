@@ -15,10 +15,10 @@ import pytest
 from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, status_page_url
 from export_platform.ops import export as export_ops
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import REQUEST_ID_TAG
-from readback import run_job
-from serve_stack import TEST_KEY, serve_process
-from test_request_sensor import insert, row
+from export_platform.naming import REQUEST_ID_TAG, REQUESTED_BY_TAG
+from support.readback import run_job
+from support.serve_stack import TEST_KEY, serve_process
+from support.request_rows import insert, row
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -74,7 +74,7 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
 
     def export() -> None:
         try:
-            tags = {REQUEST_ID_TAG: str(request_id), "requested_by": "grace"}
+            tags = {REQUEST_ID_TAG: str(request_id), REQUESTED_BY_TAG: "grace"}
             outcome.append(run_job("users", {"format": "csv_gz"}, small_batches, tags=tags))
         finally:
             reported.put(None)

@@ -15,30 +15,16 @@ import sqlalchemy as sa
 
 from export_platform.requests import table as rt
 from export_platform.requests.client import ExportClient, Refused
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage, S3Storage
-from readback import database_beside, db_rows, file_rows, run_job
-from test_request_sensor import insert, row
-
-COLUMNS = ["id", "amount", "memo"]
+from support.readback import database_beside, db_rows, file_rows
+from support.request_rows import LEDGER_COLUMNS as COLUMNS
+from support.request_rows import export_request, insert, row
 
 
 @pytest.fixture
 def s3(s3_endpoint, tmp_path) -> S3Storage:
     return S3Storage(url="s3://exports/ci", download_url_seconds=120, staging_folder=str(tmp_path / "staging"))
-
-
-def export_request(db, resources, storage, user="alice o'hara") -> dict:
-    request_id = insert(db, "ledger_postings", user=user)
-    db.execute("UPDATE export_requests SET status = 'QUEUED' WHERE id = %s", (request_id,))
-    result = run_job(
-        "ledger_postings",
-        {"format": "csv", "columns": COLUMNS},
-        {**resources, "storage": storage},
-        tags={REQUEST_ID_TAG: str(request_id), "requested_by": user},
-    )
-    assert result.success
-    return row(db, request_id)
 
 
 def fetch(url: str) -> bytes:
@@ -72,12 +58,15 @@ def test_local_storage_uses_the_user_prefix_and_cannot_sign(db, resources, stora
 def test_fresh_url_is_minted_for_a_live_file_and_refused_otherwise(db, resources, s3):
     final = export_request(db, resources, s3)
     client = ExportClient(db.info.dsn, s3)
+    before = datetime.now(timezone.utc)
     url = client.fresh_url(final["id"], seconds=2)
+    after = datetime.now(timezone.utc)
     assert parse_qs(urlparse(url).query)["X-Amz-Expires"] == ["2"]
     assert fetch(url) == fetch(final["download_url"])
     stored = row(db, final["id"])
     assert stored["download_url"] == url
-    assert stored["download_url_expires_at"] - datetime.now(timezone.utc) < timedelta(seconds=3)
+    # The row says when the new link expires: 2 s after it was minted.
+    assert before + timedelta(seconds=2) <= stored["download_url_expires_at"] <= after + timedelta(seconds=2)
 
     db.execute("UPDATE export_requests SET expires_at = now() - interval '1 second' WHERE id = %s", (final["id"],))
     with pytest.raises(Refused, match="expired"):

@@ -17,8 +17,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from dev_server import clean_env, running_dev
-from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV
+from support.dev_server import clean_env, running_dev
+from export_platform.catalog.export_types import REGISTRY
+from export_platform.naming import REQUEST_SENSOR
+from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.tooling.sample_data import seed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -64,10 +66,10 @@ def test_a_new_user_sees_the_launchpad_a_request_run_and_the_sensors(database_ur
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            launchpad = _shot(page, folder, "launchpad", f"{dev.url}/locations/{LOCATION}/jobs/export_users/playground",
+            launchpad = _shot(page, folder, "launchpad", f"{dev.url}/locations/{LOCATION}/jobs/{REGISTRY.get('users').job_name}/playground",
                               "Launch Run")
             run = _shot(page, folder, "run", f"{dev.url}/runs/{row['run_id']}", "publish_export")
-            sensors = _shot(page, folder, "sensors", f"{dev.url}/automation", "export_request_sensor")
+            sensors = _shot(page, folder, "sensors", f"{dev.url}/automation", REQUEST_SENSOR)
             browser.close()
         dev.stop()
     assert "Join the Dagster community" not in launchpad + run + sensors

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import dagster as dg
 import psutil
-import psycopg
 import pytest
 
-from daemon_stack import daemon_stack, export_sessions, files_in, insert, row, runs_for, wait_for, wait_status
+from support.daemon_stack import daemon_stack, export_sessions, files_in, runs_for, wait_for, wait_status
+from support.request_rows import insert, row
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_export_job
-from export_platform.resources.requests import REQUEST_ID_TAG
+from export_platform.naming import ISOLATED_TAG, POOL_TAG, REQUEST_ID_TAG
 from export_platform.workers.process_launcher import run_worker
-from export_platform.workers.launcher import ISOLATED_TAG, POOL, POOL_TAG
+from export_platform.workers.launcher import POOL
 from export_platform.workers.queue import LaunchQueue
-from readback import db_rows, file_rows
+from support.readback import db_rows, file_rows
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from ..requests import table as rt
-from ..tooling.embedded_postgres import database_url
+from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage
 from .links import Kind, Signer, file_url, friendly_name, valid_key
@@ -106,7 +106,7 @@ def _refuse(status: int, text: str) -> Response:
 
 def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Starlette:
     digests = Digests(store)
-    notifications = Notifications(store.url or database_url())
+    notifications = Notifications(store.url)
     page = files(__package__).joinpath("status_page.html").read_text()
 
     async def download(request: Request) -> Response:
@@ -246,7 +246,7 @@ def serve(host: str, port: int, exit_with_parent: int | None = None) -> None:
     storage = storage_for(os.environ.get(STORAGE_URL_ENV))
     if not isinstance(storage, LocalStorage):
         raise SystemExit("serve delivers the local export storage; S3 exports carry presigned URLs of their own")
-    store = RequestStore()
+    store = RequestStore(url=require_database_url())
     store.migrate()
     if exit_with_parent:
         _exit_with(exit_with_parent)

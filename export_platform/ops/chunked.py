@@ -20,11 +20,12 @@ from ..requests import table as rt
 from ..planning.key_ranges import KeyRange
 from ..planning.plan import ExportPlan
 from ..resources.postgres import PostgresResource
-from ..resources.requests import RequestStore, request_id_of
+from ..naming import request_id_of, session_name
+from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
 from ..sinks import digest_of, scan_batches
 from ..sinks.parts import join_parts, part_path, write_part
-from .export import EXTRACT_RETRIES, Progress, StagedFile, connection_lost, session_name, temp_path
+from .export import EXTRACT_RETRIES, Progress, StagedFile, connection_lost, temp_path
 
 
 @dataclass(frozen=True)

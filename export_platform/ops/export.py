@@ -20,7 +20,8 @@ from ..planning.preflight import preflight
 from ..catalog.registry import ExportType
 from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
-from ..resources.requests import REQUESTED_BY_TAG, RequestStore, request_id_of
+from ..naming import INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
+from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
 from ..sinks import digest_of
 from ..sinks.parts import sink_streams
@@ -28,10 +29,6 @@ from ..units import human_bytes
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 EXTRACT_RETRIES = 2
-SCHEDULE_TAG = "export_platform/schedule"
-# The queue (dagster.yaml's tag_concurrency_limits) runs one run per value of this tag at a time,
-# so two runs of one incremental key never read from the same mark.
-INCREMENTAL_TAG = "export_platform/incremental_key"
 
 
 @dataclass(frozen=True)
@@ -164,11 +161,6 @@ class Progress:
         if self.chunk is not None and self.reported:
             self._report(-self.reported, 0.0)
             self.reported = 0
-
-
-def session_name(run_id: str) -> str:
-    """The export's `application_name` in Postgres, so a cancel can find and stop its query."""
-    return f"export_platform:{run_id}"
 
 
 def temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:

@@ -390,12 +390,17 @@ def _options_from_params(params: Mapping[str, Any]) -> ExportOptions:
 
 
 def plan_request(
-    export_type_name: Any, format: Any, params: Any, output_path: str | None = None, chunks: Any = 1
+    export_type_name: Any,
+    format: Any,
+    params: Any,
+    output_path: str | None = None,
+    chunks: Any = 1,
+    incremental: Incremental | None = None,
 ) -> ExportPlan:
     """Check a request row (`params` as the application stored it) and plan it; `output_path` and
-    `chunks` are the command line's. JSON null is refused like any other non-object: an
-    application that meant "everything" writes `{}`, and a null that slipped through must not
-    export a whole table."""
+    `chunks` are the command line's, `incremental` a recurring entry's (a request row can ask for
+    none of them). JSON null is refused like any other non-object: an application that meant
+    "everything" writes `{}`, and a null that slipped through must not export a whole table."""
     if not isinstance(params, Mapping):
         raise RequestError(
             "params", f"expected a JSON object with {', '.join(PARAM_KEYS)} (use {{}} for all rows), got {shown(params)}"
@@ -405,7 +410,14 @@ def plan_request(
         raise RequestError(f"params.{_cut(unknown[0])}", f"unknown option; known: {', '.join(PARAM_KEYS)}")
     options = _options_from_params({k: v for k, v in params.items() if v is not None})
     return plan_export(
-        export_type_name, format, params.get("filters"), params.get("columns"), options, output_path, chunks=chunks
+        export_type_name,
+        format,
+        params.get("filters"),
+        params.get("columns"),
+        options,
+        output_path,
+        incremental=incremental,
+        chunks=chunks,
     )
 
 

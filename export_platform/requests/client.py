@@ -1,7 +1,7 @@
 """A small Python client for applications: the request table's calls without writing SQL.
 
     from export_platform.requests.client import ExportClient
-    client = ExportClient()                      # EXPORT_PLATFORM_DATABASE_URL or the embedded one
+    client = ExportClient()                      # the database of EXPORT_PLATFORM_DATABASE_URL
     request_id = client.request("users", "csv", filters={"country_code": "US"}, requested_by="alice")
     final = client.wait(request_id)              # a dict of the row, once it is terminal (LISTEN)
 
@@ -23,9 +23,9 @@ from psycopg import sql as pgsql
 
 from . import table as rt
 from ..delivery import links
-from ..tooling.embedded_postgres import database_url
 from ..planning.plan import plan_request
 from .table import TERMINAL, Status
+from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
 
@@ -36,7 +36,7 @@ class Refused(RuntimeError):
 
 class ExportClient:
     def __init__(self, url: str | None = None, storage: ExportStorage | None = None):
-        self.store = RequestStore(url=url)
+        self.store = RequestStore(url=url or require_database_url())
         self.storage = storage or storage_for(os.environ.get(STORAGE_URL_ENV))
 
     def request(
@@ -78,7 +78,7 @@ class ExportClient:
         Woken by `NOTIFY export_requests` on each change of the row's status or progress; it also
         reads the row every `poll_seconds`, in case a notification was missed (e.g. a reconnect)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with psycopg.connect(self.store.url or database_url(), autocommit=True) as listener:
+        with psycopg.connect(self.store.url, autocommit=True) as listener:
             listener.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(rt.NOTIFY_CHANNEL)))
             while True:
                 row = self.status(request_id)  # read after LISTEN: no change can fall in between

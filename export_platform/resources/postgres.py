@@ -26,7 +26,6 @@ from pydantic import Field
 
 from ..planning import sql
 from ..planning.key_ranges import KeyRange, split_pages, split_range
-from ..tooling.embedded_postgres import database_url
 from ..planning.plan import ExportPlan
 from ..sinks.arrow_source import numeric_type
 
@@ -140,11 +139,7 @@ class Split:
 
 
 class PostgresResource(dg.ConfigurableResource):
-    url: str | None = Field(
-        default=None,
-        description="libpq URL of the source database. Unset: EXPORT_PLATFORM_DATABASE_URL, "
-        "else the embedded Postgres under .export_platform/.",
-    )
+    url: str = Field(description="libpq URL of the source database (definitions.py: EXPORT_PLATFORM_DATABASE_URL).")
     batch_size_hint_bytes: int = Field(
         default=4 * 1024 * 1024,
         description="Approximate size of each Arrow batch streamed from Postgres; bounds memory per batch.",
@@ -165,7 +160,7 @@ class PostgresResource(dg.ConfigurableResource):
     )
 
     def resolved_url(self) -> str:
-        return self.url or database_url()
+        return self.url
 
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.resolved_url(), **kwargs)

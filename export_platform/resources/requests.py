@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,21 +11,12 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
 from ..requests import table as rt
-from ..tooling.embedded_postgres import database_url
-
-REQUEST_ID_TAG = "export_platform/request_id"
-# The row's run key (random, unique beyond this table): how the sensor finds the run of a row.
-REQUEST_KEY_TAG = "export_platform/request_key"
-REQUESTED_BY_TAG = "requested_by"
-# Dagster caps tag values at 63 characters.
-MAX_TAG_LENGTH = 63
 
 
 class RequestStore(dg.ConfigurableResource):
-    url: str | None = Field(
-        default=None,
-        description="libpq URL of the database holding export_requests. Unset: the same database as "
-        "the export source (EXPORT_PLATFORM_DATABASE_URL or the embedded Postgres).",
+    url: str = Field(
+        description="libpq URL of the database holding export_requests (definitions.py: the export source's, "
+        "EXPORT_PLATFORM_DATABASE_URL)."
     )
     statement_timeout_ms: int = Field(
         default=10_000, description="Upper bound for any statement on the request table (keeps sensor ticks short)."
@@ -37,7 +27,7 @@ class RequestStore(dg.ConfigurableResource):
 
     def _pool(self) -> sa.Engine:
         if self._engine is None:
-            url, timeout = self.url or database_url(), self.statement_timeout_ms
+            url, timeout = self.url, self.statement_timeout_ms
             # `creator` accepts any libpq URL or keyword string, as psycopg does.
             self._engine = sa.create_engine(
                 "postgresql+psycopg://",
@@ -77,19 +67,3 @@ class RequestStore(dg.ConfigurableResource):
     def run(self, statement: sa.Executable) -> sa.CursorResult:
         with self.transaction() as conn:
             return conn.execute(statement)
-
-
-def user_tag(requested_by: str | None) -> str:
-    """`requested_by` as a run tag (the per-user queue limit and storage folder): readable, and
-    distinct for users who share a prefix longer than a tag can hold."""
-    user = requested_by or "anonymous"
-    if len(user) <= MAX_TAG_LENGTH:
-        return user
-    digest = hashlib.sha256(user.encode()).hexdigest()[:10]
-    return f"{user[: MAX_TAG_LENGTH - len(digest) - 1]}~{digest}"
-
-
-def request_id_of(tags: dict[str, str]) -> int | None:
-    """The request row behind a run, or None for runs launched from the Launchpad or a schedule."""
-    value = tags.get(REQUEST_ID_TAG)
-    return int(value) if value else None

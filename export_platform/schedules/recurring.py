@@ -15,8 +15,9 @@ from ..dagster_compat import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..jobs import run_config_for
-from ..ops.export import INCREMENTAL_TAG, SCHEDULE_TAG
-from ..planning.plan import Incremental, RequestError, plan_export, plan_request
+from ..catalog.export_types import REGISTRY
+from ..naming import EXPORT_TYPE_TAG, INCREMENTAL_TAG, SCHEDULE_TAG
+from ..planning.plan import Incremental, RequestError, plan_request
 
 RECURRING_EXPORTS = Path(__file__).with_name("recurring_exports.yaml")
 
@@ -44,13 +45,9 @@ class RecurringExportError(ValueError):
 
 
 def _run_config(entry: RecurringExport) -> dict:
-    plan = plan_request(entry.export_type, entry.format, entry.params)
-    if entry.incremental is not None:
-        incremental = Incremental(entry.incremental.column, entry.name, None)
-        plan = plan_export(
-            plan.export_type, plan.format, plan.filters, list(plan.columns), plan.options, incremental=incremental
-        )
-    return run_config_for(plan)
+    # The key is the entry's name; the lower mark is read by each run's plan op.
+    incremental = Incremental(entry.incremental.column, entry.name, None) if entry.incremental else None
+    return run_config_for(plan_request(entry.export_type, entry.format, entry.params, incremental=incremental))
 
 
 def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
@@ -63,13 +60,13 @@ def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
         raise RecurringExportError(f"recurring export {entry.name!r}: invalid cron {entry.cron!r}")
     return dg.ScheduleDefinition(
         name=f"recurring_{entry.name}",
-        job_name=f"export_{entry.export_type}",
+        job_name=REGISTRY.get(entry.export_type).job_name,
         cron_schedule=entry.cron,
         execution_timezone=entry.timezone,
         run_config=run_config,
         tags={
             SCHEDULE_TAG: entry.name,
-            "export_type": entry.export_type,
+            EXPORT_TYPE_TAG: entry.export_type,
             **({INCREMENTAL_TAG: entry.name} if entry.incremental else {}),
         },
         description=entry.description or f"{entry.export_type} as {entry.format}, {entry.cron} ({entry.timezone})",

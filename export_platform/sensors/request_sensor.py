@@ -15,13 +15,21 @@ import dagster as dg
 
 from ..requests import table as rt
 from ..jobs import run_config_for
-from ..ops.export import session_name
 from ..catalog.export_types import REGISTRY
 from ..planning.plan import ExportPlan, RequestError, decode_params, plan_request
 from ..requests.table import Status
 from ..resources.postgres import PostgresResource
-from ..resources.requests import REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, RequestStore, user_tag
-from .run_status import failure_message
+from ..naming import (
+    EXPORT_TYPE_TAG,
+    REQUEST_ID_TAG,
+    REQUEST_KEY_TAG,
+    REQUEST_SENSOR,
+    REQUESTED_BY_TAG,
+    session_name,
+    user_tag,
+)
+from ..resources.requests import RequestStore
+from ..run_failures import failure_message
 
 ROWS_PER_TICK = 50
 # An active row this long without an update gets its run's status checked.
@@ -44,7 +52,7 @@ def run_request_for(request_id: int, run_key: str, plan: ExportPlan, requested_b
         tags={
             REQUEST_ID_TAG: str(request_id),
             REQUEST_KEY_TAG: run_key,
-            "export_type": plan.export_type,
+            EXPORT_TYPE_TAG: plan.export_type,
             REQUESTED_BY_TAG: user_tag(requested_by),
         },
     )
@@ -150,7 +158,7 @@ def _claim_pending(context, requests: RequestStore) -> list[dg.RunRequest]:
 
 def build_request_sensor(jobs: list[dg.JobDefinition]) -> dg.SensorDefinition:
     @dg.sensor(
-        name="export_request_sensor",
+        name=REQUEST_SENSOR,
         jobs=jobs,
         # With the daemon's sensor loop at 0.5 s (export_platform/tooling/daemon.py), a new row is QUEUED
         # within about a second; each tick reads a bounded batch.

@@ -2,6 +2,11 @@
 
 Only the standard library and the (dependency-free) registry are imported before the arguments
 are parsed, so `--help` and mistakes answer at once; each command imports what it needs.
+
+The local commands (demo, dev, seed, db url, run, request, status, list, cancel, url, delete) use
+the embedded Postgres when EXPORT_PLATFORM_DATABASE_URL is unset: a checkout needs nothing set.
+The operator commands (db migrate, cleanup, health, workers, serve) act on a deployment and need
+the variable, so that a missing one is an error rather than an empty database of their own.
 """
 
 from __future__ import annotations
@@ -54,10 +59,10 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     `instance`, the run is recorded there (and shows in the UI)."""
     _quiet_dagster_warnings()
     from ..definitions import defs  # importing the code location is the slow part; only when needed
-    from ..errors import root_message
+    from ..run_failures import root_message
     from ..jobs import run_config_for
 
-    job = defs.resolve_job_def(f"export_{plan.export_type}")
+    job = defs.resolve_job_def(REGISTRY.get(plan.export_type).job_name)
     result = job.execute_in_process(
         run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
     )
@@ -111,8 +116,22 @@ def _plan_from_args(args: argparse.Namespace) -> ExportPlan:
     return plan_request(args.type, args.format, _params(args), output_path=args.output, chunks=args.chunks)
 
 
+def _local_database() -> str:
+    from .embedded_postgres import local_database_url
+
+    return local_database_url()
+
+
+def _client():
+    """The request table of a local command's database."""
+    from ..requests.client import ExportClient
+
+    return ExportClient(_local_database())
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     plan = _plan_from_args(args)
+    _local_database()  # after the plan: a bad request is refused without starting a database
     published = run_export(plan)
     print(
         f"rows={published.rows} bytes={published.bytes} seconds={published.seconds:.2f} "
@@ -122,14 +141,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_db_url(args: argparse.Namespace) -> int:
-    from .embedded_postgres import database_url
-
-    print(database_url())
+    print(_local_database())
     return 0
 
 
 def _cmd_db_stop(args: argparse.Namespace) -> int:
-    from .embedded_postgres import DATABASE_URL_ENV, stop_embedded
+    from ..resources.database_url import DATABASE_URL_ENV
+    from .embedded_postgres import stop_embedded
 
     if os.environ.get(DATABASE_URL_ENV):
         print(f"{DATABASE_URL_ENV} is set: that server is not the embedded one; nothing stopped")
@@ -139,20 +157,21 @@ def _cmd_db_stop(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    from ..resources.database_url import require_database_url
     from ..resources.requests import RequestStore
 
-    print(f"export_requests is at schema version {RequestStore().migrate()}")
+    # A deploy step: the configured database only, never the embedded one.
+    print(f"export_requests is at schema version {RequestStore(url=require_database_url()).migrate()}")
     return 0
 
 
 def _seed(rows: int) -> float:
     import psycopg
 
-    from .embedded_postgres import database_url
     from .sample_data import seed
 
     started = time.monotonic()
-    with psycopg.connect(database_url(), autocommit=True) as conn:
+    with psycopg.connect(_local_database(), autocommit=True) as conn:
         seed(conn, rows)
     return time.monotonic() - started
 
@@ -189,14 +208,14 @@ What next:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from .embedded_postgres import database_url
     from .instance import prepare_dagster_home
     from ..planning.plan import plan_export
     from ..units import human_bytes
     from ..resources.requests import RequestStore
 
-    print(f"database: {database_url()}")
-    RequestStore().migrate()  # the embedded database is ready for request rows too
+    url = _local_database()
+    print(f"database: {url}")
+    RequestStore(url=url).migrate()  # the embedded database is ready for request rows too
     print(f"seeded {args.rows:,} rows per sample type in {_seed(args.rows):.1f} s")
     folder = _demo_folder()
     where = f"{_shown_path(folder)}/<type>/" if folder else "the bucket"
@@ -226,12 +245,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_request(args: argparse.Namespace) -> int:
-    from ..requests.client import ExportClient
     from ..planning.plan import plan_request
 
     params = _params(args)
     plan = plan_request(args.type, args.format, params)
-    request_id = ExportClient().request(
+    request_id = _client().request(
         args.type,
         args.format,
         filters=params.pop("filters"),
@@ -277,9 +295,7 @@ class _Follower:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ..requests.client import ExportClient
-
-    client = ExportClient()
+    client = _client()
     if args.wait:
         interactive = sys.stdout.isatty()
         row = client.wait(args.id, on_update=_Follower(interactive))
@@ -294,9 +310,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ..requests.client import ExportClient
-
-    rows = ExportClient().list(args.user, args.page, args.page_size)
+    rows = _client().list(args.user, args.page, args.page_size)
     print(f"{'id':>8}  {'type':<20} {'format':<8} {'user':<12} {'status':<16} {'rows':>10}  created")
     for row in rows:
         rows_text = f"{row['row_count']:,}" if row["row_count"] is not None else ""
@@ -306,9 +320,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from ..requests.client import ExportClient
-
-    if ExportClient().cancel(args.id):
+    if _client().cancel(args.id):
         print(f"cancel requested for {args.id}")
         return 0
     print(f"request {args.id} is not pending, queued or running; nothing to cancel", file=sys.stderr)
@@ -325,9 +337,7 @@ def _seconds(text: str) -> int:
 
 
 def _cmd_url(args: argparse.Namespace) -> int:
-    from ..requests.client import ExportClient
-
-    client = ExportClient()
+    client = _client()
     seconds = _seconds(args.expires)
     print(client.status_page_url(args.id, seconds) if args.page else client.fresh_url(args.id, seconds))
     return 0
@@ -341,12 +351,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from ..requests.client import ExportClient
-
     from ..resources.storage import StorageError
 
     try:
-        freed = ExportClient().delete(args.id)
+        freed = _client().delete(args.id)
     except StorageError as error:
         print(f"error: {error}; request {args.id} is unchanged", file=sys.stderr)
         return 1
@@ -358,7 +366,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ..definitions import defs
-    from ..errors import root_message
+    from ..run_failures import root_message
     from .instance import prepare_dagster_home
     from ..ops.retention import cleanup_run_config
 
@@ -469,8 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Print the database URL in use: EXPORT_PLATFORM_DATABASE_URL, or the embedded "
                            "Postgres, started if needed.").set_defaults(handler=_cmd_db_url)
     db_commands.add_parser("migrate", help="create or upgrade the export_requests table",
-                           description="Create or upgrade the export_requests table and print its schema "
-                           "version.").set_defaults(handler=_cmd_migrate)
+                           description="Create or upgrade the export_requests table of "
+                           "EXPORT_PLATFORM_DATABASE_URL (a deploy step; never the embedded Postgres) and print its "
+                           "schema version.").set_defaults(handler=_cmd_migrate)
     db_commands.add_parser("stop", help="stop the embedded Postgres (it keeps running after other commands)",
                            description="Stop the embedded Postgres under $EXPORT_PLATFORM_HOME/pgdata; the next "
                            "command starts it again. Its data stays.").set_defaults(handler=_cmd_db_stop)
@@ -524,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     url.set_defaults(handler=_cmd_url)
 
     serve = command("serve", "serve signed downloads of the local storage and the requests' status pages",
-                    "Needs EXPORT_PLATFORM_SIGNING_KEY; with EXPORT_PLATFORM_PUBLIC_URL set, local exports get a "
+                    "Needs EXPORT_PLATFORM_DATABASE_URL and EXPORT_PLATFORM_SIGNING_KEY; with EXPORT_PLATFORM_PUBLIC_URL set, local exports get a "
                     "download_url on their row. See docs/delivery.md.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
@@ -535,16 +544,19 @@ def build_parser() -> argparse.ArgumentParser:
     _id(delete)
     delete.set_defaults(handler=_cmd_delete)
 
-    cleanup = command("cleanup", "run the retention cleanup now (it also runs daily at 03:00 UTC)")
+    cleanup = command("cleanup", "run the retention cleanup now (it also runs daily at 03:00 UTC)",
+                      "Cleans the database of EXPORT_PLATFORM_DATABASE_URL, never the embedded Postgres.")
     cleanup.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     cleanup.set_defaults(handler=_cmd_cleanup)
 
     command("health", "check the database, the daemon, the request sensor and the queue",
-            "Exits 1 when something is wrong.").set_defaults(handler=_cmd_health)
+            "Exits 1 when something is wrong. Checks the database of EXPORT_PLATFORM_DATABASE_URL, never the "
+            "embedded Postgres.").set_defaults(handler=_cmd_health)
 
     workers = command("workers", "run the warm run-worker pool on its own (a deployment unit)",
                       "Keeps N long-lived workers, each with Dagster and the code location imported, taking runs "
-                      "from the launch queue in Dagster's Postgres. See docs/deploy.md.")
+                      "from the launch queue in Dagster's Postgres. Needs EXPORT_PLATFORM_DATABASE_URL. See "
+                      "docs/deploy.md.")
     workers.add_argument("--count", type=int, metavar="N",
                          help="workers to keep alive (default: dagster.yaml's run_launcher workers)")
     workers.add_argument("--max-runs", type=int, metavar="K",
@@ -576,8 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..requests.client import Refused
         from ..delivery.links import LinkError
         from ..planning.plan import RequestError
+        from ..resources.database_url import DatabaseUrlMissing
 
-        if isinstance(error, (RequestError, LinkError)):
+        if isinstance(error, (RequestError, LinkError, DatabaseUrlMissing)):
             print(f"error: {error}", file=sys.stderr)
             return 2
         if isinstance(error, Refused):

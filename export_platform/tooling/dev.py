@@ -93,13 +93,15 @@ def _serve_env(env: dict[str, str], host: str, port: int) -> None:
 
 
 def run_dev(host: str, port: int, log_level: str, serve_port: int | None = None) -> int:
-    from .embedded_postgres import HOME_ENV, platform_home
+    from .embedded_postgres import HOME_ENV, local_database_url, platform_home
     from .instance import prepare_dagster_home
     from ..resources.requests import RequestStore
 
+    # The embedded Postgres unless one is configured; `env` hands the choice to every service.
+    app_url = local_database_url()
     # Absolute: the services run in DAGSTER_HOME, and the default home is relative to the cwd.
-    env = {**os.environ, HOME_ENV: str(platform_home()), **prepare_dagster_home()}
-    RequestStore().migrate()
+    env = {**os.environ, HOME_ENV: str(platform_home()), **prepare_dagster_home(app_url=app_url)}
+    RequestStore(url=app_url).migrate()
     url = browser_url(host, port)
     services = Services(env)
     for s in STOP_SIGNALS:

@@ -1,13 +1,18 @@
-"""Which Postgres to use: `EXPORT_PLATFORM_DATABASE_URL`, or an embedded one from PyPI `pgserver`.
+"""The embedded Postgres (PyPI `pgserver`) of a local checkout, for the commands that choose it.
 
-The embedded server lives under `$EXPORT_PLATFORM_HOME/pgdata` (default `.export_platform/` in
-the working directory), keeps running after the command that started it, and is reused by every
-later command, the Dagster daemon and the webserver, until `export-platform db stop`.
+The local commands (`demo`, `dev`, `seed`, `run`, `request`, `status`, ...; see tooling/cli.py) call
+`local_database_url`: `EXPORT_PLATFORM_DATABASE_URL` when set, else this server, whose URL it then
+puts into the variable, so that the code location the command loads and every process it starts
+(daemon, webserver, run workers, runs) use the same database. Nothing else starts it: the code
+location itself requires the variable (resources/database_url.py).
+
+The server lives under `$EXPORT_PLATFORM_HOME/pgdata` (default `.export_platform/` in the working
+directory), keeps running after the command that started it, and is reused by every later
+command until `export-platform db stop`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from pathlib import Path
@@ -15,7 +20,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-DATABASE_URL_ENV = "EXPORT_PLATFORM_DATABASE_URL"
+from ..resources.database_url import DATABASE_URL_ENV
+
 HOME_ENV = "EXPORT_PLATFORM_HOME"
 APP_DATABASE = "export_platform"
 
@@ -57,10 +63,10 @@ def ensure_database(admin_url: str, database: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
-@functools.cache
-def _embedded_url(pgdata: Path) -> str:
-    return start_embedded(pgdata)
-
-
-def database_url() -> str:
-    return os.environ.get(DATABASE_URL_ENV) or _embedded_url(platform_home() / "pgdata")
+def local_database_url() -> str:
+    """`EXPORT_PLATFORM_DATABASE_URL`, else the embedded server's URL (started if needed), which
+    this process's environment then carries to everything it loads and starts."""
+    url = os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        url = os.environ[DATABASE_URL_ENV] = start_embedded(platform_home() / "pgdata")
+    return url

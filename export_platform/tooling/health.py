@@ -8,19 +8,20 @@ import time
 import dagster as dg
 from ..dagster_compat import InstigatorStatus, InstigatorType, TickStatus
 
+from ..naming import REQUEST_SENSOR
 from ..requests import table as rt
 from .instance import prepare_dagster_home
+from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 
 HEARTBEAT_TOLERANCE_SECONDS = 60  # daemons beat every 30 s
 TICK_TOLERANCE_SECONDS = 60
 REQUIRED_DAEMONS = ("SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING")
-REQUEST_SENSOR = "export_request_sensor"
 
 
 def _database(lines: list[str]) -> list[str]:
     try:
-        depth = RequestStore().run(rt.queue_depth()).scalar()
+        depth = RequestStore(url=require_database_url()).run(rt.queue_depth()).scalar()
     except Exception as error:  # any failure to reach it is the finding
         return [f"database unreachable: {error}"]
     lines.append(f"ok    database reachable; {depth} request(s) pending or queued")

@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 from sqlalchemy.engine import make_url
 
-from .embedded_postgres import DATABASE_URL_ENV, database_url, ensure_database, platform_home
+from ..resources.database_url import DATABASE_URL_ENV, require_database_url
+from .embedded_postgres import ensure_database, platform_home
 
 DAGSTER_DATABASE_URL_ENV = "EXPORT_PLATFORM_DAGSTER_DATABASE_URL"
 DAGSTER_DATABASE = "dagster"
@@ -40,11 +41,12 @@ def dagster_database_url(app_url: str) -> str:
 
 
 def prepare_dagster_home(home: Path | None = None, app_url: str | None = None) -> dict[str, str]:
-    """Write DAGSTER_HOME and return the environment every Dagster process must run with."""
+    """Write DAGSTER_HOME and return the environment every Dagster process must run with: the
+    application database is `app_url`, else the configured one (never a default)."""
+    app_url = app_url or require_database_url()
     home = home or platform_home() / "dagster"
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
-    app_url = app_url or database_url()
     return {
         "DAGSTER_HOME": str(home),
         DATABASE_URL_ENV: app_url,

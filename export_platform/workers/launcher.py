@@ -17,12 +17,11 @@ import psutil
 import psycopg
 
 from ..dagster_compat import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
+from ..naming import ISOLATED_TAG, POOL_TAG
 from .process_launcher import LocalWorkerRunLauncher, worker_gone
 from .queue import LaunchQueue
 
-ISOLATED_TAG = "export_platform/isolated"
-# Set on runs handed to the pool: the health check and terminate take the pool's path for them.
-POOL_TAG = "export_platform/run_worker"
+# POOL_TAG's value on runs handed to the pool: the health check and terminate take the pool's path for them.
 POOL = "pool"
 
 

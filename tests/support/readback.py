@@ -23,6 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from export_platform.tooling.embedded_postgres import ensure_database
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_export_job
+from export_platform.naming import INCREMENTAL_TAG
 from export_platform.ops.export import plan_op_name
 from export_platform.tooling.sample_data import seed
 
@@ -36,6 +37,11 @@ def run_job(export_type: str, config: dict[str, Any], resources: dict, tags=None
         tags=tags,
         instance=instance,
     )
+
+
+def run_incremental(config: dict, resources: dict, export_type: str = "users") -> dg.ExecuteInProcessResult:
+    """`run_job` for an incremental config, with the key's tag its plan op requires."""
+    return run_job(export_type, config, resources, tags={INCREMENTAL_TAG: config["incremental"]["key"]})
 
 
 def published_path(result: dg.ExecuteInProcessResult) -> Path:

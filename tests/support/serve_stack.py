@@ -17,6 +17,8 @@ from pathlib import Path
 from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Signer
 from export_platform.resources.storage import STORAGE_URL_ENV
 
+from .ports import free_port
+
 TEST_KEY = "test-signing-key-not-for-production"
 START_TIMEOUT = 60
 
@@ -41,12 +43,6 @@ class Server:
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
             conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,12 @@ from pathlib import Path
 import psutil
 from sqlalchemy.engine import make_url
 
-from export_platform.tooling.embedded_postgres import DATABASE_URL_ENV, HOME_ENV, ensure_database
+from export_platform.resources.database_url import DATABASE_URL_ENV
+from export_platform.tooling.embedded_postgres import HOME_ENV, ensure_database
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
 from export_platform.resources.storage import STORAGE_URL_ENV
+
+from .ports import free_port
 
 SCRIPT = str(Path(sys.executable).with_name("export-platform"))
 STARTUP_SECONDS = 180
@@ -51,12 +53,6 @@ def get(url: str) -> str | None:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Dev:
     process: subprocess.Popen
@@ -77,7 +73,7 @@ class Dev:
 def running_dev(env: dict[str, str], tmp: Path) -> Iterator[Dev]:
     """Start `dev` and wait until the UI answers and dev has printed its address; whatever happens,
     end every process it started."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     out, err = tmp / "dev.out", tmp / "dev.err"
     with out.open("w") as stdout, err.open("w") as stderr:

@@ -1,13 +1,15 @@
 """A real Dagster deployment for end-to-end tests: an app database with the request table, a fresh
 Dagster database, DAGSTER_HOME from the top-level dagster.yaml, and a running `dagster-daemon`
-that can be stopped and started again. Plus the small helpers those tests poll with."""
+that can be stopped and started again (a `dagster-webserver` too, for the Launchpad's API). Plus
+the small helpers those tests poll with."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg
+import pytest
 from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
@@ -27,9 +30,13 @@ from export_platform.tooling.instance import (
     wait_for_daemon,
     wait_for_workers,
 )
-from export_platform.resources.requests import REQUEST_ID_TAG, RequestStore
+from export_platform.naming import REQUEST_ID_TAG, session_name
+from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.tooling.sample_data import seed
+
+from .ports import free_port
+from .request_rows import row
 
 TIMEOUT = 180
 
@@ -87,31 +94,48 @@ def daemon_stack(
             seed(conn, rows, (export_type,))
     RequestStore(url=app_url).migrate()  # deployed before applications insert
     dagster_url = make_url(fresh_database(dagster_server_url or server_url, "daemon_dagster")).set(drivername="postgresql+psycopg2")
-    os.environ[DAGSTER_DATABASE_URL_ENV] = dagster_url.render_as_string(hide_password=False)
-    env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", app_url), STORAGE_URL_ENV: str(tmp / "exports")}
-    stack = Stack(env, dg.DagsterInstance.from_config(env["DAGSTER_HOME"]), app_url, tmp / "exports", tmp)
+    # The tests' own process opens the instance too: it reads Dagster's URL from the environment.
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv(DAGSTER_DATABASE_URL_ENV, dagster_url.render_as_string(hide_password=False))
+        env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", app_url), STORAGE_URL_ENV: str(tmp / "exports")}
+        stack = Stack(env, dg.DagsterInstance.from_config(env["DAGSTER_HOME"]), app_url, tmp / "exports", tmp)
+        try:
+            stack.start_workers()
+            stack.start_daemon()
+            yield stack
+        finally:
+            stack.stop_daemon()
+            stack.stop_workers()
+            stack.instance.dispose()
+
+
+@contextmanager
+def running_webserver(stack: Stack) -> Iterator:
+    """A `dagster-webserver` on the stack's instance; yields a GraphQL client of it (the Launchpad's API)."""
+    from dagster_graphql import DagsterGraphQLClient
+
+    port = free_port()
+    webserver = Path(sys.executable).with_name("dagster-webserver")
+    with (stack.tmp / "webserver.log").open("ab") as log:
+        process = subprocess.Popen(
+            [str(webserver), "-m", "export_platform.definitions", "-h", "127.0.0.1", "-p", str(port)],
+            # In DAGSTER_HOME, as `dev` starts it: Dagster warns of a dagster.yaml in its working folder.
+            env=stack.env, cwd=stack.env["DAGSTER_HOME"], stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def ready() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200
+        except OSError:
+            assert process.poll() is None, "dagster-webserver exited"
+            return False
+
     try:
-        stack.start_workers()
-        stack.start_daemon()
-        yield stack
+        wait_for(ready, 120, "dagster-webserver")
+        yield DagsterGraphQLClient("127.0.0.1", port_number=port)
     finally:
-        stack.stop_daemon()
-        stack.stop_workers()
-        stack.instance.dispose()
-        del os.environ[DAGSTER_DATABASE_URL_ENV]
-
-
-def insert(app, export_type, fmt="csv", params=None, user="alice", status="PENDING") -> int:
-    return app.execute(
-        "INSERT INTO export_requests (export_type, format, params, requested_by, status) "
-        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (export_type, fmt, json.dumps(params or {}), user, status),
-    ).fetchone()[0]
-
-
-def row(app, request_id) -> dict:
-    cursor = app.execute("SELECT * FROM export_requests WHERE id = %s", (request_id,))
-    return dict(zip([c.name for c in cursor.description], cursor.fetchone()))
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def wait_for(predicate: Callable, timeout: float = TIMEOUT, what: str = "condition"):
@@ -146,5 +170,5 @@ def files_in(folder: Path) -> list[Path]:
 
 def export_sessions(app, run_id) -> list:
     return app.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"export_platform:{run_id}",)
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (session_name(run_id),)
     ).fetchall()

@@ -1,0 +1,81 @@
+"""Why a run failed, as a message a person can act on: for the request row, the CLI and the tests.
+
+Dagster records a failure as a step error wrapped in its own exception types, or as engine and run
+events (a worker that died, a run stopped from outside, one that never started); these read them
+back. Exceptions are not kept here: each lives beside the code that raises it (RequestError in
+planning/plan.py, StorageError in resources/storage.py, ...), where its callers look for it.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .dagster_compat import (
+    FAILURE_ERROR,
+    INTERRUPTED_ERROR,
+    START_TIMEOUT_REASON,
+    STEP_ERROR_WRAPPER,
+    WORKER_CRASH_MESSAGE,
+    WORKER_EXITED_CLEANLY,
+    SerializableErrorInfo,
+)
+
+# When a run worker dies, the code server that started it logs why (e.g. "[DagsterApiServer] Run
+# execution process for … was terminated by signal 9 (SIGKILL)…") and fails the run without a message.
+_WORKER_CRASH = WORKER_CRASH_MESSAGE
+_WHY = {
+    dg.DagsterEventType.STEP_FAILURE,
+    dg.DagsterEventType.ENGINE_EVENT,
+    dg.DagsterEventType.RUN_CANCELING,
+    dg.DagsterEventType.RUN_FAILURE,
+}
+# A step stopped from outside (e.g. by run monitoring at the maximum runtime) fails with this; the
+# reason it was stopped is the run's, not the step's.
+_INTERRUPTED = INTERRUPTED_ERROR
+# A worker that exits with 0 yet never reported the run's end could not write to Dagster's
+# database: with Postgres down, the export's connection and the run's event log go together.
+_EXITED_CLEANLY = WORKER_EXITED_CLEANLY
+LOST_DATABASE = (
+    "the run lost its database: Postgres (the export source and Dagster's run storage) was unreachable, so "
+    "the run could not finish or record its result; nothing was published. Request the export again once "
+    "the database is back."
+)
+# Run monitoring's reason for a run that was launched but never started (its worker never came up,
+# e.g. the daemon or the machine restarted meanwhile).
+_START_TIMEOUT = START_TIMEOUT_REASON
+NEVER_STARTED = (
+    "the platform restarted before the export began: its run never started, nothing was read or written. "
+    "Request the export again."
+)
+
+
+def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Why a run failed, for a person reading the request row: its steps' root errors, else why its
+    worker died, else why it was stopped (e.g. its maximum runtime), else the run's own message."""
+    events = [r.dagster_event for r in instance.all_logs(run_id, of_type=_WHY) if r.dagster_event]
+    steps = [e.step_failure_data.error for e in events if e.is_step_failure and e.step_failure_data.error]
+    causes = [m for m in map(root_message, steps) if not m.startswith(_INTERRUPTED)]
+    if causes:
+        return "; ".join(causes)
+    crashes = [m[m.index(_WORKER_CRASH) :] for e in events if e.is_engine_event and _WORKER_CRASH in (m := e.message or "")]
+    if crashes and crashes[-1].endswith(_EXITED_CLEANLY):
+        return f"{LOST_DATABASE} ({crashes[-1]})"
+    stopped = [e.message for e in events if e.event_type is dg.DagsterEventType.RUN_CANCELING and e.message]
+    run_failures = [e for e in events if e.event_type is dg.DagsterEventType.RUN_FAILURE]
+    if any(_failure_reason(e) == _START_TIMEOUT for e in run_failures):
+        return NEVER_STARTED
+    failures = [e.message for e in run_failures if e.message]
+    # The first request to stop a run carries the reason; later ones are the termination itself.
+    return (crashes[-1:] or stopped[:1] or failures[-1:] or ["the run failed"])[0]
+
+
+def _failure_reason(event: dg.DagsterEvent) -> str | None:
+    reason = getattr(event.event_specific_data, "failure_reason", None)
+    return getattr(reason, "value", None)
+
+
+def root_message(error: SerializableErrorInfo) -> str:
+    """The innermost cause, without Dagster's "error occurred while executing op" wrapper."""
+    while error.message.startswith(STEP_ERROR_WRAPPER) and error.cause is not None:
+        error = error.cause
+    return error.message.strip().removeprefix(f"{FAILURE_ERROR}: ")

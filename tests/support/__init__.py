@@ -1,0 +1,9 @@
+"""Helpers the test modules share (fixtures are in tests/conftest.py); no test module imports another.
+
+- `readback`: run an export job in-process, read its file back, compare with the table; databases beside the session's.
+- `request_rows`: the request table from a test's side: insert a row, read it back, tick the request sensor.
+- `daemon_stack`: a real Dagster deployment (daemon, run workers, DAGSTER_HOME) for end-to-end tests.
+- `dev_server`: `export-platform dev` as a user starts it.
+- `serve_stack`: a real `export-platform serve` and a raw HTTP client.
+- `ports`: a free loopback port.
+"""
