@@ -61,8 +61,9 @@ def _column_converter(field: pa.Field) -> Callable[[pa.Array], pa.Array] | None:
 
 
 def _target_type(field: pa.Field) -> pa.DataType:
-    if numeric_type(field) is not None:
-        return numeric_type(field)
+    decimal = numeric_type(field)
+    if decimal is not None:
+        return decimal
     if isinstance(field.type, pa.BaseExtensionType):
         return field.type.storage_type
     return field.type
