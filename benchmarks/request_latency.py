@@ -46,7 +46,7 @@ from export_platform.tooling.instance import (
     wait_for_workers,
 )
 from export_platform.resources.requests import RequestStore
-from export_platform.tooling.sample_data import seed
+from export_platform.tooling.sample_data import create_schema, seed
 
 BENCH_DAGSTER_DATABASE = "dagster_latency_bench"
 LEDGER_ROWS = 200_000  # 500 a day: two days are 1,000 rows, 200 days 100,000
@@ -108,6 +108,7 @@ def main() -> None:
 
     url = local_database_url()
     with psycopg.connect(url, autocommit=True) as conn:
+        create_schema(conn)  # a database seeded before the ledger's index gets it
         present = conn.execute("SELECT to_regclass('ledger_postings') IS NOT NULL").fetchone()[0]
         if not present or not conn.execute("SELECT EXISTS (SELECT FROM ledger_postings WHERE id = %s)", (LEDGER_ROWS,)).fetchone()[0]:
             seed(conn, LEDGER_ROWS, ("ledger_postings",))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import psycopg
+
 from export_platform.planning import sql
 from export_platform.planning.plan import plan_export
 
@@ -33,3 +35,15 @@ def test_no_filters_means_no_bind_statement():
     plan = plan_export("users", "parquet")
     assert sql.bind_statement(plan) is None
     assert sql.count_statement(plan) == 'SELECT count(*) FROM "users"'
+
+
+def test_a_date_range_of_the_ledger_is_read_through_its_index(db):
+    """The sample ledger is requested by posting date; a seq scan per request made a burst of ten
+    small requests wait on the server (benchmarks/RESULTS.md, issue 11)."""
+    plan = plan_export("ledger_postings", "csv", {"from_posting_date": "2023-01-03", "to_posting_date": "2023-01-04"})
+    with db.transaction():
+        psycopg.RawCursor(db).execute(sql.bind_statement(plan), sql.parameters(plan))  # $n placeholders, as ADBC's
+        db.execute("SET LOCAL enable_seqscan = off")  # a 3,000-row table would be scanned anyway
+        for statement in (sql.count_statement(plan), sql.select_statement(plan)):
+            explained = "\n".join(row[0] for row in db.execute("EXPLAIN " + statement))
+            assert "ledger_postings_posting_date" in explained, explained

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS ledger_postings (
     description text,
     memo text
 );
+-- The ledger is requested by posting date (its application's day and month exports): without an
+-- index, each of those requests is two scans of the whole table, the count and the rows.
+CREATE INDEX IF NOT EXISTS ledger_postings_posting_date ON ledger_postings (posting_date);
 """
 
 _GENERATE = {
