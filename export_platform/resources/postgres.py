@@ -144,6 +144,21 @@ def stream_count(cores: int, pages: int | None, per_query: int, free_connections
     return max(1, min(cores, per_query, free_connections // 2, cap, pages // PAGES_PER_STREAM))
 
 
+# Polars queues the batches its sink has not taken yet, with no backpressure on the source
+# (pola-rs/polars#26432). Its text sinks format slower than two page streams decode, so there the
+# queue grows with the export: 10M `users` rows to csv in no order peaked at 290-425 MB with 4 MiB
+# batches and at 247-270 MB with these, as fast. Parquet keeps up with the streams, and one stream
+# never outpaces a sink; with batches this small both were 10-15 % slower (benchmarks/RESULTS.md).
+INTERLEAVED_TEXT_BATCH_BYTES = 1 << 20
+
+
+def batch_bytes(hint: int, plan: ExportPlan, streams: int) -> int:
+    """The batch size hint of an export's readers: `hint`, or less for text fed by page streams."""
+    if streams > 1 and not plan.ordered and plan.format.is_text:
+        return min(hint, INTERLEAVED_TEXT_BATCH_BYTES)
+    return hint
+
+
 @dataclass
 class Snapshot:
     count: int
@@ -164,7 +179,9 @@ class PostgresResource(dg.ConfigurableResource):
     url: str = Field(description="libpq URL of the source database (definitions.py: EXPORT_PLATFORM_DATABASE_URL).")
     batch_size_hint_bytes: int = Field(
         default=4 * 1024 * 1024,
-        description="Approximate size of each Arrow batch streamed from Postgres; bounds memory per batch.",
+        description="Approximate size of each Arrow batch streamed from Postgres; bounds memory per batch. "
+        "An export in no order to csv or ndjson reads batches of at most 1 MiB: Polars' text writers fall "
+        "behind parallel streams and queue what they have not written yet.",
     )
     max_streams: int = Field(
         default=8,
@@ -232,9 +249,6 @@ class PostgresResource(dg.ConfigurableResource):
         `session_name` becomes the connection's application_name, by which a cancel finds the query.
         """
         with _dbapi().connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
-            cursor.adbc_statement.set_options(
-                **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
-            )
             cursor.execute(sql.SET_APPLICATION_NAME, parameters=(session_name,))
             cursor.fetchall()
             bound = self.incremental_bound(cursor) if fix_bound else None
@@ -329,8 +343,9 @@ class PostgresResource(dg.ConfigurableResource):
 
     @staticmethod
     def _reader(
-        cursor: adbc.Cursor, plan: ExportPlan, key_range: sql.Range | None, as_text: tuple[str, ...]
+        cursor: adbc.Cursor, plan: ExportPlan, key_range: sql.Range | None, as_text: tuple[str, ...], batch: int
     ) -> pa.RecordBatchReader:
+        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(batch)})
         cursor.execute(sql.select_statement(plan, key_range, as_text))
         return cursor.fetch_record_batch()
 
@@ -370,7 +385,10 @@ class PostgresResource(dg.ConfigurableResource):
                     others.enter_context(self._snapshot(plan, session_name, high_water, snapshot_id, r))[0]
                     for r in ranges[1:]
                 ]
-                readers = [GuardedReader(self._reader(c, plan, r, as_text), schema) for c, r in zip(cursors, ranges)]
+                batch = batch_bytes(self.batch_size_hint_bytes, plan, len(ranges))
+                readers = [
+                    GuardedReader(self._reader(c, plan, r, as_text, batch), schema) for c, r in zip(cursors, ranges)
+                ]
                 try:
                     yield Snapshot(count, readers, high_water)
                 finally:
