@@ -53,7 +53,11 @@ def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
     """Why a run failed, for a person reading the request row: its steps' root errors, else why its
     worker died, else why it was stopped (e.g. its maximum runtime), else the run's own message."""
     events = [r.dagster_event for r in instance.all_logs(run_id, of_type=_WHY) if r.dagster_event]
-    steps = [e.step_failure_data.error for e in events if e.is_step_failure and e.step_failure_data.error]
+    # A step that fails once its run is being stopped fails of the stop: at its maximum runtime,
+    # the canceling sensor's cancel of the query can reach the step before the run's interrupt does
+    # ("canceling statement due to user request"), and the reason is the run's.
+    stopping = next((i for i, e in enumerate(events) if e.event_type is dg.DagsterEventType.RUN_CANCELING), len(events))
+    steps = [e.step_failure_data.error for e in events[:stopping] if e.is_step_failure and e.step_failure_data.error]
     causes = [m for m in map(root_message, steps) if not m.startswith(_INTERRUPTED)]
     if causes:
         return "; ".join(causes)

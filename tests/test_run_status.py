@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from dagster._core.events import JobFailureData, RunFailureReason
+from dagster._core.events import DagsterEvent, DagsterEventType, JobFailureData, RunFailureReason
+from dagster._core.execution.plan.objects import StepFailureData
+from dagster._utils.error import SerializableErrorInfo
 
 from export_platform.jobs import EXPORT_JOBS
 from export_platform.run_failures import LOST_DATABASE, NEVER_STARTED, failure_message
@@ -33,3 +35,31 @@ def test_a_killed_worker_keeps_its_signal(instance, run):
     instance.report_engine_event(f"[DagsterApiServer] {crash}", run)
     instance.report_run_failed(run, "This run has been marked as failed from outside the execution context.")
     assert failure_message(instance, run.run_id) == crash
+
+
+def _step_failed(instance, run, message: str) -> None:
+    error = SerializableErrorInfo(message, stack=[], cls_name="OperationalError")
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.STEP_FAILURE.value,
+        job_name=run.job_name,
+        step_key="extract_export",
+        event_specific_data=StepFailureData(error=error, user_failure_data=None),
+    )
+    instance.report_dagster_event(event, run.run_id)
+
+
+def test_a_step_failing_once_its_run_is_stopped_does_not_hide_why_it_was_stopped(instance, run):
+    """At the maximum runtime the canceling sensor may cancel the query before the run's interrupt
+    reaches the step, which then fails with the server's cancel, not with the interrupt."""
+    reason = "Canceling due to exceeding maximum runtime of 1 seconds."
+    instance.report_run_canceling(run, message=reason)
+    _step_failed(instance, run, "canceling statement due to user request")
+    instance.report_run_failed(run, "Exceeded maximum runtime of 1 seconds.")
+    assert failure_message(instance, run.run_id) == reason
+
+
+def test_a_step_that_failed_before_its_run_was_stopped_is_the_cause(instance, run):
+    _step_failed(instance, run, "disk full")
+    instance.report_run_canceling(run, message="Canceling due to exceeding maximum runtime of 1 seconds.")
+    instance.report_run_failed(run, "Exceeded maximum runtime of 1 seconds.")
+    assert failure_message(instance, run.run_id) == "disk full"
