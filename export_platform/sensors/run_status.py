@@ -6,7 +6,10 @@ ops cannot report any of that themselves, so these sensors do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
+import sqlalchemy as sa
 
 from ..requests import table as rt
 from ..naming import request_id_of, session_name
@@ -16,6 +19,22 @@ from ..resources.storage import ExportStorage
 from ..run_failures import failure_message
 
 INTERVAL_SECONDS = 2
+
+
+def _end_request(
+    run: dg.DagsterRun,
+    requests: RequestStore,
+    postgres: PostgresResource,
+    storage: ExportStorage,
+    mark: Callable[[int], sa.Update],
+) -> None:
+    """Stop the run's query and remove its temp file, then mark its request (if any) with `mark`."""
+    # A killed worker's query runs on until the server next writes to the dead socket.
+    postgres.cancel_queries(session_name(run.run_id))
+    storage.discard_temp(run.run_id)
+    request_id = request_id_of(run.tags)
+    if request_id is not None:
+        requests.run(mark(request_id))
 
 
 def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefinition]:
@@ -33,13 +52,10 @@ def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefi
     def export_failure_sensor(
         context: dg.RunFailureSensorContext, requests: RequestStore, postgres: PostgresResource, storage: ExportStorage
     ) -> None:
-        run_id = context.dagster_run.run_id
-        # A killed worker's query runs on until the server next writes to the dead socket.
-        postgres.cancel_queries(session_name(run_id))
-        storage.discard_temp(run_id)
-        request_id = request_id_of(context.dagster_run.tags)
-        if request_id is not None:
-            requests.run(rt.mark_failed(request_id, failure_message(context.instance, run_id)))
+        def failed(request_id: int) -> sa.Update:
+            return rt.mark_failed(request_id, failure_message(context.instance, context.dagster_run.run_id))
+
+        _end_request(context.dagster_run, requests, postgres, storage, failed)
 
     @dg.run_status_sensor(
         name="export_canceling_sensor",
@@ -59,11 +75,6 @@ def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefi
     def export_canceled_sensor(
         context: dg.RunStatusSensorContext, requests: RequestStore, postgres: PostgresResource, storage: ExportStorage
     ) -> None:
-        run_id = context.dagster_run.run_id
-        postgres.cancel_queries(session_name(run_id))
-        storage.discard_temp(run_id)
-        request_id = request_id_of(context.dagster_run.tags)
-        if request_id is not None:
-            requests.run(rt.mark_cancelled(request_id))
+        _end_request(context.dagster_run, requests, postgres, storage, rt.mark_cancelled)
 
     return [export_failure_sensor, export_canceling_sensor, export_canceled_sensor]
