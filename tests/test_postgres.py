@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import subprocess
-import sys
 import threading
 
 import psycopg
@@ -113,37 +110,3 @@ def test_a_killed_backend_mid_stream_is_a_lost_connection_whatever_the_message(d
             for _ in batches:
                 pass
     assert raised.value.__cause__ is not None
-
-
-# In a fresh interpreter: after an export has streamed, a block freed and a smaller one asked for
-# show whether glibc still raises its mmap threshold to the largest block freed (the smaller one
-# then comes from the heap, below the program break) or keeps it fixed (the block is mapped).
-_AFTER_A_STREAM = """
-import ctypes, sys
-from export_platform.planning.plan import plan_export
-from export_platform.resources.postgres import PostgresResource
-
-libc = ctypes.CDLL(None)
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
-if sys.argv[1] == "stream":
-    with PostgresResource(url=sys.argv[2]).snapshot_stream(plan_export("users", "csv"), "mmap-test") as snapshot:
-        assert sum(batch.num_rows for batch in snapshot.readers[0]) == snapshot.count > 0
-libc.free(libc.malloc(4 << 20))
-print("heap" if libc.malloc(3 << 20) < libc.sbrk(0) else "mapped")
-"""
-
-
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"), reason="glibc's malloc only")
-def test_an_export_keeps_glibc_from_moving_batch_buffers_onto_its_heaps(database_url):
-    """Batch buffers left on the decoding threads' heaps made a 10M-row export's peak RSS vary
-    from 309 to 555 MB (benchmarks/RESULTS.md)."""
-
-    def block_after(mode: str) -> str:
-        run = subprocess.run([sys.executable, "-c", _AFTER_A_STREAM, mode, database_url], capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
-        return run.stdout.strip()
-
-    assert block_after("none") == "heap"  # glibc's default, which the check must be able to see
-    assert block_after("stream") == "mapped"

@@ -12,8 +12,6 @@ transactions) and its tests are in docs/design.md, "Incremental exports: exactly
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -40,27 +38,7 @@ def _dbapi():
     location: it pulls in pyarrow.dataset (~0.6 s)."""
     import adbc_driver_postgresql.dbapi
 
-    fix_mmap_threshold()
     return adbc_driver_postgresql.dbapi
-
-
-# The driver allocates each batch's buffers (megabytes) with the C library's malloc. glibc raises
-# its mmap threshold to the largest block freed so far, after which those buffers come from the
-# heaps of the threads that decode them and stay there, fragmented: a 10M-row csv export in two
-# page streams peaked at 309-555 MB from one run to the next, and at 277-297 MB with the threshold
-# fixed (benchmarks/RESULTS.md). Fixed, every batch buffer is mapped and unmapped whole.
-MMAP_THRESHOLD_BYTES = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-
-
-@functools.cache
-def fix_mmap_threshold() -> bool:
-    """Keep glibc from moving its mmap threshold, once per process; False where the C library
-    is not glibc (macOS, musl), whose allocators need nothing."""
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "gnu_get_libc_version"):
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 class StreamClosed(RuntimeError):
