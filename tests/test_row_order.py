@@ -26,7 +26,7 @@ from export_platform.planning.key_ranges import KeyRange, PageRange, split_pages
 from export_platform.planning.plan import RequestError, plan_export, plan_request
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.resources.postgres import (
-    INTERLEAVED_TEXT_BATCH_BYTES,
+    PAGE_STREAM_BATCH_BYTES,
     PAGES_PER_STREAM,
     PostgresResource,
     batch_bytes,
@@ -174,16 +174,16 @@ def test_the_stream_count_keeps_within_every_limit(limits, streams):
     [
         ("csv", "none", 2, True),
         ("ndjson.gz", "none", 4, True),
-        ("parquet", "none", 2, False),  # its sink keeps up with the streams
-        ("csv", "none", 1, False),  # one stream never outpaces a sink
-        ("csv", "key", 2, False),  # key ranges are parts, each with its own writer
+        ("parquet", "none", 2, True),
+        ("csv", "none", 1, False),  # one stream never outpaces its writer
+        ("parquet", "key", 2, False),  # key ranges are parts, each with its own writer
     ],
 )
-def test_only_text_fed_by_page_streams_reads_smaller_batches(fmt, order, streams, smaller):
-    """Polars queues what its text sinks have not written yet (no backpressure on the source)."""
+def test_only_page_streams_read_smaller_batches(fmt, order, streams, smaller):
+    """Polars queues what its writer has not taken yet, with no backpressure on the source."""
     plan = plan_request("users", fmt, {"order": order})
-    hint = 4 * INTERLEAVED_TEXT_BATCH_BYTES
-    assert batch_bytes(hint, plan, streams) == (INTERLEAVED_TEXT_BATCH_BYTES if smaller else hint)
+    hint = 4 * PAGE_STREAM_BATCH_BYTES
+    assert batch_bytes(hint, plan, streams) == (PAGE_STREAM_BATCH_BYTES if smaller else hint)
     assert batch_bytes(64 * 1024, plan, streams) == 64 * 1024  # never larger than the configured hint
 
 

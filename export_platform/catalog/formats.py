@@ -45,11 +45,6 @@ class ExportFormat(str, Enum):
         return self.family == "csv"
 
     @property
-    def is_text(self) -> bool:
-        """Lines of text (csv, ndjson, compressed or not): what Polars writes slower than it reads."""
-        return self.family in ("csv", "ndjson")
-
-    @property
     def chunkable(self) -> bool:
         """Whether parts written in parallel can be joined into one file: text lines (gzip and zstd
         frames concatenate) and Parquet. A json array, a workbook or a pdf are written as one stream."""

@@ -122,18 +122,19 @@ def stream_count(cores: int, pages: int | None, per_query: int, free_connections
     return max(1, min(cores, per_query, free_connections // 2, cap, pages // PAGES_PER_STREAM))
 
 
-# Polars queues the batches its sink has not taken yet, with no backpressure on the source
-# (pola-rs/polars#26432). Its text sinks format slower than two page streams decode, so there the
-# queue grows with the export: 10M `users` rows to csv in no order peaked at 290-425 MB with 4 MiB
-# batches and at 247-270 MB with these, as fast. Parquet keeps up with the streams, and one stream
-# never outpaces a sink; with batches this small both were 10-15 % slower (benchmarks/RESULTS.md).
-INTERLEAVED_TEXT_BATCH_BYTES = 1 << 20
+# Polars queues the batches its writer has not taken yet, with no backpressure on the source
+# (pola-rs/polars#26432), and two or more page streams decode faster than its writers take them,
+# so that queue, not the batch in hand, sets such an export's memory. 10M `users` rows in no order,
+# through the CLI: csv peaked at 314-561 MB with 4 MiB batches and at 255-263 MB with these, as
+# fast; parquet at 320-331 MB and 293-298 MB, 5-8 % slower (benchmarks/RESULTS.md). One stream
+# never outpaces its writer, and keeps the configured size (smaller batches made it 10-15 % slower).
+PAGE_STREAM_BATCH_BYTES = 1 << 20
 
 
 def batch_bytes(hint: int, plan: ExportPlan, streams: int) -> int:
-    """The batch size hint of an export's readers: `hint`, or less for text fed by page streams."""
-    if streams > 1 and not plan.ordered and plan.format.is_text:
-        return min(hint, INTERLEAVED_TEXT_BATCH_BYTES)
+    """The batch size hint of an export's readers: `hint`, or less for page streams."""
+    if streams > 1 and not plan.ordered:
+        return min(hint, PAGE_STREAM_BATCH_BYTES)
     return hint
 
 
@@ -158,8 +159,8 @@ class PostgresResource(dg.ConfigurableResource):
     batch_size_hint_bytes: int = Field(
         default=4 * 1024 * 1024,
         description="Approximate size of each Arrow batch streamed from Postgres; bounds memory per batch. "
-        "An export in no order to csv or ndjson reads batches of at most 1 MiB: Polars' text writers fall "
-        "behind parallel streams and queue what they have not written yet.",
+        "Parallel page streams (order: none) read batches of at most 1 MiB: the writer falls behind them "
+        "and queues what it has not written yet.",
     )
     max_streams: int = Field(
         default=8,
