@@ -9,7 +9,7 @@ Measures, on `users` (seeded to --rows when it holds another number), the parts 
     as the embedded Postgres's role is);
   - ADBC, 1 stream / N streams: the export's read path (`PostgresResource.snapshot_stream`, the
     snapshot, the count, the page streams) drained, every batch dropped;
-  - + Polars → parquet / csv: the same, through the lazy scan into the export's writer;
+  - + Polars → parquet / csv: the same, written as the extract op writes it (`sink_streams`);
   - psycopg text COPY: what any Python client reading the server's CSV pays, the rows written
     nowhere (libpq hands over one row per call).
 Wall seconds and this process's CPU seconds (the server's backends are not in it), best of
@@ -33,8 +33,8 @@ from psycopg import sql as pgsql
 from export_platform.planning import sql
 from export_platform.planning.plan import plan_request
 from export_platform.resources.postgres import PostgresResource
-from export_platform.sinks import scan_batches, sink
 from export_platform.sinks.arrow_source import Interleaved
+from export_platform.sinks.parts import sink_streams
 from export_platform.tooling.embedded_postgres import local_database_url
 from export_platform.tooling.sample_data import seed
 
@@ -53,13 +53,13 @@ def _export(postgres: PostgresResource, fmt: str | None, folder: Path) -> Callab
 
     def run() -> None:
         with postgres.snapshot_stream(plan, "decode-floor") as snapshot:
+            if fmt is not None:  # the extract op's own writing
+                sink_streams(snapshot.readers, plan, folder / f"users.{fmt}", lambda stream: lambda rows: None)
+                return
             source = Interleaved(snapshot.readers)
             try:
-                if fmt is None:
-                    rows = sum(batch.num_rows for batch in source)
-                    assert rows == snapshot.count, (rows, snapshot.count)
-                else:
-                    sink(scan_batches(source, lambda rows: None), plan, folder / f"users.{fmt}")
+                rows = sum(batch.num_rows for batch in source)
+                assert rows == snapshot.count, (rows, snapshot.count)
             finally:
                 source.close()
 
