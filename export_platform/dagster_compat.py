@@ -10,13 +10,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Callable
 
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.events import EngineEventData
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
 from dagster._serdes import ConfigurableClassData
 from dagster._utils.error import SerializableErrorInfo
-from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
+from dagster._utils.interrupts import capture_interrupts
 from dagster._utils.schedules import is_valid_cron_string
 
 # Log text the project reads back. The tests check each against the code that writes it.
@@ -34,6 +36,12 @@ INTERRUPTED_ERROR = "dagster._core.errors.DagsterExecutionInterruptedError"
 WORKER_EXITED_CLEANLY = "unexpectedly exited with code 0."
 # Run monitoring's failure reason (RunFailureReason) for a run that never started in time:
 START_TIMEOUT_REASON = "START_TIMEOUT"
+# The queued-run daemon's engine events when it gives up launching a run (the second after
+# `max_user_code_failure_retries` re-queues; dagster/_daemon/run_coordinator/queued_run_coordinator_daemon.py):
+DEQUEUE_FAILED_MESSAGES = (
+    "Caught an unrecoverable error while dequeuing the run",
+    "Run dequeue failed to reach the user code server after",
+)
 
 
 # The next three import on first use: the CLI and daemon modules cost ~0.5 s of imports that
@@ -45,6 +53,16 @@ def execute_run_body() -> Callable[..., int]:
     from dagster._cli.api import _execute_run_command_body
 
     return _execute_run_command_body
+
+
+def keep_sigterm() -> None:
+    """Leave this process's SIGTERM handler alone during runs. Dagster maps SIGTERM to its SIGINT
+    handler whenever it swaps that handler (`_replace_interrupt_signal` calls
+    `setup_interrupt_handlers`, at every run and step), which would turn a run worker's SIGTERM
+    (drain: finish the run, then exit) into an interrupt of the run."""
+    from dagster._utils import interrupts
+
+    interrupts.setup_interrupt_handlers = lambda: None
 
 
 def set_storage_engine(storage: object, engine: object) -> None:
@@ -73,6 +91,9 @@ def set_sensor_loop_seconds(seconds: float) -> None:
 
 
 __all__ = [
+    "DEQUEUE_FAILED_MESSAGES",
+    "DagsterUserCodeUnreachableError",
+    "EngineEventData",
     "FAILURE_ERROR",
     "INTERRUPTED_ERROR",
     "START_TIMEOUT_REASON",
@@ -93,8 +114,8 @@ __all__ = [
     "daemon_main",
     "execute_run_body",
     "is_valid_cron_string",
+    "keep_sigterm",
     "sensor_daemon",
     "set_sensor_loop_seconds",
     "set_storage_engine",
-    "setup_interrupt_handlers",
 ]

@@ -188,6 +188,11 @@ class PostgresResource(dg.ConfigurableResource):
         with self.connect(autocommit=True) as conn:
             return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
 
+    def end_sessions(self, session_name: str) -> int:
+        """End an export's sessions, whatever they are doing (its run has ended); returns how many."""
+        with self.connect(autocommit=True) as conn:
+            return len(conn.execute(sql.TERMINATE_SESSION, (session_name,)).fetchall())
+
     def incremental_bound(self, cursor: adbc.Cursor) -> str:
         """The upper bound of an incremental export whose snapshot this connection takes next.
 

@@ -410,7 +410,7 @@ def _cmd_workers(args: argparse.Namespace) -> int:
     from ..workers.supervisor import serve
 
     os.environ.update(prepare_dagster_home())
-    serve(args.count, args.max_runs)
+    serve(args.count, args.max_runs, args.grace_period)
     return 0
 
 
@@ -561,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="workers to keep alive (default: dagster.yaml's run_launcher workers)")
     workers.add_argument("--max-runs", type=int, metavar="K",
                          help="replace each worker after this many runs (default: dagster.yaml's)")
+    workers.add_argument("--grace-period", type=float, metavar="S",
+                         help="on SIGTERM or Ctrl-C, seconds each worker may take to finish its export "
+                              "(default: dagster.yaml's run_launcher grace_period_seconds)")
     workers.set_defaults(handler=_cmd_workers)
 
     dev = command("dev", "start the Dagster UI, the daemon and the warm run workers on this project's instance; Ctrl-C stops them",
