@@ -381,3 +381,42 @@ def test_recycling_retires_one_worker_at_a_time(stack, app):
         stack.start_workers(COUNT)
     # Every worker wanted to retire after each run; the pool let one go at a time.
     assert min(serving) >= COUNT - 1, sorted(serving)[:10]
+
+
+# --- point 2: a launch that fails is retried ---
+
+def test_a_launch_that_cannot_reach_the_code_server_is_retried(stack, app):
+    """With the pool stopped runs start as processes through the daemon's code server; while that
+    server is frozen, a launch times out (DAGSTER_GRPC_TIMEOUT_SECONDS, 60 s by default, here 8 s)
+    and the run goes back to the queue instead of failing; once the server answers it runs."""
+    stack.stop_workers()
+    stack.stop_daemon()
+    stack.env["DAGSTER_GRPC_TIMEOUT_SECONDS"] = "8"
+    stack.start_daemon()
+    user = "launch@example.com"  # two runs per user at once (dagster.yaml): the third waits in the queue
+    code_server = None
+    try:
+        for _ in range(2):
+            streaming(app, insert(app, "users", "csv", user=user))
+        request_id = insert(app, "ledger_postings", "csv", user=user)
+        run_id = wait_for(
+            lambda: (runs := runs_for(stack.instance, request_id)) and runs[0].dagster_run.status is dg.DagsterRunStatus.QUEUED
+            and runs[0].dagster_run.run_id,
+            what="the third run waiting in the queue",
+        )
+        [code_server] = [
+            p for p in psutil.Process(stack.daemon.pid).children(recursive=True) if "grpc" in p.cmdline()
+        ]
+        code_server.suspend()  # SIGSTOP
+        wait_for(lambda: any("re-submitting the run into the queue" in m for m in engine_messages(stack, run_id)), 180,
+                 "the failed launch to put the run back in the queue")
+        code_server.resume()
+        final = wait_status(app, request_id, DONE, timeout=180)
+        assert final["status"] == "COMPLETED", final["error"]
+        assert len(runs_for(stack.instance, request_id)) == 1
+    finally:
+        if code_server is not None and code_server.is_running():
+            code_server.resume()
+        stack.stop_daemon()
+        del stack.env["DAGSTER_GRPC_TIMEOUT_SECONDS"]
+        stack.start_daemon()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import signal
 import socket
 import threading
@@ -34,6 +35,9 @@ import psutil
 import psycopg
 
 from ..dagster_compat import capture_interrupts, execute_run_body, keep_sigterm
+from ..naming import session_name
+from ..resources.database_url import require_database_url
+from ..resources.postgres import PostgresResource
 from ..run_failures import LOST_DATABASE, POOL_EVENT, drained
 from .launcher import WarmPoolRunLauncher
 from .lease import WORKER_ENV, publishing, run_ended
@@ -70,6 +74,7 @@ class Worker:
         self._unreleased: tuple[str, str | None, bool] | None = None  # (run, why retire, at once)
         self._deferred: str | None = None  # why it retires once the pool's retirement is free
         self._retiring: str | None = None
+        self._wakeup: int | None = None  # signals as they arrive (listen_for_signals)
 
     # --- signals: SIGTERM (and SIGINT outside a run) drain ---
     def drain(self, signum: int, _frame=None) -> None:
@@ -78,13 +83,32 @@ class Worker:
             self._draining.set()
             log.info("run worker %s: %s: draining (grace period %g s)", self.worker_id, signal.Signals(signum).name, self.grace_seconds)
 
+    def listen_for_signals(self) -> None:
+        """Python runs signal handlers on the main thread between bytecodes: not while that thread
+        waits in an export's native code (a Polars sink), for as long as the export lasts. The
+        interpreter also writes each signal's number to a wakeup fd as it arrives; the heartbeat
+        thread reads it, so that a drain's grace period starts at the SIGTERM."""
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        self._wakeup = read
+
+    def _wait_for_beat(self) -> None:
+        if self._wakeup is None:
+            self._stop.wait(BEAT_SECONDS)
+            return
+        if select.select([self._wakeup], [], [], BEAT_SECONDS)[0] and signal.SIGTERM in os.read(self._wakeup, 64):
+            self.drain(signal.SIGTERM)
+
     # --- the heartbeat thread ---
     def _beat(self) -> None:
         """Heartbeat, the cancel watch (a code server interrupts its run process on cancel; here
         the flag set by the launcher's `terminate` does, with the same SIGINT), the lease watch,
         and the grace period of a drain."""
         conn = None
-        while not self._stop.wait(BEAT_SECONDS):
+        while not self._stop.is_set():
+            self._wait_for_beat()
             with self._lock:
                 running = self._running
             if running is not None and time.monotonic() > self._drain_deadline:
@@ -118,6 +142,13 @@ class Worker:
                 except Exception as error:  # the interrupt matters more than its explanation
                     log.warning("run worker %s: could not record why: %s", self.worker_id, error)
             os.kill(self.pid, signal.SIGINT)
+            if event is not None:
+                # The interrupt takes effect when the main thread is back in Python: stop the
+                # export's queries, as the canceling sensor does on a cancel, so that it is.
+                try:
+                    PostgresResource(url=require_database_url()).cancel_queries(session_name(run_id))
+                except Exception as error:
+                    log.warning("run worker %s: could not stop the run's queries: %s", self.worker_id, error)
 
     # --- runs ---
     def _execute(self, run_id: str) -> dg.DagsterRunStatus:
@@ -284,6 +315,7 @@ def main() -> None:
         keep_sigterm()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, worker.drain)
+        worker.listen_for_signals()
         worker.serve()
 
 
