@@ -393,27 +393,30 @@ def test_a_launch_that_cannot_reach_the_code_server_is_retried(stack, app):
     stack.stop_daemon()
     stack.env["DAGSTER_GRPC_TIMEOUT_SECONDS"] = "8"
     stack.start_daemon()
-    user = "launch@example.com"  # two runs per user at once (dagster.yaml): the third waits in the queue
+    user = "launch@example.com"  # two runs per user at once (dagster.yaml): a third waits in the queue
     code_server = None
     try:
-        for _ in range(2):
-            streaming(app, insert(app, "users", "csv", user=user))
-        request_id = insert(app, "ledger_postings", "csv", user=user)
-        run_id = wait_for(
-            lambda: (runs := runs_for(stack.instance, request_id)) and runs[0].dagster_run.status is dg.DagsterRunStatus.QUEUED
-            and runs[0].dagster_run.run_id,
-            what="the third run waiting in the queue",
-        )
-        [code_server] = [
-            p for p in psutil.Process(stack.daemon.pid).children(recursive=True) if "grpc" in p.cmdline()
-        ]
-        code_server.suspend()  # SIGSTOP
+        with psycopg.connect(stack.app_url) as lock:
+            lock.execute("LOCK TABLE ledger_postings IN ACCESS EXCLUSIVE MODE")  # the first two wait on it
+            holding = [insert(app, "ledger_postings", "csv", user=user) for _ in range(2)]
+            for request_id in holding:
+                wait_for(lambda: row(app, request_id)["status"] == "RUNNING", what="a run holding the user's slot")
+            request_id = insert(app, "users", "csv", {"filters": {"signup_date_from": "2016-05-01", "signup_date_to": "2016-05-01"}}, user=user)
+            run_id = wait_for(
+                lambda: (runs := runs_for(stack.instance, request_id)) and runs[0].dagster_run.status is dg.DagsterRunStatus.QUEUED
+                and runs[0].dagster_run.run_id,
+                what="the third run waiting in the queue",
+            )
+            [code_server] = [p for p in psutil.Process(stack.daemon.pid).children(recursive=True) if "grpc" in p.cmdline()]
+            code_server.suspend()  # SIGSTOP
+        # The first two finish; the third's launch meets the frozen code server.
         wait_for(lambda: any("re-submitting the run into the queue" in m for m in engine_messages(stack, run_id)), 180,
                  "the failed launch to put the run back in the queue")
         code_server.resume()
         final = wait_status(app, request_id, DONE, timeout=180)
         assert final["status"] == "COMPLETED", final["error"]
         assert len(runs_for(stack.instance, request_id)) == 1
+        assert [row(app, r)["status"] for r in holding] == ["COMPLETED", "COMPLETED"]
     finally:
         if code_server is not None and code_server.is_running():
             code_server.resume()

@@ -29,6 +29,8 @@ from .queue import Holder, LaunchQueue
 
 # POOL_TAG's value on runs handed to the pool: the health check and terminate take the pool's path for them.
 POOL = "pool"
+# A run in these states has not begun executing: a worker lost now may hand it to another.
+NOT_STARTED = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
 WORKER_MODULE = "export_platform.workers.worker"
 
 

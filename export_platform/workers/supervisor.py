@@ -32,7 +32,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..run_failures import worker_gone
-from .launcher import WORKER_MODULE, WarmPoolRunLauncher, worker_process
+from .launcher import NOT_STARTED, WORKER_MODULE, WarmPoolRunLauncher, worker_process
 from .queue import RETIRE_SLOT_SECONDS, Holder
 
 log = logging.getLogger("export_platform.workers")
@@ -47,7 +47,6 @@ RETRY_SECONDS = 2.0
 STOP_MARGIN_SECONDS = 30.0
 # A worker row silent this long is gone for good, whatever its host (its own supervisor is gone too).
 DEAD_AFTER_SECONDS = 60.0
-_NOT_STARTED = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
 
 
 def exit_status(returncode: int) -> str:
@@ -161,7 +160,7 @@ class Supervisor:
         record = self.instance.get_run_record_by_id(holder.run_id)
         if record is None or record.dagster_run.is_finished:
             self.queue.forget_runs([holder.run_id])
-        elif record.dagster_run.status in _NOT_STARTED:
+        elif record.dagster_run.status in NOT_STARTED:
             self.launcher.hand_back(record.dagster_run, holder, observed)
         else:
             self.launcher.give_up(record.dagster_run, holder, observed, fail=True)

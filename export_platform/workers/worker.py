@@ -11,11 +11,12 @@ maximum runtime) works as in a run process.
   memory behind), but only while no other worker of the pool is retiring: otherwise it keeps
   serving and retires once that one's replacement is ready. Above `max_rss_mb` it retires at once.
 - SIGTERM (or SIGINT when idle) drains it: it takes no more runs, finishes the one it runs within
-  the grace period, then exits. Past the grace period it interrupts the run, having written on it
-  that the platform stopped it.
+  the grace period, then exits. Past the grace period it interrupts the run (and stops its
+  queries, so that the interrupt lands), having written on it that the platform stopped it.
 - It rides out a restart of Dagster's Postgres: its connections reconnect, it stays registered.
 - It stops a run whose lease it has lost (the pool gave up on it, e.g. after a freeze), and
-  publish checks the lease too (workers/lease.py).
+  publish checks the lease too (workers/lease.py). A run that is publishing is not interrupted:
+  the fence decides from there.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..naming import session_name
 from ..resources.database_url import require_database_url
 from ..resources.postgres import PostgresResource
 from ..run_failures import LOST_DATABASE, POOL_EVENT, drained
-from .launcher import WarmPoolRunLauncher
+from .launcher import NOT_STARTED, WarmPoolRunLauncher
 from .lease import WORKER_ENV, publishing, run_ended
 from .queue import CHANNEL, LaunchQueue
 
@@ -152,14 +153,13 @@ class Worker:
 
     # --- runs ---
     def _execute(self, run_id: str) -> dg.DagsterRunStatus:
-        run = self.instance.get_run_by_id(run_id)
-        if run is None or run.is_finished:  # e.g. cancelled while it waited
-            return run.status if run else dg.DagsterRunStatus.FAILURE
-        with self._lock:
-            self._running, self._interrupted = run_id, None
         try:
-            with capture_interrupts():
-                execute_run_body()(run_id, self.instance, lambda _event: None, False)
+            run = self.instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:  # e.g. cancelled while it waited
+                with self._lock:
+                    self._running, self._interrupted = run_id, None
+                with capture_interrupts():
+                    execute_run_body()(run_id, self.instance, lambda _event: None, False)
         except Exception:  # it reports the run's own failures; this is Dagster's database failing under it
             log.exception("run worker %s: run %s raised", self.worker_id, run_id)
         finally:
@@ -171,13 +171,17 @@ class Worker:
     def _ended(self, run_id: str) -> dg.DagsterRunStatus:
         """The run's final status. A run that returned without its end recorded lost Dagster's
         database as it ended: while this worker still holds it, record that (retrying until the
-        database is back), or it would stay STARTED until its maximum runtime."""
+        database is back), or it would stay STARTED until its maximum runtime. One that never
+        started (the database was gone before it could) goes back to the other workers."""
         deadline = time.monotonic() + RECORD_END_SECONDS
         while True:
             try:
                 run = self.instance.get_run_by_id(run_id)
                 if run is None or run.is_finished or not self.queue.holds(run_id, self.worker_id, None):
                     return run.status if run else dg.DagsterRunStatus.FAILURE
+                if run.status in NOT_STARTED:
+                    self.queue.reoffer(run_id, self.worker_id)
+                    return run.status
                 self.instance.report_engine_event(f"{POOL_EVENT}{LOST_DATABASE}", run)
                 self.instance.report_run_failed(run, f"{POOL_EVENT}{LOST_DATABASE}")
                 return dg.DagsterRunStatus.FAILURE
