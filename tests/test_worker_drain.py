@@ -21,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 
-from support.daemon_stack import daemon_stack, files_in, restart_postgres, restartable_postgres, runs_for, wait_for, wait_status
+from support.daemon_stack import files_in, restart_postgres, restartable_daemon_stack, runs_for, wait_for, wait_status
 from support.request_rows import insert, row
 from export_platform.naming import POOL_TAG
 from export_platform.workers.launcher import POOL
@@ -31,26 +31,15 @@ pytestmark = pytest.mark.slow
 COUNT = 2
 DONE = {"COMPLETED", "FAILED", "CANCELLED"}
 BIG_USERS = 3_000_000  # an export still streaming when the pool is told to stop
+SEEDS = {"ledger_postings": 3_000, "ezpass_transactions": 3_000, "users": BIG_USERS}
 GRACE = "grace period"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    return restartable_postgres(tmp_path_factory.mktemp("drain_pg") / "pgdata")
-
-
-@pytest.fixture(scope="module")
-def stack(server, tmp_path_factory):
-    _, url = server
-    seeds = {"ledger_postings": 3_000, "ezpass_transactions": 3_000, "users": BIG_USERS}
-    with daemon_stack(url, tmp_path_factory.mktemp("drain"), seeds, url, workers=COUNT) as stack:
+def stack(tmp_path_factory):
+    with restartable_daemon_stack(tmp_path_factory.mktemp("drain"), SEEDS, COUNT) as stack:
         yield stack
 
-
-@pytest.fixture
-def app(stack):
-    with psycopg.connect(stack.app_url, autocommit=True) as conn:
-        yield conn
 
 
 def registry(stack) -> list[tuple[str, str, int]]:
@@ -129,7 +118,7 @@ def test_an_export_past_the_grace_period_is_stopped_and_says_so(stack, app):
     stack.start_workers(COUNT)
 
 
-def test_restarts_and_deploys_under_load_lose_no_request(stack, server):
+def test_restarts_and_deploys_under_load_lose_no_request(stack):
     """The issue's soak: 60 mixed requests while Postgres restarts 3 times and the pool is stopped
     (SIGTERM) and started again twice. Every request ends terminal with one run and a cause if it
     failed; an export running at a SIGTERM finished, or failed past the grace period saying so;
@@ -137,7 +126,7 @@ def test_restarts_and_deploys_under_load_lose_no_request(stack, server):
     if stack.workers is not None:
         stack.stop_workers()
     stack.start_workers(COUNT, grace_seconds=20)
-    pg = server[0]
+    pg = stack.postgres
     requests: dict[int, tuple[str, str, dict]] = {}
     running_at_sigterm: set[int] = set()
 

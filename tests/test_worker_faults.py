@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 import psutil
@@ -22,11 +24,10 @@ import pytest
 from psycopg import sql as pgsql
 
 from support.daemon_stack import (
-    daemon_stack,
     export_sessions,
     files_in,
     restart_postgres,
-    restartable_postgres,
+    restartable_daemon_stack,
     runs_for,
     wait_for,
     wait_status,
@@ -42,26 +43,14 @@ pytestmark = pytest.mark.slow
 COUNT = 3
 DONE = {"COMPLETED", "FAILED", "CANCELLED"}
 BIG_USERS = 3_000_000  # still streaming when a test freezes its worker
+SEEDS = {"ledger_postings": 3_000, "users": BIG_USERS}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    return restartable_postgres(tmp_path_factory.mktemp("pool_pg") / "pgdata")
-
-
-@pytest.fixture(scope="module")
-def stack(server, tmp_path_factory):
-    _, url = server
-    seeds = {"ledger_postings": 3_000, "users": BIG_USERS}
-    with daemon_stack(url, tmp_path_factory.mktemp("pool"), seeds, url, workers=COUNT) as stack:
+def stack(tmp_path_factory):
+    with restartable_daemon_stack(tmp_path_factory.mktemp("pool"), SEEDS, COUNT) as stack:
         yield stack
 
-
-@pytest.fixture
-def app(stack):
-    """A fresh connection per test: a Postgres restart ends the previous one."""
-    with psycopg.connect(stack.app_url, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture(autouse=True)
@@ -118,25 +107,15 @@ def streaming(app, request_id) -> dict:
     return wait_for(lambda: (r := row(app, request_id))["progress_rows"] and r, what="the export to stream")
 
 
-def blocked_by(app, holder: psycopg.Connection) -> int:
-    """The backend waiting for a lock `holder` holds."""
-    mine = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
-    return wait_for(
-        lambda: (found := app.execute("SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (mine,)).fetchone())
-        and found[0],
-        what="a backend waiting for the test's lock",
-    )
-
-
 def engine_messages(stack, run_id) -> list[str]:
     return [r.dagster_event.message or "" for r in stack.instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
 
 
 # --- point 1: a Postgres restart ---
 
-def test_a_postgres_restart_keeps_every_worker_and_the_next_request_finds_one(stack, server):
+def test_a_postgres_restart_keeps_every_worker_and_the_next_request_finds_one(stack):
     before = pool_pids(stack)
-    restart_postgres(server[0])
+    restart_postgres(stack.postgres)
 
     # The same processes ride it out: reconnected, still registered, beating; nothing left behind.
     wait_for(lambda: pool_pids(stack) == before, 120, "every worker back after the restart")
@@ -150,10 +129,10 @@ def test_a_postgres_restart_keeps_every_worker_and_the_next_request_finds_one(st
 
 # --- point 8: the supervisor rides out Postgres being away ---
 
-def test_the_supervisor_survives_a_worker_dying_while_postgres_is_down(stack, server):
+def test_the_supervisor_survives_a_worker_dying_while_postgres_is_down(stack):
     from pgserver.postgres_server import pg_ctl
 
-    pg = server[0]
+    pg = stack.postgres
     victim = next(iter(pool_pids(stack)))
     log = stack.tmp / "workers.log"
     logged = log.stat().st_size
@@ -249,7 +228,41 @@ def test_a_frozen_worker_fails_its_run_saying_so_and_its_session_ends(stack, app
 
 # --- point 6: a worker lost while recording its result never publishes ---
 
-HOLD = 2106  # the advisory lock the tests' triggers wait on
+class Hold:
+    """Statements on a table that match a condition wait, inside their transaction, until the test
+    lets go: a trigger waits on an advisory lock the test holds."""
+
+    LOCK = 2106
+
+    def __init__(self, conn: psycopg.Connection, holder: psycopg.Connection):
+        self.conn, self.holder = conn, holder
+
+    def waiting(self) -> int:
+        """The backend that waits."""
+        mine = self.holder.execute("SELECT pg_backend_pid()").fetchone()[0]
+        query = "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        return wait_for(lambda: (found := self.conn.execute(query, (mine,)).fetchone()) and found[0], what="a statement held")
+
+    def release(self) -> None:
+        self.holder.execute("SELECT pg_advisory_unlock_all()")
+
+
+@contextmanager
+def held(url: str, statement: str, table: str, when: pgsql.Composable) -> Iterator[Hold]:
+    with psycopg.connect(url, autocommit=True) as conn, psycopg.connect(url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (Hold.LOCK,))
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_advisory_xact_lock({Hold.LOCK}); RETURN NEW; END $$"
+        )
+        conn.execute(pgsql.SQL("CREATE TRIGGER test_hold BEFORE {} ON {} FOR EACH ROW WHEN ({}) EXECUTE FUNCTION test_hold()").format(
+            pgsql.SQL(statement), pgsql.Identifier(table), when
+        ))
+        try:
+            yield Hold(conn, holder)
+        finally:
+            holder.execute("SELECT pg_advisory_unlock_all()")
+            conn.execute(pgsql.SQL("DROP TRIGGER IF EXISTS test_hold ON {}").format(pgsql.Identifier(table)))
 
 
 def test_a_worker_frozen_while_recording_its_result_never_publishes(stack, app):
@@ -257,66 +270,43 @@ def test_a_worker_frozen_while_recording_its_result_never_publishes(stack, app):
     # Not an e-mail name: LocalStorage.delete does not unquote the file URI ("%40"), so taking
     # back a file under such a folder silently fails (reported; storage keys are issue 22's).
     user = "zombie"
-    with psycopg.connect(stack.app_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (HOLD,))
-        # The recording transaction waits inside its UPDATE to COMPLETED until the test lets go.
-        app.execute(
-            f"CREATE OR REPLACE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS "
-            f"$$ BEGIN PERFORM pg_advisory_xact_lock({HOLD}); RETURN NEW; END $$"
-        )
-        app.execute(pgsql.SQL(
-            "CREATE TRIGGER test_hold BEFORE UPDATE ON export_requests FOR EACH ROW "
-            "WHEN (NEW.status = 'COMPLETED' AND NEW.requested_by = {}) EXECUTE FUNCTION test_hold()"
-        ).format(pgsql.Literal(user)))
+    # The recording transaction waits inside its UPDATE to COMPLETED until the test lets go.
+    completing = pgsql.SQL("NEW.status = 'COMPLETED' AND NEW.requested_by = {}").format(pgsql.Literal(user))
+    with held(stack.app_url, "UPDATE", "export_requests", completing) as hold:
+        request_id = insert(app, "ledger_postings", "csv", user=user)
+        hold.waiting()
+        run_id = row(app, request_id)["run_id"]
+        pid = pid_of(stack, run_id)
+        os.kill(pid, signal.SIGSTOP)  # frozen with its UPDATE done and its COMMIT not yet sent
+        hold.release()
         try:
-            request_id = insert(app, "ledger_postings", "csv", user=user)
-            blocked_by(app, holder)
-            run_id = row(app, request_id)["run_id"]
-            pid = pid_of(stack, run_id)
-            os.kill(pid, signal.SIGSTOP)  # frozen with its UPDATE done and its COMMIT not yet sent
-            holder.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
-            try:
-                final = wait_status(app, request_id, DONE, timeout=90)
-                assert final["status"] == "FAILED", final
-                assert "sent no heartbeat for" in final["error"]
-                assert stack.instance.get_run_by_id(run_id).status is dg.DagsterRunStatus.FAILURE
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            # Awake again, it must not complete the row nor leave its file.
-            wait_for(lambda: not psutil.pid_exists(pid) or pid in pool_pids(stack), 120, "the thawed worker to retire or serve")
-            wait_for(lambda: files_in(stack.exports) == exports_before, 60, "the zombie's file to be taken back")
-            assert row(app, request_id)["status"] == "FAILED"
-            assert row(app, request_id)["file_uri"] is None
+            final = wait_status(app, request_id, DONE, timeout=90)
+            assert final["status"] == "FAILED", final
+            assert "sent no heartbeat for" in final["error"]
+            assert stack.instance.get_run_by_id(run_id).status is dg.DagsterRunStatus.FAILURE
         finally:
-            app.execute("DROP TRIGGER IF EXISTS test_hold ON export_requests")
+            os.kill(pid, signal.SIGCONT)
+    # Awake again, it must not complete the row nor leave its file.
+    wait_for(lambda: not psutil.pid_exists(pid) or pid in pool_pids(stack), 120, "the thawed worker to retire or serve")
+    wait_for(lambda: files_in(stack.exports) == exports_before, 60, "the zombie's file to be taken back")
+    assert row(app, request_id)["status"] == "FAILED"
+    assert row(app, request_id)["file_uri"] is None
 
 
 # --- point 7: a worker lost after publishing ---
 
 def test_a_worker_lost_after_publishing_leaves_a_run_that_says_the_file_was_delivered(stack, app):
-    request_id = insert(app, "users", "csv", {"filters": {"country_code": "US"}}, user="delivered@example.com")
+    request_id = insert(app, "users", "csv", user="delivered@example.com")
     run_id = streaming(app, request_id)["run_id"]
-    dagster_url = queue(stack).conninfo
-    with psycopg.connect(dagster_url, autocommit=True) as dagster, psycopg.connect(dagster_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (HOLD,))
-        # Dagster's record of the publish step's success waits until the test lets go.
-        dagster.execute(
-            f"CREATE OR REPLACE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS "
-            f"$$ BEGIN PERFORM pg_advisory_xact_lock({HOLD}); RETURN NEW; END $$"
-        )
-        dagster.execute(pgsql.SQL(
-            "CREATE TRIGGER test_hold BEFORE INSERT ON event_logs FOR EACH ROW "
-            "WHEN (NEW.run_id = {} AND NEW.step_key = 'publish_export' AND NEW.dagster_event_type = 'STEP_SUCCESS') "
-            "EXECUTE FUNCTION test_hold()"
-        ).format(pgsql.Literal(run_id)))
-        try:
-            blocked = blocked_by(dagster, holder)
-            assert row(app, request_id)["status"] == "COMPLETED"  # published and recorded
-            os.kill(pid_of(stack, run_id), signal.SIGKILL)
-            dagster.execute("SELECT pg_terminate_backend(%s)", (blocked,))  # its connection dies with it
-        finally:
-            holder.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
-            dagster.execute("DROP TRIGGER IF EXISTS test_hold ON event_logs")
+    # Dagster's record of the publish step's success waits until the test lets go.
+    published = pgsql.SQL(
+        "NEW.run_id = {} AND NEW.step_key = 'publish_export' AND NEW.dagster_event_type = 'STEP_SUCCESS'"
+    ).format(pgsql.Literal(run_id))
+    with held(queue(stack).conninfo, "INSERT", "event_logs", published) as hold:
+        recording = hold.waiting()
+        assert row(app, request_id)["status"] == "COMPLETED"  # published and recorded
+        os.kill(pid_of(stack, run_id), signal.SIGKILL)
+        hold.conn.execute("SELECT pg_terminate_backend(%s)", (recording,))  # its connection dies with it
 
     final = row(app, request_id)
     assert final["status"] == "COMPLETED" and final["error"] is None

@@ -58,6 +58,7 @@ class Stack:
     tmp: Path
     daemon: subprocess.Popen | None = None
     workers: subprocess.Popen | None = None
+    postgres: object | None = None  # the pgserver a test may restart (restartable_daemon_stack)
 
     def start_daemon(self) -> None:
         self.daemon = start_daemon(self.env, self.tmp / "daemon.log")
@@ -109,6 +110,17 @@ def daemon_stack(
             stack.stop_daemon()
             stack.stop_workers()
             stack.instance.dispose()
+
+
+@contextmanager
+def restartable_daemon_stack(tmp: Path, seeds: dict[str, int], workers: int | None = None) -> Iterator[Stack]:
+    """A daemon stack whose app database and Dagster's storage share one private embedded Postgres
+    (one server, as in most deployments), which its tests may restart (`restart_postgres(stack.postgres)`)
+    without disturbing any other module's."""
+    server, url = restartable_postgres(tmp / "pgdata")
+    with daemon_stack(url, tmp, seeds, url, workers) as stack:
+        stack.postgres = server
+        yield stack
 
 
 @contextmanager
