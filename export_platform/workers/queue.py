@@ -57,7 +57,7 @@ _FRESH = "w.heartbeat_at > clock_timestamp() - make_interval(secs => %(fresh)s)"
 # A worker is *silent* (its lease may be revoked) once it has missed the timeout since its last
 # beat or since this server started, whichever is later: after a Postgres restart every worker
 # gets the timeout to reconnect before anyone declares it gone.
-_SILENT_SECONDS = "extract(epoch FROM clock_timestamp() - greatest(w.heartbeat_at, pg_postmaster_start_time()))"
+_SILENT_SECONDS = "extract(epoch FROM clock_timestamp() - greatest(w.heartbeat_at, pg_postmaster_start_time()))::float8"
 
 _CAPACITY = f"""
 SELECT
@@ -246,14 +246,15 @@ class LaunchQueue:
 
     # --- the lease, checked where a run publishes ---
     def holds(self, run_id: str, worker_id: str | None, fresh_seconds: float | None) -> bool:
-        """Whether the run's lease is held by `worker_id` (by any worker if None), with a heartbeat
-        younger than `fresh_seconds` (if given): the worker may still publish it."""
+        """Whether the run's lease is held by `worker_id` (by any worker if None), not silent for
+        longer than `fresh_seconds` (if given; as `silent_seconds` counts): the worker may still
+        publish it, and nobody may yet revoke it."""
         with self.connect(bounded=True) as conn:
             return conn.execute(
                 "SELECT EXISTS (SELECT FROM export_platform_run_queue q "
                 "JOIN export_platform_run_workers w ON w.worker_id = q.worker_id "
                 "WHERE q.run_id = %(run)s AND (%(worker)s::text IS NULL OR q.worker_id = %(worker)s) "
-                f"AND (%(fresh)s::float8 IS NULL OR {_FRESH}))",
+                f"AND (%(fresh)s::float8 IS NULL OR {_SILENT_SECONDS} <= %(fresh)s))",
                 {"run": run_id, "worker": worker_id, "fresh": fresh_seconds},
             ).fetchone()[0]
 
