@@ -133,16 +133,20 @@ def test_the_supervisor_survives_a_worker_dying_while_postgres_is_down(stack):
     from pgserver.postgres_server import pg_ctl
 
     pg = stack.postgres
+    supervisor = psutil.Process(stack.workers.pid)
     victim = next(iter(pool_pids(stack)))
-    log = stack.tmp / "workers.log"
-    logged = log.stat().st_size
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.system_user)
+    # The supervisor is held (SIGSTOP) so that it finds the worker killed only once Postgres is down.
+    supervisor.suspend()
     try:
         os.kill(victim, signal.SIGKILL)
-        # The supervisor tries to clean up after it, cannot, and keeps going.
-        wait_for(lambda: "retrying" in log.read_text(errors="replace")[logged:], 60, "the supervisor to meet the database down")
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pg.pgdata, user=pg.system_user)
+        supervisor.resume()
+        # It cannot clean up after the worker and keeps going: it starts another one and stays up.
+        replaced = lambda: len(children := [c.pid for c in supervisor.children()]) == COUNT and victim not in children  # noqa: E731
+        wait_for(lambda: stack.workers.poll() is not None or replaced(), 60, "the supervisor to replace the killed worker")
         assert stack.workers.poll() is None
     finally:
+        supervisor.resume()
         pg.ensure_postgres_running()
     wait_for(lambda: len(pool_pids(stack)) == COUNT and victim not in {p for _, _, p, *_ in registry(stack)}, 180,
              "the pool whole again, without the killed worker's row")
