@@ -395,7 +395,8 @@ def test_a_launch_that_cannot_reach_the_code_server_is_retried(stack, app):
             holding = [insert(app, "ledger_postings", "csv", user=user) for _ in range(2)]
             for request_id in holding:
                 wait_for(lambda: row(app, request_id)["status"] == "RUNNING", what="a run holding the user's slot")
-            request_id = insert(app, "users", "csv", {"filters": {"signup_date_from": "2016-05-01", "signup_date_to": "2016-05-01"}}, user=user)
+            one_day = {"filters": {"signup_date_from": "2016-05-01", "signup_date_to": "2016-05-01"}}
+            request_id = insert(app, "users", "csv", one_day, user=user)
             run_id = wait_for(
                 lambda: (runs := runs_for(stack.instance, request_id)) and runs[0].dagster_run.status is dg.DagsterRunStatus.QUEUED
                 and runs[0].dagster_run.run_id,

@@ -46,7 +46,7 @@ def _end_request(
 def _say_if_delivered(instance: dg.DagsterInstance, run: dg.DagsterRun, request) -> None:
     """A failed run whose request is COMPLETED published its file before it was lost: say so on
     the run, so that nobody re-executes it."""
-    if request is None or request["status"] != rt.Status.COMPLETED.value:
+    if request is None or request["status"] != rt.Status.COMPLETED.value or request["run_id"] != run.run_id:
         return
     instance.report_engine_event(
         f"The export was delivered before the run failed: request {request['id']} is COMPLETED with "

@@ -185,7 +185,8 @@ class Supervisor:
                 self.launcher.requeue(run)
         rows = self.queue.workers()
         live = set(self.pids)
-        ready = {r.pid for r in rows if r.host == self.host and not r.retiring and r.silent_seconds < self.launcher.heartbeat_timeout_seconds}
+        timeout = self.launcher.heartbeat_timeout_seconds
+        ready = {r.pid for r in rows if r.host == self.host and not r.retiring and r.silent_seconds < timeout}
         full = len(live) == self.count and live <= ready
         for row in rows:
             if row.host == self.host and row.pid not in live and worker_process(row.pid) is None:
@@ -212,7 +213,8 @@ class Supervisor:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-                self._exits.append((worker.pid, f"{exit_status(-signal.SIGKILL)}: it overran the grace period"))
+                overran = f"killed (SIGKILL): it was still running {STOP_MARGIN_SECONDS:g} s after the grace period"
+                self._exits.append((worker.pid, overran))
         self._tend(respawn=False)
         self._next_attempt = self._next_sweep = 0.0
         self._try_settle()  # what fails here, the next supervisor's sweep finds
