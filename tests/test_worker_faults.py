@@ -328,6 +328,7 @@ def test_a_worker_lost_after_publishing_leaves_a_run_that_says_the_file_was_deli
 def test_rows_of_ended_runs_and_gone_workers_are_swept(stack, app):
     final = wait_status(app, insert(app, "ledger_postings", "csv", user="sweep@example.com"), DONE)
     ended_run = final["run_id"]
+    wait_for(lambda: ended_run not in queued_runs(stack), 60, "its worker to release it")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = socket.gethostname()

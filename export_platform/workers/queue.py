@@ -173,19 +173,16 @@ class LaunchQueue:
             conn.execute(_SCHEMA)
 
     # --- the launcher's side ---
-    def enqueue_if_capacity(
-        self, run_id: str, fresh_seconds: float, finished: Callable[[list[str]], list[str]], anyway: bool = False
-    ) -> bool:
+    def enqueue_if_capacity(self, run_id: str, fresh_seconds: float, finished: Callable[[list[str]], list[str]]) -> bool:
         """Queue `run_id` if a fresh, non-retiring worker will be free for it: idle, or holding a
         run that has finished (`finished(run_ids)` says which) and not retiring after it, beyond
-        the runs already waiting; with `anyway`, whenever any such worker is alive (the run then
-        waits for the next free one). One launcher at a time decides, so two launches in flight
+        the runs already waiting. One launcher at a time decides, so two launches in flight
         cannot both count the same free worker."""
         with self.connect(autocommit=False) as conn:
             conn.execute(_SCHEMA_LOCK)
             waiting, busy_runs, idle = conn.execute(_CAPACITY, {"fresh": fresh_seconds}).fetchone()
             free = idle + (len(finished(busy_runs)) if busy_runs else 0) - waiting
-            if free <= 0 and not (anyway and idle + len(busy_runs) > 0):
+            if free <= 0:
                 return False
             conn.execute("INSERT INTO export_platform_run_queue (run_id) VALUES (%s)", (run_id,))
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, run_id))

@@ -82,7 +82,8 @@ class Worker:
         if not self._draining.is_set():
             self._drain_deadline = time.monotonic() + self.grace_seconds
             self._draining.set()
-            log.info("run worker %s: %s: draining (grace period %g s)", self.worker_id, signal.Signals(signum).name, self.grace_seconds)
+            name = signal.Signals(signum).name
+            log.info("run worker %s: %s: draining (grace period %g s)", self.worker_id, name, self.grace_seconds)
 
     def listen_for_signals(self) -> None:
         """Python runs signal handlers on the main thread between bytecodes: not while that thread
