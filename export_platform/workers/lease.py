@@ -25,8 +25,9 @@ from .launcher import POOL, WarmPoolRunLauncher
 # Set by each worker for itself and the step processes it starts: whose lease a publish checks.
 WORKER_ENV = "EXPORT_PLATFORM_RUN_WORKER"
 # Runs of this process that passed their first check and are placing and recording their file.
-# Their worker does not interrupt them (cancel, drain, lost lease) until the run ends: an interrupt
-# between placing and recording could leave the file behind, and from here the fence decides.
+# Their worker does not interrupt them for a lost lease: an interrupt between placing and recording
+# could leave the file behind, and from here the fence decides (a cancel or a maximum runtime still
+# interrupts them, as before: a cancel that gets there first takes the file back).
 _publishing: set[str] = set()
 
 

@@ -15,8 +15,8 @@ maximum runtime) works as in a run process.
   queries, so that the interrupt lands), having written on it that the platform stopped it.
 - It rides out a restart of Dagster's Postgres: its connections reconnect, it stays registered.
 - It stops a run whose lease it has lost (the pool gave up on it, e.g. after a freeze), and
-  publish checks the lease too (workers/lease.py). A run that is publishing is not interrupted:
-  the fence decides from there.
+  publish checks the lease too (workers/lease.py). A run that is already publishing is not
+  interrupted for its lease: the fence decides from there.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class Worker:
                 conn = None
                 continue
             self._registered = self._registered and beat.registered
-            if running is not None and not beat.holds:
+            if running is not None and not beat.holds and not publishing(running):
                 self._interrupt(running, "the pool revoked its lease")
             elif running is not None and beat.cancel_requested:
                 self._interrupt(running, "its cancel was requested")
@@ -134,7 +134,7 @@ class Worker:
 
     def _interrupt(self, run_id: str, why: str, event: str | None = None) -> None:
         with self._lock:
-            if self._running != run_id or self._interrupted == run_id or publishing(run_id):
+            if self._running != run_id or self._interrupted == run_id:
                 return
             self._interrupted = run_id
             log.warning("run worker %s: interrupting run %s: %s", self.worker_id, run_id, why)
