@@ -129,7 +129,14 @@ def test_restarts_and_deploys_under_load_lose_no_request(stack):
     stack.start_workers(COUNT, grace_seconds=20)
     pg = stack.postgres
     requests: dict[int, tuple[str, str, dict]] = {}
+    running_at_restart: set[int] = set()
     running_at_sigterm: set[int] = set()
+
+    def running(app) -> dict[int, str]:
+        """The requests running now; waits until there is one (the load the step hits)."""
+        return wait_for(
+            lambda: {r: f["run_id"] for r in requests if (f := row(app, r))["status"] == "RUNNING"}, 120, "an export running"
+        )
 
     def request(app, i: int) -> None:
         kind = i % 6
@@ -144,21 +151,28 @@ def test_restarts_and_deploys_under_load_lose_no_request(stack):
             spec = ("ledger_postings", ("csv", "parquet", "csv.gz")[kind], {})
         requests[insert(app, spec[0], spec[1], spec[2], user=f"soak{i % 7}@example.com")] = spec
 
+    def restart() -> None:
+        with psycopg.connect(stack.app_url, autocommit=True) as app:
+            running_at_restart.update(running(app))
+        restart_postgres(pg)
+
     def deploy() -> None:
         with psycopg.connect(stack.app_url, autocommit=True) as app:
-            running = {r: f["run_id"] for r in requests if (f := row(app, r))["status"] == "RUNNING"}
-        on_pool = {r for r, run_id in running.items() if stack.instance.get_run_by_id(run_id).tags.get(POOL_TAG) == POOL}
+            # What the last restart cut off ends first (retried, or failed saying the database
+            # went away), so that what the SIGTERM finds running is judged on the drain alone.
+            for request_id in running_at_restart:
+                wait_status(app, request_id, DONE, timeout=300)
+            now = running(app)
+        on_pool = {r for r, run_id in now.items() if stack.instance.get_run_by_id(run_id).tags.get(POOL_TAG) == POOL}
         running_at_sigterm.update(on_pool)
         stop_pool(stack, signal.SIGTERM).wait(timeout=120)
         stack.start_workers(COUNT, grace_seconds=20)
 
-    steps = [lambda: restart_postgres(pg), deploy, lambda: restart_postgres(pg), deploy, lambda: restart_postgres(pg)]
+    steps = [restart, deploy, restart, deploy, restart]
     for batch, step in enumerate(steps):
         with psycopg.connect(stack.app_url, autocommit=True) as app:
             for i in range(batch * 12, batch * 12 + 12):
                 request(app, i)
-            # Something is running (the load) when the step hits.
-            wait_for(lambda: any(row(app, r)["status"] == "RUNNING" for r in requests), 120, "an export running")
         step()
 
     with psycopg.connect(stack.app_url, autocommit=True) as app:
