@@ -129,7 +129,7 @@ def test_restarts_and_deploys_under_load_lose_no_request(stack):
     stack.start_workers(COUNT, grace_seconds=20)
     pg = stack.postgres
     requests: dict[int, tuple[str, str, dict]] = {}
-    running_at_restart: set[int] = set()
+    cut_off: set[int] = set()
     running_at_sigterm: set[int] = set()
 
     def running(app) -> dict[int, str]:
@@ -153,14 +153,16 @@ def test_restarts_and_deploys_under_load_lose_no_request(stack):
 
     def restart() -> None:
         with psycopg.connect(stack.app_url, autocommit=True) as app:
-            running_at_restart.update(running(app))
+            running(app)
+            # Whatever has not ended may meet the restart (a run starting as the server stops).
+            cut_off.update(r for r in requests if row(app, r)["status"] not in DONE)
         restart_postgres(pg)
 
     def deploy() -> None:
         with psycopg.connect(stack.app_url, autocommit=True) as app:
-            # What the last restart cut off ends first (retried, or failed saying the database
-            # went away), so that what the SIGTERM finds running is judged on the drain alone.
-            for request_id in running_at_restart:
+            # What the last restart may have cut off ends first (retried, or failed saying the
+            # database went away), so that what the SIGTERM finds running is judged on the drain alone.
+            for request_id in cut_off:
                 wait_status(app, request_id, DONE, timeout=300)
             now = running(app)
         on_pool = {r for r, run_id in now.items() if stack.instance.get_run_by_id(run_id).tags.get(POOL_TAG) == POOL}
