@@ -227,6 +227,10 @@ def test_no_signing_key_is_a_clear_error(server, storage_root, monkeypatch):
     done = subprocess.run([sys.executable, "-m", "export_platform.tooling.cli", "serve", "--port", "1"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 2 and f"{SIGNING_KEY_ENV} must be set" in done.stderr and "Traceback" not in done.stderr
+    for weak, why in ((" " * 32, "is blank"), ("changemechangeme", "looks guessable")):
+        done = subprocess.run([sys.executable, "-m", "export_platform.tooling.cli", "serve", "--port", "1"],
+                              env={**env, SIGNING_KEY_ENV: weak}, capture_output=True, text=True)
+        assert done.returncode == 2 and why in done.stderr and "Traceback" not in done.stderr, done.stderr
     monkeypatch.setenv(PUBLIC_URL_ENV, server.base)
     monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
     with pytest.raises(LinkError, match=SIGNING_KEY_ENV):

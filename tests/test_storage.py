@@ -150,11 +150,14 @@ def test_resources_check_the_schema_and_never_migrate_or_lower_it(database_url):
 HOSTILE_USER = "alice@example.com"
 
 
-def test_s3_keys_keep_an_email_user_under_a_prefix_with_a_space_and_an_accent(db, resources, s3_endpoint, tmp_path):
+@pytest.mark.parametrize(("user", "folder"), [
+    (HOSTILE_USER, HOSTILE_USER), ("bob+exports@example.com", "bob+exports@example.com"), ("Zoë 李/..", "Zoë_李_..")
+])
+def test_s3_keys_keep_a_user_as_typed_under_a_prefix_with_a_space_and_an_accent(db, resources, s3_endpoint, tmp_path, user, folder):
     prefix = f"My Exports/Données-{time.time_ns()}"
     storage = S3Storage(url=f"s3://exports/{prefix}", staging_folder=str(tmp_path / "staging"))
-    final = export_request(db, resources, storage, user=HOSTILE_USER)
-    assert final["file_key"].startswith(f"requests/{HOSTILE_USER}/ledger_postings-")
+    final = export_request(db, resources, storage, user=user)
+    assert final["file_key"].startswith(f"requests/{folder}/ledger_postings-")
     assert final["file_uri"] == f"s3://exports/{prefix}/{final['file_key']}"
     assert hashlib.sha256(fetch(final["download_url"])).hexdigest() == final["sha256"]
     listed = boto3.client("s3").list_objects_v2(Bucket="exports", Prefix=f"{prefix}/")["Contents"]
