@@ -38,7 +38,6 @@ from sqlalchemy.engine import make_url
 from export_platform.tooling.embedded_postgres import local_database_url
 from export_platform.tooling.instance import (
     DAGSTER_DATABASE_URL_ENV,
-    INSTANCE_YAML,
     prepare_dagster_home,
     start_daemon,
     start_workers,
@@ -127,7 +126,7 @@ def main() -> None:
             with (tmp / "daemon.log").open("ab") as out:
                 daemon = subprocess.Popen(
                     [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "export_platform.definitions"],
-                    env=env, cwd=INSTANCE_YAML.parent, stdout=out, stderr=subprocess.STDOUT,
+                    env=env, cwd=env["DAGSTER_HOME"], stdout=out, stderr=subprocess.STDOUT,
                 )
         else:
             children.append(workers := start_workers(env, tmp / "workers.log"))

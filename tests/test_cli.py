@@ -18,7 +18,7 @@ from export_platform.tooling.cli import PENDING_HINT_SECONDS, build_parser
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.tooling.embedded_postgres import HOME_ENV
 from export_platform.catalog.formats import ExportFormat
-from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
+from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
 from support.dev_server import clean_env, database_url_beside, get, running_dev
@@ -138,7 +138,7 @@ def test_cleanup_reports_a_file_it_could_not_delete_and_exits_1(database_url, tm
         )
     env = {
         **os.environ,
-        DATABASE_URL_ENV: url,
+        **prepare_dagster_home(tmp_path / "dagster", url),  # the deployment's instance
         HOME_ENV: str(tmp_path / "home"),
         "EXPORT_PLATFORM_STORAGE_URL": str(tmp_path / "exports"),
     }

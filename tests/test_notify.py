@@ -96,11 +96,11 @@ def test_an_older_table_gets_the_trigger_on_upgrade(database_url):
     before = rt.UPGRADES.index(rt._v4_notify_and_file_index) + 1  # the version that step upgrades from
     with store.transaction() as conn:  # as the release before the trigger left it
         conn.execute(sa.text("DROP TRIGGER export_requests_notify ON export_requests"))
-        conn.execute(sa.text("DROP INDEX export_requests_by_file"))
+        conn.execute(sa.text("ALTER TABLE export_requests DROP COLUMN file_key"))  # and its index
         conn.execute(sa.text("UPDATE export_platform_schema SET version = :v"), {"v": before})
     assert store.migrate() == rt.SCHEMA_VERSION
     with listener(url) as conn, psycopg.connect(url, autocommit=True) as app:
         request_id = insert(app, "users")
         assert notices(conn, app, request_id) == [{"id": request_id, "status": "PENDING", "progress_pct": None}]
-        assert app.execute("SELECT to_regclass('export_requests_by_file') IS NOT NULL").fetchone()[0]
+        assert app.execute("SELECT to_regclass('export_requests_by_file_key') IS NOT NULL").fetchone()[0]
     store.engine().dispose()

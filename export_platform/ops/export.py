@@ -1,7 +1,7 @@
 """The three steps of every export job: plan → extract (stream into a temp file) → publish."""
 
 
-import re
+import os
 import shutil
 import threading
 import time
@@ -22,7 +22,8 @@ from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
 from ..naming import INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
 from ..resources.requests import RequestStore
-from ..resources.storage import ExportStorage
+from ..resources.storage import ExportStorage, OutputRefused, file_uri_path
+from ..resources.storage_keys import path_part
 from ..sinks import digest_of
 from ..sinks.parts import sink_streams
 from ..units import human_bytes
@@ -44,11 +45,13 @@ class StagedFile:
 
 @dataclass(frozen=True)
 class PublishedExport:
-    uri: str
+    uri: str  # the file, as the request row's file_uri names it
     rows: int
     bytes: int
     sha256: str
     seconds: float
+    key: str | None = None  # its storage key (file_key); None for a file written to an output_path
+    url: str | None = None  # a signed download link, where the storage can sign one
 
 
 def plan_op_name(export_type_name: str) -> str:
@@ -67,7 +70,10 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
         config: config_class,  # type: ignore[valid-type]
         requests: RequestStore,
         postgres: PostgresResource,
+        storage: ExportStorage,
     ) -> ExportPlan:
+        if config.output_path is not None:  # refused before the request row or the database is touched
+            allowed_output(storage, config.output_path)
         request_id = request_id_of(context.run.tags)
         if request_id is not None:
             requests.run(rt.mark_running(request_id, context.run_id))
@@ -163,13 +169,21 @@ class Progress:
             self.reported = 0
 
 
+def allowed_output(storage: ExportStorage, output_path: str) -> Path:
+    """The resolved target of an `output_path`, if the storage's allow-list has its folder."""
+    try:
+        return storage.output_target(output_path)
+    except OutputRefused as refused:
+        raise dg.Failure(description=f"output_path: {refused}", metadata={"field": "output_path"}) from None
+
+
 def temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
     """The run's file being written, alone in a folder of the run's (with whatever its writer
     spools), so that a failure removes all of it: in the storage's temp folder, or for an output
     path beside the target, where publishing is a rename."""
     if not plan.output_path:
         return storage.run_temp_folder(context.run_id) / f"export.{plan.format.extension}"
-    target = Path(plan.output_path).resolve()
+    target = allowed_output(storage, plan.output_path)
     folder = target.parent / f".{target.name}.{context.run_id}.tmp"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / target.name
@@ -223,26 +237,22 @@ def extract_export(
     )
 
 
-def _path_part(value: str) -> str:
-    """A user or schedule name made safe as one path segment."""
-    part = re.sub(r"[^A-Za-z0-9._@-]", "_", value)[:100]
-    return "_" if part in ("", ".", "..") else part
-
-
 def storage_key(tags: dict[str, str], plan: ExportPlan, run_id: str, now: datetime) -> str:
     """requests/<requested_by>/…, schedules/<schedule>/<date>/…, or <type>/… for Launchpad runs."""
     name = f"{plan.export_type}-{now:%Y%m%dT%H%M%SZ}-{run_id[:8]}.{plan.format.extension}"
     if schedule := tags.get(SCHEDULE_TAG):
-        return f"schedules/{_path_part(schedule)}/{now:%Y-%m-%d}/{name}"
+        return f"schedules/{path_part(schedule)}/{now:%Y-%m-%d}/{name}"
     if request_id_of(tags) is not None:
-        return f"requests/{_path_part(tags.get(REQUESTED_BY_TAG) or 'anonymous')}/{name}"
+        return f"requests/{path_part(tags.get(REQUESTED_BY_TAG) or 'anonymous')}/{name}"
     return f"{plan.export_type}/{name}"
 
 
-def link_for(storage: ExportStorage, uri: str, now: datetime) -> rt.Link:
-    url_expires = now + timedelta(seconds=storage.download_url_seconds)
-    url = storage.signed_url(uri, storage.download_url_seconds)
-    return rt.Link(url, url_expires if url else None, now + timedelta(days=storage.retention_days))
+def link_for(storage: ExportStorage, key: str | None, now: datetime) -> rt.Link:
+    """The signed link of a published file (none for an output_path file) and until when it and
+    the file are kept."""
+    url = None if key is None else storage.signed_url(key, storage.download_url_seconds)
+    url_expires = now + timedelta(seconds=storage.download_url_seconds) if url else None
+    return rt.Link(url, url_expires, now + timedelta(days=storage.retention_days))
 
 
 class Superseded(Exception):
@@ -258,19 +268,42 @@ def _check_wanted(request_id: int, status: str | None) -> None:
         raise Superseded(request_id, status)
 
 
-def _place(context: dg.OpExecutionContext, plan: ExportPlan, path: Path, storage: ExportStorage, now: datetime) -> str:
-    if plan.output_path:
-        target = Path(plan.output_path).resolve()
-        path.replace(target)
-        return target.as_uri()
-    return storage.publish(path, storage_key(context.run.tags, plan, context.run_id, now))
+@dataclass(frozen=True)
+class Placed:
+    """A file in its final place, and how to take that back."""
+
+    uri: str
+    key: str | None  # in the storage; None at an output_path
+    target: Path | None = None  # the output_path
+    previous: Path | None = None  # the file the output_path held before, kept until the run is recorded
 
 
-def _unpublish(context: dg.OpExecutionContext, plan: ExportPlan, uri: str, storage: ExportStorage) -> None:
+def _place(context: dg.OpExecutionContext, plan: ExportPlan, path: Path, storage: ExportStorage, now: datetime) -> Placed:
+    if not plan.output_path:
+        key = storage_key(context.run.tags, plan, context.run_id, now)
+        return Placed(storage.publish(path, key), key)
+    target = allowed_output(storage, plan.output_path)
+    previous = path.parent / f".previous-{target.name}"  # in the run's folder beside the target: removed with it
     try:
-        Path(plan.output_path).resolve().unlink(missing_ok=True) if plan.output_path else storage.delete(uri)
+        os.link(target, previous)
+    except FileNotFoundError:
+        previous = None
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(target, previous)
+    path.replace(target)
+    return Placed(target.as_uri(), None, target, previous)
+
+
+def _unpublish(context: dg.OpExecutionContext, placed: Placed, storage: ExportStorage) -> None:
+    try:
+        if placed.target is None:
+            storage.delete(placed.key)
+        elif placed.previous is not None:
+            placed.previous.replace(placed.target)
+        else:
+            placed.target.unlink(missing_ok=True)
     except Exception as error:  # the error that got us here is the one to report
-        context.log.error(f"could not remove {uri} after its publish was undone: {error}")
+        context.log.error(f"could not take back {placed.uri} after its publish was undone: {error}")
 
 
 def _record(
@@ -314,14 +347,15 @@ def publish_export(
             _check_wanted(request_id, requests.run(rt.status_of(request_id)).scalar())
         sha256, size = staged.sha256, staged.bytes
         now = datetime.now(timezone.utc)
-        uri = _place(context, plan, path, storage, now)
+        placed = _place(context, plan, path, storage, now)
         try:
+            link = link_for(storage, placed.key, now)
             completed = None if request_id is None else rt.mark_completed(
-                request_id, rows=staged.rows, uri=uri, size=size, sha256=sha256, link=link_for(storage, uri, now)
+                request_id, rows=staged.rows, uri=placed.uri, key=placed.key, size=size, sha256=sha256, link=link
             )
             _record(requests, request_id, plan, staged, context.run_id, completed)
         except BaseException:
-            _unpublish(context, plan, uri, storage)
+            _unpublish(context, placed, storage)
             raise
     except Superseded as superseded:
         if superseded.status == Status.CANCEL_REQUESTED.value:
@@ -339,9 +373,11 @@ def publish_export(
             "seconds": round(seconds, 3),
             "rows_per_second": round(staged.rows / seconds) if seconds else 0,
             "sha256": sha256,
-            "path": dg.MetadataValue.path(uri),
+            "path": dg.MetadataValue.path(str(file_uri_path(placed.uri) or placed.uri)),
             # Only an incremental export has one; an empty entry on every other run page says nothing.
             **({"high_water": staged.high_water or "unchanged (no new rows)"} if plan.incremental is not None else {}),
         }
     )
-    return PublishedExport(uri=uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds)
+    return PublishedExport(
+        uri=placed.uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds, key=placed.key, url=link.url
+    )

@@ -11,7 +11,6 @@ Requests are checked here as the sensor would check them, so a bad one fails at 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -92,7 +91,7 @@ class ExportClient:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"request {request_id} still {row['status']} after {timeout} s")
                 for notice in listener.notifies(timeout=min(poll_seconds, left or poll_seconds)):
-                    if json.loads(notice.payload)["id"] == request_id:
+                    if rt.notified_id(notice.payload) == request_id:
                         break
 
     def status_page_url(self, request_id: int, seconds: int = 24 * 3600) -> str:
@@ -123,7 +122,7 @@ class ExportClient:
         now = datetime.now(timezone.utc)
         if row["expires_at"] is not None and row["expires_at"] <= now:
             raise Refused(f"request {request_id}'s file expired at {row['expires_at']:%Y-%m-%d %H:%M:%S %Z}")
-        url = self.storage.signed_url(row["file_uri"], seconds)
+        url = self.storage.signed_url(self.storage.recorded_key(row["file_key"], row["file_uri"]), seconds)
         if url is None:
             raise Refused(
                 f"this storage cannot sign URLs; the file is {row['file_uri']} (local storage signs links for "
@@ -136,6 +135,6 @@ class ExportClient:
         """Delete a finished export's file; the row becomes EXPIRED (expired_reason 'deleted').
         Returns the bytes freed."""
         row = self._finished_file(request_id)
-        freed = self.storage.delete(row["file_uri"])
+        freed = self.storage.delete_request_file(row["file_key"], row["file_uri"])
         self.store.run(rt.mark_expired(request_id, "deleted"))
         return freed

@@ -56,15 +56,22 @@ def _quiet_dagster_warnings() -> None:
 
 def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     """Execute the export type's Dagster job in this process and return what it published; with an
-    `instance`, the run is recorded there (and shows in the UI)."""
+    `instance`, the run is recorded there (and shows in the UI). The plan's output path is the
+    command line's own: this run may write there (Launchpad runs may not, docs/reference.md)."""
     _quiet_dagster_warnings()
     from ..definitions import defs  # importing the code location is the slow part; only when needed
     from ..run_failures import root_message
     from ..jobs import run_config_for
+    from ..resources.storage import STORAGE_URL_ENV, storage_for
 
     job = defs.resolve_job_def(REGISTRY.get(plan.export_type).job_name)
+    resources = None
+    if plan.output_path:
+        folder = str(Path(plan.output_path).resolve().parent)
+        resources = {"storage": storage_for(os.environ.get(STORAGE_URL_ENV), output_folders=folder)}
     result = job.execute_in_process(
-        run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
+        run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False,
+        resources=resources,
     )
     if not result.success:
         # No failure sensor watches an in-process run: its staged file is removed here.
@@ -130,12 +137,14 @@ def _client():
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ..resources.storage import file_uri_path
+
     plan = _plan_from_args(args)
     _local_database()  # after the plan: a bad request is refused without starting a database
     published = run_export(plan)
     print(
         f"rows={published.rows} bytes={published.bytes} seconds={published.seconds:.2f} "
-        f"sha256={published.sha256} path={published.uri.removeprefix('file://')}"
+        f"sha256={published.sha256} path={file_uri_path(published.uri) or published.uri}"
     )
     return 0
 
@@ -234,7 +243,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 except ExportFailed as refused:  # e.g. pdf above its row limit: the preflight says why
                     print(f"{export_type.name:<20} {fmt.value:<10} refused: {refused}")
                     continue
-                shown = published.uri.rsplit("/", 1)[-1] if folder else published.uri
+                shown = published.key.rsplit("/", 1)[-1] if folder else published.uri
                 print(f"{export_type.name:<20} {fmt.value:<10} {published.rows:>8,} {human_bytes(published.bytes):>10} "
                       f"{published.seconds:>7.2f}  {shown}")
     print("\npdf holds at most 10,000 rows, so the demo filters its rows:")
@@ -271,7 +280,7 @@ def _progress_line(row: dict) -> str:
 
 def _describe(row: dict) -> str:
     fields = ["id", "export_type", "format", "requested_by", "status", "progress_pct", "row_count",
-              "file_uri", "file_bytes", "sha256", "download_url", "expires_at", "error", "run_id",
+              "file_uri", "file_key", "file_bytes", "sha256", "download_url", "expires_at", "error", "run_id",
               "created_at", "started_at", "finished_at"]
     return "\n".join(f"{name:>13}: {row[name]}" for name in fields if row.get(name) is not None)
 
@@ -367,10 +376,10 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
     from ..definitions import defs
     from ..run_failures import root_message
-    from .instance import prepare_dagster_home
+    from .instance import use_deployed_instance
     from ..ops.retention import cleanup_run_config
 
-    os.environ.update(prepare_dagster_home())  # run history lives in the real instance
+    use_deployed_instance()  # run history lives in the deployment's instance
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("retention_cleanup").execute_in_process(
             run_config={**cleanup_run_config(args.dry_run), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
@@ -404,12 +413,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _cmd_workers(args: argparse.Namespace) -> int:
-    import os
-
-    from .instance import prepare_dagster_home
+    from ..resources.database_url import require_database_url
+    from .instance import use_deployed_instance
     from ..workers.supervisor import serve
 
-    os.environ.update(prepare_dagster_home())
+    require_database_url()  # every worker loads the code location, which needs it
+    use_deployed_instance()
     serve(args.count, args.max_runs)
     return 0
 
@@ -492,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", "run an export type's job in this process and print where the file is",
                   "No daemon needed and no request row written; prints rows, bytes, seconds, sha256 and path.")
     _export_options(run)
-    run.add_argument("--output", metavar="PATH", help="write the file to this path instead of the storage folder")
+    run.add_argument("--output", metavar="PATH",
+                     help="write the file to this path instead of the storage folder; an existing file there is "
+                     "replaced only once the new one is complete")
     run.add_argument("--chunks", type=int, default=1, metavar="N",
                      help="read as N parallel streams sharing one snapshot: with --order key, N key ranges (csv, "
                      "ndjson, parquet); with --order none, N page ranges, 1 (the default) choosing N from the "
@@ -545,18 +556,19 @@ def build_parser() -> argparse.ArgumentParser:
     delete.set_defaults(handler=_cmd_delete)
 
     cleanup = command("cleanup", "run the retention cleanup now (it also runs daily at 03:00 UTC)",
-                      "Cleans the database of EXPORT_PLATFORM_DATABASE_URL, never the embedded Postgres.")
+                      "Cleans the database of EXPORT_PLATFORM_DATABASE_URL, never the embedded Postgres, and records "
+                      "the run in the instance of DAGSTER_HOME (required).")
     cleanup.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     cleanup.set_defaults(handler=_cmd_cleanup)
 
     command("health", "check the database, the daemon, the request sensor and the queue",
             "Exits 1 when something is wrong. Checks the database of EXPORT_PLATFORM_DATABASE_URL, never the "
-            "embedded Postgres.").set_defaults(handler=_cmd_health)
+            "embedded Postgres, and the instance of DAGSTER_HOME (required).").set_defaults(handler=_cmd_health)
 
     workers = command("workers", "run the warm run-worker pool on its own (a deployment unit)",
                       "Keeps N long-lived workers, each with Dagster and the code location imported, taking runs "
-                      "from the launch queue in Dagster's Postgres. Needs EXPORT_PLATFORM_DATABASE_URL. See "
-                      "docs/deploy.md.")
+                      "from the launch queue in Dagster's Postgres. Needs EXPORT_PLATFORM_DATABASE_URL and DAGSTER_HOME "
+                      "(the deployment's dagster.yaml). See docs/deploy.md.")
     workers.add_argument("--count", type=int, metavar="N",
                          help="workers to keep alive (default: dagster.yaml's run_launcher workers)")
     workers.add_argument("--max-runs", type=int, metavar="K",
@@ -589,8 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..delivery.links import LinkError
         from ..planning.plan import RequestError
         from ..resources.database_url import DatabaseUrlMissing
+        from .instance import InstanceMissing
 
-        if isinstance(error, (RequestError, LinkError, DatabaseUrlMissing)):
+        if isinstance(error, (RequestError, LinkError, DatabaseUrlMissing, InstanceMissing)):
             print(f"error: {error}", file=sys.stderr)
             return 2
         if isinstance(error, Refused):

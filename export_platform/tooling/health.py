@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import dagster as dg
@@ -10,7 +9,7 @@ from ..dagster_compat import InstigatorStatus, InstigatorType, TickStatus
 
 from ..naming import REQUEST_SENSOR
 from ..requests import table as rt
-from .instance import prepare_dagster_home
+from .instance import use_deployed_instance
 from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 
@@ -61,7 +60,8 @@ def _request_sensor(instance: dg.DagsterInstance, lines: list[str]) -> list[str]
 
 def check() -> tuple[list[str], list[str]]:
     """(problems, report lines); the report lists the problems too."""
-    os.environ.update(prepare_dagster_home())
+    require_database_url()
+    use_deployed_instance()
     lines: list[str] = []
     problems = _database(lines)
     with dg.DagsterInstance.get() as instance:
