@@ -1,4 +1,5 @@
-"""Postgres types through ADBC → Polars → files: exact decimals, explicit time zones, NULLs."""
+"""Postgres types through the export's reader (DuckDB's scanner) → Polars → files: exact decimals,
+explicit time zones, NULLs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ import json
 from dataclasses import replace
 from decimal import Decimal
 
-import adbc_driver_postgresql.dbapi as adbc
 import openpyxl
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from contextlib import contextmanager
 
+import psycopg
+from psycopg import sql as pgsql
+
+from export_platform.planning import pg_types
+from export_platform.planning.pg_types import Declared
 from export_platform.planning.plan import plan_request
+from export_platform.planning.sql import read_column
+from export_platform.resources import duckdb_scan
+from export_platform.resources.postgres import GuardedReader, PostgresResource
 from export_platform.sinks import Pacer, pacer_for, scan_batches, sink
 from export_platform.sinks.xlsx import write_xlsx
 from support.readback import xlsx_sheets
@@ -32,6 +41,27 @@ SELECT 1.50::numeric(5, 2) AS exact,
 """
 
 
+@contextmanager
+def read(database_url: str, query: str, batch_rows: int = 2048):
+    """`query`'s rows as the export reads them: each column as its type is read (pg_types), by
+    DuckDB, in a transaction whose time zone is UTC."""
+    with psycopg.connect(database_url) as conn:
+        description = conn.execute(query).description
+    columns = [Declared(c.name, c.type_code, c.type_display, c.precision, c.scale) for c in description]
+    reads = pg_types.reads(columns)
+    statement = pgsql.SQL("SELECT {} FROM ({}) AS q").format(
+        pgsql.SQL(", ").join(read_column(c.name, reads[c.name]) for c in columns), pgsql.SQL(query)
+    ).as_string()
+    with duckdb_scan.attached(database_url, "export_platform:sinks-test") as alias:
+        stream = duckdb_scan.Stream(alias)
+        try:
+            stream.execute("SET LOCAL TIME ZONE 'UTC'")
+            reader = stream.reader(statement, batch_rows)
+            yield GuardedReader(reader, PostgresResource._annotated(reader.schema, columns))
+        finally:
+            stream.end()
+
+
 def stream(database_url: str, query: str, fmt: str, path, options=None, writer=sink):
     """Write `query`'s rows through a plan for `fmt` with `options` (labels may name the query's columns)."""
     options = dict(options or {})
@@ -39,11 +69,7 @@ def stream(database_url: str, query: str, fmt: str, path, options=None, writer=s
     plan = plan_request("users", fmt, options)
     plan = replace(plan, options=plan.options.model_copy(update={"labels": labels}))
     rows = []
-    with adbc.connect(database_url) as conn, conn.cursor() as cursor:
-        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": "65536"})
-        cursor.execute("SET TIME ZONE 'UTC'")
-        cursor.execute(query)
-        reader = cursor.fetch_record_batch()
+    with read(database_url, query) as reader:
         writer(scan_batches(reader, rows.append), plan, path)
     return rows
 
@@ -73,11 +99,9 @@ def test_types_in_parquet(database_url, tmp_path):
 def test_progress_is_reported_per_batch_and_rows_are_all_there(database_url, tmp_path):
     path = tmp_path / "many.parquet"
     query = "SELECT g AS id, repeat('x', 100) AS filler FROM generate_series(1, 200000) g"
-    with adbc.connect(database_url) as conn, conn.cursor() as cursor:
-        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": "65536"})
-        cursor.execute(query)
+    with read(database_url, query) as reader:
         seen = []
-        sink(scan_batches(cursor.fetch_record_batch(), seen.append), plan_request("users", "parquet", {}), path)
+        sink(scan_batches(reader, seen.append), plan_request("users", "parquet", {}), path)
     assert len(seen) > 10 and seen == sorted(seen) and seen[-1] == 200000
     assert pl.read_parquet(path)["id"].to_list() == list(range(1, 200001))
 

@@ -198,10 +198,11 @@ def _named(expression: sql.Composable, column: str) -> sql.Composable:
 def select_statement(plan: ExportPlan, key_range: Range | None = None, reads: Mapping[str, Read] | None = None) -> str:
     """The export's rows, each column read as `reads` says (NATIVE when not named)."""
     reads = reads or {}
-    return _rows_statement(plan, [_read(c, reads.get(c, Read.NATIVE)) for c in plan.columns], key_range)
+    return _rows_statement(plan, [read_column(c, reads.get(c, Read.NATIVE)) for c in plan.columns], key_range)
 
 
-def _read(column: str, read: Read) -> sql.Composable:
+def read_column(column: str, read: Read) -> sql.Composable:
+    """The column as `read` says, named as itself."""
     if read is Read.NATIVE:
         return sql.Identifier(column)
     return _named(_READ[read].format(sql.Identifier(column)), column)
@@ -211,7 +212,7 @@ def columns_statement(plan: ExportPlan, reads: Mapping[str, Read] | None = None)
     """The export's columns (read as `reads` says) with their types and no rows: what a preflight
     needs to know."""
     reads = reads or {}
-    columns = [_read(c, reads.get(c, Read.NATIVE)) for c in plan.columns]
+    columns = [read_column(c, reads.get(c, Read.NATIVE)) for c in plan.columns]
     return sql.SQL("SELECT {columns} FROM {relation} LIMIT 0").format(
         columns=sql.SQL(", ").join(columns), relation=_identifier(plan.relation)
     ).as_string()

@@ -60,7 +60,7 @@ def database() -> duckdb.DuckDBPyConnection:
             config = {
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
-                "threads": len(os.sched_getaffinity(0)),
+                "threads": 1,
             }
             connection = duckdb.connect(config=config)
             connection.execute(f"LOAD {_literal(str(extension_path()))}")
