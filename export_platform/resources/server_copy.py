@@ -53,35 +53,33 @@ class CsvCopy:
     quote: str
 
     def run(self, write: Callable[[bytes], None]) -> int:
-        """Write the stream's CSV through `write` (whole rows each call); returns its row count."""
-        import asyncpg
-
-        try:
-            return asyncio.run(self._copy(write))
-        except (asyncpg.ConnectionDoesNotExistError, ConnectionError) as error:
-            raise ConnectionLost(f"lost the database connection: {error}") from error
-        except asyncpg.PostgresError as error:
-            if is_connection_error(error):
-                raise ConnectionLost(f"lost the database connection: {error}") from error
-            raise
+        """Write the stream's CSV through `write` (whole rows each call); returns its row count.
+        An error on a connection that is gone by then is ConnectionLost."""
+        return asyncio.run(self._copy(write))
 
     async def _copy(self, write: Callable[[bytes], None]) -> int:
         import asyncpg
 
         connection = await asyncpg.connect(**_connect_arguments(self.url, self.session_name))
         try:
-            async with connection.transaction(isolation="repeatable_read", readonly=True):
-                await connection.execute(sql.import_snapshot(self.snapshot_id))
-                if self.bind:
-                    await connection.fetch(self.bind, *self.values)
-                await connection.fetch(sql.SET_CSV_SESSION, self.time_zone)
+            await connection.execute(f"{sql.BEGIN_SNAPSHOT}; {sql.import_snapshot(self.snapshot_id)}")
+            if self.bind:
+                await connection.fetch(self.bind, *self.values)
+            await connection.fetch(sql.SET_CSV_SESSION, self.time_zone)
 
-                async def sink(data: bytes) -> None:
-                    write(data)
+            async def sink(data: bytes) -> None:
+                write(data)
 
-                status = await connection.copy_from_query(
-                    self.statement, output=sink, format="csv", delimiter=self.delimiter, quote=self.quote
-                )
-                return int(status.split()[-1])
+            status = await connection.copy_from_query(
+                self.statement, output=sink, format="csv", delimiter=self.delimiter, quote=self.quote
+            )
+            await connection.execute("ROLLBACK")  # read-only: nothing to commit
+            return int(status.split()[-1])
+        except Exception as error:
+            if connection.is_closed() or is_connection_error(error):
+                raise ConnectionLost(f"lost the database connection: {error}") from error
+            raise
         finally:
-            connection.terminate() if connection.is_in_transaction() else await connection.close()
+            # A COPY stopped half-way leaves the connection mid-protocol: closing its socket ends
+            # the server's side of it too.
+            connection.terminate()
