@@ -79,4 +79,4 @@ def write_parquet_part(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> Non
 
 def sink_parquet_as_is(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
     options = plan.options.parquet
-    frame.sink_parquet(path, compression=options.compression.value, compression_level=options.compression_level)
+    frame.sink_parquet(path, compression=options.compression.value, compression_level=options.compression_level, row_group_size=65536)
