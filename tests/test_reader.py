@@ -205,8 +205,11 @@ def test_values_outside_the_common_years_are_written_as_the_writer_writes_them(d
         conn.execute("CREATE TABLE users (id bigint, signup_date date, updated_at timestamptz, flag boolean)")
         conn.execute(
             "INSERT INTO users VALUES (1, '0044-03-15 BC', '0001-01-01 00:00+00 BC', true), "
-            "(2, '12345-06-07', '12345-06-07 08:09:10.5+00', false), (3, '0999-01-02', '0999-01-02 03:04:05+00', NULL)"
+            "(2, '12345-06-07', '12345-06-07 08:09:10.5+00', false), (3, '0999-01-02', '0999-01-02 03:04:05+00', NULL), "
+            "(4, '2024-02-29', '2024-02-29 23:59:59.999999+00', true)"
         )
+        # A server whose dates print otherwise by default: the CSV must not change with it.
+        conn.execute("ALTER DATABASE years_check SET datestyle = 'German, DMY'")
     plan = plan_export("users", "csv", columns=["id", "signup_date", "updated_at"])
     plan = replace(plan, columns=(*plan.columns, "flag"), options=plan.options.model_copy(update={"time_zone": "Asia/Kathmandu"}))
     postgres = PostgresResource(url=url)

@@ -240,10 +240,12 @@ def _iso_year(column: sql.Composable) -> sql.Composable:
     ).format(y=year)
 
 
-def _iso(column: sql.Composable, rest: str, low: str, high: str) -> sql.Composable:
-    """to_char with an ISO year: `rest` is the pattern after the year (from -MM on)."""
-    return sql.SQL("CASE WHEN {c} >= {low} AND {c} < {high} THEN to_char({c}, {full}) ELSE {year} || to_char({c}, {rest}) END").format(
-        c=column, low=sql.SQL(low), high=sql.SQL(high), full=sql.Literal("YYYY" + rest), year=_iso_year(column), rest=sql.Literal(rest)
+def _iso(column: sql.Composable, rest: str, low: str, high: str, common: sql.Composable | None = None) -> sql.Composable:
+    """to_char with an ISO year: `rest` is the pattern after the year (from -MM on). `common`, when
+    given, is a cheaper expression of the same text for years 0001-9999."""
+    common = common or sql.SQL("to_char({c}, {full})").format(c=column, full=sql.Literal("YYYY" + rest))
+    return sql.SQL("CASE WHEN {c} >= {low} AND {c} < {high} THEN {common} ELSE {year} || to_char({c}, {rest}) END").format(
+        c=column, low=sql.SQL(low), high=sql.SQL(high), common=common, year=_iso_year(column), rest=sql.Literal(rest)
     )
 
 
@@ -252,7 +254,9 @@ _CSV_TEXT = {
     CsvText.AS_PRINTED: lambda c: c,
     CsvText.PADDED: lambda c: _READ[Read.PADDED].format(c),
     CsvText.BOOLEAN: lambda c: sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=c),
-    CsvText.DATE: lambda c: _iso(c, "-MM-DD", "date '0001-01-01'", "date '10000-01-01'"),
+    # A date's own text (DateStyle ISO, set by SET_CSV_SESSION) is YYYY-MM-DD in those years, and
+    # costs the server a third of to_char's time.
+    CsvText.DATE: lambda c: _iso(c, "-MM-DD", "date '0001-01-01'", "date '10000-01-01'", sql.SQL("{}::text").format(c)),
     CsvText.TIMESTAMP: lambda c: _iso(c, _TIME, "timestamp '0001-01-01'", "timestamp '10000-01-01'"),
     CsvText.TIMESTAMPTZ: lambda c: _iso(c, _TIME + "TZH:TZM", "timestamptz '0001-01-01 00:00+00'", "timestamptz '10000-01-01 00:00+00'"),
 }
@@ -317,9 +321,12 @@ def import_snapshot(snapshot_id: str) -> str:
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # Dates in filters and timestamps in files are UTC whatever the server's default zone.
 SET_UTC = "SET LOCAL TIME ZONE 'UTC'"
-# The server's CSV writes timestamptz in the export's zone (bound, $1), and quotes COPY's options
-# as standard SQL strings whatever the server's default.
-SET_CSV_SESSION = "SELECT set_config('TimeZone', $1, true) AS z, set_config('standard_conforming_strings', 'on', true) AS s"
+# The server's CSV writes timestamptz in the export's zone (bound, $1) and dates as ISO text, and
+# quotes COPY's options as standard SQL strings whatever the server's defaults.
+SET_CSV_SESSION = (
+    "SELECT set_config('TimeZone', $1, true) AS z, set_config('DateStyle', 'ISO, YMD', true) AS d, "
+    "set_config('standard_conforming_strings', 'on', true) AS s"
+)
 CANCEL_SESSION = (
     "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
     "WHERE application_name = %s AND pid <> pg_backend_pid()"
