@@ -132,36 +132,38 @@ def test_a_filter_value_that_looks_like_sql_matches_only_itself(reader_db):
     assert rows == [{"id": 3, "subscription_tier": name}]
 
 
-def test_a_killed_stream_is_a_lost_connection(reader_db):
+def _stream_then(url: str, name: str, act) -> BaseException:
+    """Start an export's stream, `act` on it once its COPY is under way, read on: the error raised."""
     plan = plan_export("users", "parquet", options=ExportOptions(order="none"))
-    postgres = PostgresResource(url=reader_db, batch_size_hint_bytes=64 * 1024)
-    with pytest.raises(ConnectionLost) as raised:
-        with postgres.snapshot_stream(plan, "export_platform:kill", streams=1) as snapshot:
+    postgres = PostgresResource(url=url, batch_size_hint_bytes=64 * 1024)
+    with pytest.raises(Exception) as raised:
+        with postgres.snapshot_stream(plan, name, streams=1) as snapshot:
             batches = iter(snapshot.readers[0])
             next(batches)
-            with psycopg.connect(reader_db, autocommit=True) as admin:
-                killed = admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
-                    "'export_platform:kill' AND query LIKE 'COPY%'"
-                ).fetchall()
-            assert killed == [(True,)]
+            act(postgres)
             for _ in batches:
                 pass
-    assert raised.value.__cause__ is not None
+    return raised.value
+
+
+def _terminate_copy(url: str, name: str) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND query LIKE 'COPY%%'",
+            (name,),
+        ).fetchall()
+    assert killed == [(True,)]
+
+
+def test_a_killed_stream_is_a_lost_connection(reader_db):
+    error = _stream_then(reader_db, "export_platform:kill", lambda _: _terminate_copy(reader_db, "export_platform:kill"))
+    assert isinstance(error, ConnectionLost) and error.__cause__ is not None
     assert _wait_until_gone(reader_db, "export_platform:kill") == []
 
 
 def test_a_cancelled_stream_is_not_retried_and_its_query_ends(reader_db):
-    plan = plan_export("users", "parquet", options=ExportOptions(order="none"))
-    postgres = PostgresResource(url=reader_db, batch_size_hint_bytes=64 * 1024)
-    with pytest.raises(Exception) as raised:
-        with postgres.snapshot_stream(plan, "export_platform:cancel", streams=1) as snapshot:
-            batches = iter(snapshot.readers[0])
-            next(batches)
-            assert postgres.cancel_queries("export_platform:cancel") >= 1
-            for _ in batches:
-                pass
-    assert not isinstance(raised.value, ConnectionLost)
+    error = _stream_then(reader_db, "export_platform:cancel", lambda pg: pg.cancel_queries("export_platform:cancel"))
+    assert not isinstance(error, ConnectionLost)
     assert _wait_until_gone(reader_db, "export_platform:cancel") == []
 
 

@@ -139,15 +139,21 @@ def sink_streams(
 
         return on_rows_unless_stopped
 
-    with ThreadPoolExecutor(len(readers), thread_name_prefix="export-chunk") as pool:
-        futures = [
-            pool.submit(write_part, scan_batches(reader, stoppable(i)), plan, parts[i], i)
-            for i, reader in enumerate(readers)
-        ]
+    run_streams(
+        [lambda i=i, r=r: write_part(scan_batches(r, stoppable(i)), plan, parts[i], i) for i, r in enumerate(readers)],
+        stop,
+    )
+    join_parts(plan, parts, path)
+
+
+def run_streams(jobs: list[Callable[[], object]], stop: threading.Event) -> None:
+    """Run each stream's job on a thread of its own. When one fails, `stop` is set (the others stop
+    at their next batch), the others are waited for, and the first error is raised."""
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="export-stream") as pool:
+        futures = [pool.submit(job) for job in jobs]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in futures if f in done and f.exception() is not None), None)
         if failed is not None:
             stop.set()
             wait(futures)
             raise failed.exception()
-    join_parts(plan, parts, path)

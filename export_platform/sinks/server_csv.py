@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import polars as pl
@@ -30,7 +29,7 @@ from ..planning.pg_types import Declared
 from ..planning.plan import ExportPlan
 from ..planning.sql import CsvText
 from ..resources.server_copy import CsvCopy
-from .parts import StreamStopped, join_parts, part_path
+from .parts import StreamStopped, join_parts, part_path, run_streams
 
 _WRITE_BUFFER = 1 << 20
 
@@ -94,37 +93,25 @@ def _copy_into(copy: CsvCopy, out, lock: threading.Lock | None, stop: threading.
     return rows
 
 
-def _run_all(work: list[Callable[[threading.Event], int]]) -> None:
-    """Run the streams on threads; when one fails the others stop at their next buffer."""
-    stop = threading.Event()
-    with ThreadPoolExecutor(len(work), thread_name_prefix="export-copy") as pool:
-        futures = [pool.submit(job, stop) for job in work]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = next((f for f in futures if f in done and f.exception() is not None), None)
-        if failed is not None:
-            stop.set()
-            wait(futures)
-            raise failed.exception()
-
-
 def write_server_csv(
     copies: list[CsvCopy], plan: ExportPlan, path: Path, on_rows: Callable[[int], Callable[[int], None]]
 ) -> None:
     """The streams' CSV in `path`, after the header: in no order, all streams into the one file
     (whole rows at a time); in key order, each range into a part, joined in order."""
+    stop = threading.Event()
     if len(copies) == 1 or not plan.ordered:
         lock = threading.Lock() if len(copies) > 1 else None
         with path.open("wb", buffering=_WRITE_BUFFER) as out:
             out.write(_header(plan))
-            _run_all([lambda stop, i=i, c=c: _copy_into(c, out, lock, stop, on_rows(i)) for i, c in enumerate(copies)])
+            run_streams([lambda i=i, c=c: _copy_into(c, out, lock, stop, on_rows(i)) for i, c in enumerate(copies)], stop)
         return
     parts = [path, *(part_path(path, i) for i in range(1, len(copies)))]
 
-    def part(index: int, copy: CsvCopy, stop: threading.Event) -> int:
+    def part(index: int, copy: CsvCopy) -> int:
         with parts[index].open("wb", buffering=_WRITE_BUFFER) as out:
             if index == 0:
                 out.write(_header(plan))
             return _copy_into(copy, out, None, stop, on_rows(index))
 
-    _run_all([lambda stop, i=i, c=c: part(i, c, stop) for i, c in enumerate(copies)])
+    run_streams([lambda i=i, c=c: part(i, c) for i, c in enumerate(copies)], stop)
     join_parts(plan, parts, path)
