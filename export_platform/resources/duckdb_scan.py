@@ -101,13 +101,12 @@ class Stream:
 
     def bind(self, statement: str, values: Sequence[str]) -> None:
         """Run `statement` with `values` bound to $1, $2, ... (never written into its text)."""
+        # Only this statement: a failure ends the stream (and closes this cursor) anyway.
         self.cursor.execute("SET SESSION pg_use_text_protocol = true")
-        try:
-            params = {f"p{i}": value for i, value in enumerate(values)}
-            self.cursor.execute("SELECT * FROM postgres_query(?, ?, params := ?)", [self.alias, statement, params])
-            self.cursor.fetchall()
-        finally:
-            self.cursor.execute("RESET SESSION pg_use_text_protocol")
+        params = {f"p{i}": value for i, value in enumerate(values)}
+        self.cursor.execute("SELECT * FROM postgres_query(?, ?, params := ?)", [self.alias, statement, params])
+        self.cursor.fetchall()
+        self.cursor.execute("RESET SESSION pg_use_text_protocol")
 
     def reader(self, statement: str, batch_rows: int) -> pa.RecordBatchReader:
         """`statement`'s rows, streamed as Arrow batches of `batch_rows` rows."""
