@@ -237,3 +237,48 @@ def test_a_polars_sink_is_never_paced_by_a_pacer_it_cannot_report_to(fmt, tmp_pa
     pacer, source, _ = export_watched(fmt, tmp_path / f"out.{fmt}")
     assert pacer is None or pacer.written == BATCHES * BATCH_ROWS
     assert len(source.leads) == BATCHES
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "csv.zst", "ndjson"])
+def test_interleaved_page_streams_are_held_back_by_the_text_writer(fmt, tmp_path, monkeypatch):
+    # Page streams decode faster than Polars' sinks write, which give a source no backpressure: the
+    # text writer of an export in no order reports each batch written, and the streams wait for it.
+    from export_platform.sinks import parts
+
+    pacers = []
+
+    def small_pacer(**kwargs):
+        pacers.append(Pacer(ahead=BATCH_ROWS, **kwargs))
+        return pacers[-1]
+
+    monkeypatch.setattr(parts, "Pacer", small_pacer)
+    plan = plan_request("users", fmt, {"order": "none"})
+
+    class Stream(WatchedSource):
+        def __init__(self, offset: int):
+            super().__init__(None)
+            self.offset = offset
+
+        def __iter__(self):
+            for i in range(BATCHES):
+                self.leads.append(sum(s.handed for s in streams) - pacers[0].written)
+                self.handed = (i + 1) * BATCH_ROWS
+                start = self.offset + i * BATCH_ROWS
+                yield pa.record_batch([pa.array(range(start, start + BATCH_ROWS), pa.int64())], schema=ID_SCHEMA)
+
+    streams = [Stream(0), Stream(BATCHES * BATCH_ROWS)]
+    for stream in streams:
+        stream.handed = 0
+    progress = []
+    parts.sink_streams(streams, plan, tmp_path / f"out.{fmt}", lambda i: progress.append)
+    # The pacer's lead, plus what the two stream threads and the scan hold in hand.
+    assert max(max(s.leads) for s in streams) <= BATCH_ROWS + 6 * BATCH_ROWS
+    assert progress[-1] == 2 * BATCHES * BATCH_ROWS
+    text = file_text(tmp_path / f"out.{fmt}")
+    ids = sorted(int(line.strip('{}"id: ')) for line in text.splitlines()[(1 if fmt.startswith("csv") else 0):])
+    assert ids == list(range(2 * BATCHES * BATCH_ROWS))
+
+
+def file_text(path) -> str:
+    with pa.input_stream(str(path), compression="detect") as stream:
+        return stream.read().decode()

@@ -21,8 +21,11 @@ import pyarrow as pa
 from ..planning.config import FormulaProtection
 from ..planning.plan import ExportPlan
 from . import pacer_for, scan_batches, sink
-from .arrow_source import BatchSource, Interleaved
-from .polars_writers import sink_parquet_as_is, write_parquet_part
+from .arrow_source import BatchSource, Interleaved, Pacer
+from .polars_writers import sink_parquet_as_is, write_parquet_part, write_text_paced
+
+# Written batch by batch, paced, when page streams are interleaved into them (see write_text_paced).
+PACED_TEXT = ("csv", "ndjson")
 
 
 class StreamStopped(RuntimeError):
@@ -123,7 +126,11 @@ def sink_streams(
     if not plan.ordered:
         interleaved = Interleaved(readers)
         try:
-            _sink_one(interleaved, plan, path, on_rows(0))
+            if plan.format.family in PACED_TEXT:
+                pacer = Pacer(on_written=on_rows(0))
+                write_text_paced(scan_batches(interleaved, lambda rows: None, pacer), plan, path, pacer)
+            else:
+                _sink_one(interleaved, plan, path, on_rows(0))
         finally:
             interleaved.close()
         return
