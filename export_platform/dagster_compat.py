@@ -72,22 +72,6 @@ def set_sensor_loop_seconds(seconds: float) -> None:
     sensor_daemon().MIN_INTERVAL_LOOP_TIME = seconds
 
 
-def light_ephemeral_instance():
-    """`DagsterInstance.ephemeral()` without stamping alembic's revision into its in-memory event
-    log: stamping loads alembic's migration environment, ~0.4 s of a `export-platform run`'s
-    start (benchmarks/RESULTS.md, issue 23), for a database that lives as long as the run and is
-    never migrated. Built while `stamp_alembic_rev` is a no-op in that one module."""
-    import dagster as dg
-    from dagster._core.storage.event_log import in_memory
-
-    stamp = in_memory.stamp_alembic_rev
-    in_memory.stamp_alembic_rev = lambda *args, **kwargs: None
-    try:
-        return dg.DagsterInstance.ephemeral()
-    finally:
-        in_memory.stamp_alembic_rev = stamp
-
-
 __all__ = [
     "FAILURE_ERROR",
     "INTERRUPTED_ERROR",
@@ -109,7 +93,6 @@ __all__ = [
     "daemon_main",
     "execute_run_body",
     "is_valid_cron_string",
-    "light_ephemeral_instance",
     "sensor_daemon",
     "set_sensor_loop_seconds",
     "set_storage_engine",

@@ -82,27 +82,3 @@ def test_dagster_postgres_storages_keep_their_engine_where_the_pooled_storage_re
     for storage in (PostgresRunStorage, PostgresEventLogStorage, PostgresScheduleStorage):
         assert "self._engine = create_pg_engine(" in inspect.getsource(storage.optimize_for_webserver), storage
         assert "self._engine" in inspect.getsource(storage.__init__), storage
-
-
-def test_the_light_ephemeral_instance_records_a_run_without_alembic(monkeypatch):
-    import dagster as dg
-    from dagster._core.storage.event_log import in_memory
-
-    assert callable(in_memory.stamp_alembic_rev)  # what the light instance skips
-    stamped = []
-    monkeypatch.setattr("dagster._core.storage.sql.stamp_alembic_rev", lambda *a, **k: stamped.append(1))
-
-    @dg.op
-    def one() -> int:
-        return 1
-
-    @dg.job
-    def probe() -> None:
-        one()
-
-    with compat.light_ephemeral_instance() as instance:
-        result = probe.execute_in_process(instance=instance)
-        assert result.success and result.output_for_node("one") == 1
-        assert instance.get_run_by_id(result.run_id).is_success
-        assert any(e.dagster_event.event_type_value == "STEP_SUCCESS" for e in instance.all_logs(result.run_id) if e.dagster_event)
-    assert in_memory.stamp_alembic_rev is not None and stamped == []

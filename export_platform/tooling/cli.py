@@ -17,7 +17,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,20 +63,15 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     from ..jobs import run_config_for
 
     job = defs.resolve_job_def(REGISTRY.get(plan.export_type).job_name)
-    with ExitStack() as stack:
-        if instance is None:
-            from ..dagster_compat import light_ephemeral_instance
-
-            instance = stack.enter_context(light_ephemeral_instance())
-        result = job.execute_in_process(
-            run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
-        )
-        if not result.success:
-            # No failure sensor watches an in-process run: its staged file is removed here.
-            defs.resources["storage"].discard_temp(result.run_id)
-            failures = [root_message(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
-            raise ExportFailed("; ".join(failures) or "the run failed")
-        return result.output_for_node("publish_export")
+    result = job.execute_in_process(
+        run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
+    )
+    if not result.success:
+        # No failure sensor watches an in-process run: its staged file is removed here.
+        defs.resources["storage"].discard_temp(result.run_id)
+        failures = [root_message(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
+        raise ExportFailed("; ".join(failures) or "the run failed")
+    return result.output_for_node("publish_export")
 
 
 def _request_error(field: str, message: str) -> Exception:
