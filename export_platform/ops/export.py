@@ -26,6 +26,7 @@ from ..resources.storage import ExportStorage, OutputRefused, file_uri_path
 from ..resources.storage_keys import path_part
 from ..sinks import digest_of
 from ..sinks.parts import sink_streams
+from ..sinks.server_csv import write_server_csv
 from ..units import human_bytes
 
 PROGRESS_INTERVAL_SECONDS = 1.0
@@ -215,13 +216,18 @@ def extract_export(
     started = time.time()  # wall clock: publish may run in another process
     path = temp_path(context, plan, storage)
     try:
-        with postgres.snapshot_stream(plan, session_name(context.run_id), plan.chunks) as snapshot:
-            streams = f" in {len(snapshot.readers)} chunks" if len(snapshot.readers) > 1 else ""
-            context.log.info(f"{snapshot.count:,} rows to export{streams}")
+        name = session_name(context.run_id)
+        with postgres.snapshot_stream(plan, name, plan.chunks, server_csv=postgres.server_csv) as snapshot:
+            streams = len(snapshot.copies or snapshot.readers)
+            context.log.info(f"{snapshot.count:,} rows to export{f' in {streams} streams' if streams > 1 else ''}; "
+                             f"read by {snapshot.reading['reader']}")
             progress = Progress(context, snapshot.count, requests)
             with digest_of(plan, path) as digest:
-                sink_streams(snapshot.readers, plan, path, progress.stream)
-        context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
+                if snapshot.copies:
+                    write_server_csv(snapshot.copies, plan, path, progress.stream)
+                else:
+                    sink_streams(snapshot.readers, plan, path, progress.stream)
+        context.add_output_metadata({"rows": progress.rows, "streams": streams, **snapshot.reading})
     except BaseException as error:
         discard_staging(path, context.run_id)
         if connection_lost(error):
