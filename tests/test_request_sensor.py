@@ -12,7 +12,7 @@ from export_platform.definitions import defs
 from export_platform.jobs import EXPORT_JOBS
 from export_platform.requests.table import export_requests
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.naming import EXPORT_TYPE_TAG, REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, user_tag
+from export_platform.naming import EXPORT_TYPE_TAG, FORMAT_TAG, REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, user_tag
 from export_platform.sensors.request_sensor import ROWS_PER_TICK
 from support.readback import run_job
 from support.request_rows import insert, row, tick
@@ -46,7 +46,8 @@ def test_valid_rows_become_run_requests_and_bad_rows_fail_with_the_field(db, sto
     assert request.run_key == row(db, good)["run_key"]
     assert request.job_name == REGISTRY.get("users").job_name
     assert request.tags == {
-        REQUEST_ID_TAG: str(good), REQUEST_KEY_TAG: request.run_key, EXPORT_TYPE_TAG: "users", REQUESTED_BY_TAG: "alice"
+        REQUEST_ID_TAG: str(good), REQUEST_KEY_TAG: request.run_key, EXPORT_TYPE_TAG: "users", REQUESTED_BY_TAG: "alice",
+        FORMAT_TAG: "csv.gz",
     }
     config = request.run_config["ops"]["plan_users"]["config"]
     assert config["format"] == "csv_gz" and config["filters"] == {"country_code": ["US", "GB"]}

@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
+from .. import assets
+from ..delivery.links import LinkError, public_url, status_page_url
 from ..requests import table as rt
 from ..planning.config import ExportConfig, options_of
 from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
@@ -20,7 +22,7 @@ from ..planning.preflight import preflight
 from ..catalog.registry import ExportType
 from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
-from ..naming import INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
+from ..naming import FORMAT_TAG, INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
 from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
 from ..sinks import digest_of
@@ -307,6 +309,7 @@ def publish_export(
     request_id = request_id_of(context.run.tags)
     try:
         if staged.rows != staged.expected_rows:
+            _report_rows_mismatch(context, plan, staged)
             raise dg.Failure(
                 description=f"wrote {staged.rows} rows but the snapshot counted {staged.expected_rows}; file discarded"
             )
@@ -344,4 +347,75 @@ def publish_export(
             **({"high_water": staged.high_water or "unchanged (no new rows)"} if plan.incremental is not None else {}),
         }
     )
-    return PublishedExport(uri=uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds)
+    published = PublishedExport(uri=uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds)
+    try:
+        _report_to_catalog(context, plan, staged, published, storage)
+    except Exception as error:  # the file is published and recorded: the Catalog's view of it must not undo that
+        context.log.warning(f"could not report {uri} to the Asset Catalog: {error}")
+    return published
+
+
+def _requester(tags: dict[str, str]) -> str:
+    request_id = request_id_of(tags)
+    if request_id is not None:
+        return f"request {request_id} by {tags.get(REQUESTED_BY_TAG) or 'anonymous'}"
+    if schedule := tags.get(SCHEDULE_TAG):
+        return f"schedule {schedule}"
+    return "the Launchpad or `export-platform run`"
+
+
+def _no_link(plan: ExportPlan, request_id: int | None) -> str:
+    """How to get a file that has no signed link: read where it is, or configure `serve`."""
+    if plan.output_path:
+        return "written to output_path on the machine that ran the export; not served"
+    mint = f"; then `export-platform url {request_id}` mints one" if request_id is not None else ""
+    return ("no download link: this code location has no EXPORT_PLATFORM_PUBLIC_URL and EXPORT_PLATFORM_SIGNING_KEY "
+            f"(`make dev` gives it both, for the `serve` it starts){mint}. Until then, read the file where `file` says")
+
+
+def _links(storage: ExportStorage, plan: ExportPlan, published: PublishedExport, request_id: int | None) -> dict:
+    link = link_for(storage, published.uri, datetime.now(timezone.utc))
+    found = {assets.LINK: dg.MetadataValue.url(link.url) if link.url else _no_link(plan, request_id)}
+    if link.url:
+        found["link_expires"] = dg.MetadataValue.timestamp(link.url_expires_at)
+    if request_id is not None and public_url() is not None:
+        try:
+            found["status_page"] = dg.MetadataValue.url(status_page_url(request_id, storage.download_url_seconds))
+        except LinkError:  # no signing key: the link above says so
+            pass
+    return found
+
+
+def _report_to_catalog(
+    context: dg.OpExecutionContext, plan: ExportPlan, staged: StagedFile, published: PublishedExport, storage: ExportStorage
+) -> None:
+    """The published file as a materialization of its type's asset (the Catalog plots its numbers
+    over time; the run page shows its download link), then the row-count check."""
+    tags = context.run.tags
+    if FORMAT_TAG not in tags:  # a Launchpad run: its format is in its config, not its tags
+        context.instance.add_run_tags(context.run_id, {FORMAT_TAG: plan.format.value})
+    request_id = request_id_of(tags)
+    requester = _requester(tags)
+    metadata = {
+        assets.ROW_COUNT: dg.MetadataValue.int(published.rows),
+        assets.SNAPSHOT_ROWS: staged.expected_rows,
+        "bytes": published.bytes,
+        "seconds": round(published.seconds, 3),
+        "rows_per_second": round(published.rows / published.seconds) if published.seconds else 0,
+        "sha256": published.sha256,
+        "format": plan.format.value,
+        "requested_by": requester,
+        "columns": ", ".join(plan.columns),
+        "filters": dg.MetadataValue.json(plan.filters),
+        "file": dg.MetadataValue.path(published.uri),
+        **_links(storage, plan, published, request_id),
+    }
+    context.log_event(assets.materialization(plan.export_type, metadata, f"{plan.format.value} for {requester}"))
+    context.log_event(assets.rows_check(assets.export_key(plan.export_type), staged.rows, staged.expected_rows))
+
+
+def _report_rows_mismatch(context: dg.OpExecutionContext, plan: ExportPlan, staged: StagedFile) -> None:
+    """The failed check of a file that is not published. Events an op logs before it raises are
+    lost with the exception, so this one is reported at once, naming the run."""
+    key = assets.export_key(plan.export_type)
+    context.instance.report_runless_asset_event(assets.rows_check(key, staged.rows, staged.expected_rows, context.run_id))
