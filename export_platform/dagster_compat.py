@@ -47,6 +47,19 @@ def execute_run_body() -> Callable[..., int]:
     return _execute_run_command_body
 
 
+def failure_without_traceback(message: str) -> Exception:
+    """An exception that fails its step with `message` alone. Dagster records any exception that
+    ends a step with its stack trace (and an interrupt with the frames of wherever it landed: ~70
+    lines of a writer's internals); a requested stop is no crash, and its event should say so and
+    no more. Dagster records a `DagsterUserCodeProcessError` carrying one already-serialized error
+    as that error (`serializable_error_info_from_exc_info` hoists it), so the step's failure is this
+    message with an empty stack, in the run's event log and its console log alike."""
+    from dagster._core.errors import DagsterUserCodeProcessError
+
+    error = SerializableErrorInfo(message=message, stack=[], cls_name=None)
+    return DagsterUserCodeProcessError(message, user_code_process_error_infos=[error])
+
+
 def set_storage_engine(storage: object, engine: object) -> None:
     """dagster-postgres's run, event-log and schedule storages each keep their SQLAlchemy engine in
     `_engine` (what their `optimize_for_webserver` replaces); there is no public way to pass one."""
@@ -92,6 +105,7 @@ __all__ = [
     "capture_interrupts",
     "daemon_main",
     "execute_run_body",
+    "failure_without_traceback",
     "is_valid_cron_string",
     "sensor_daemon",
     "set_sensor_loop_seconds",

@@ -20,6 +20,7 @@ from ..planning.config import ExportConfig, options_of
 from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
 from ..planning.preflight import preflight
 from ..catalog.registry import ExportType
+from ..dagster_compat import failure_without_traceback
 from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
 from ..naming import FORMAT_TAG, INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
@@ -183,6 +184,19 @@ def discard_staging(path: Path, run_id: str) -> None:
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
+STOPPED = "stopped on request (a cancel, or the run's maximum runtime) before the export finished: nothing was published"
+
+
+def stopping(context: dg.OpExecutionContext) -> bool:
+    """Whether the run is being stopped on request: terminated from the UI, by a request's cancel
+    or by run monitoring at its maximum runtime (the interrupt, or the cancelled query, comes after)."""
+    try:
+        run = context.instance.get_run_by_id(context.run_id)
+    except Exception:  # Dagster's storage unreachable: not a stop this step can tell
+        return False
+    return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+
+
 def connection_lost(error: BaseException) -> bool:
     """A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
     cancelled query or bad data is not."""
@@ -212,6 +226,8 @@ def extract_export(
         context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
     except BaseException as error:
         discard_staging(path, context.run_id)
+        if stopping(context):  # a stop, wherever the interrupt landed: its message, no traceback
+            raise failure_without_traceback(STOPPED) from None
         if connection_lost(error):
             if context.retry_number < EXTRACT_RETRIES:
                 context.log.warning(f"lost the database connection; retrying the extract: {error}")
@@ -284,7 +300,10 @@ def _record(
     completed: sa.Update | None,
 ) -> None:
     """The request row's COMPLETED and the incremental mark, in one transaction, decided under the
-    row's lock: a cancel that got there first wins."""
+    row's lock: a cancel that got there first wins. With neither (a Launchpad run, `export-platform
+    run`), nothing is written: the database need not have the request table at all."""
+    if request_id is None and plan.incremental is None:
+        return
     with requests.transaction() as conn:
         if request_id is not None:
             _check_wanted(request_id, conn.execute(rt.status_for_publish(request_id)).scalar())
@@ -327,9 +346,11 @@ def publish_export(
             _unpublish(context, plan, uri, storage)
             raise
     except Superseded as superseded:
+        message = f"{superseded}: the export was not published"
         if superseded.status == Status.CANCEL_REQUESTED.value:
             requests.run(rt.mark_cancelled(superseded.request_id))
-        raise dg.Failure(f"{superseded}: the export was not published", allow_retries=False) from None
+            raise failure_without_traceback(message) from None  # a cancel, not a crash
+        raise dg.Failure(message, allow_retries=False) from None
     finally:
         discard_staging(path, context.run_id)
         storage.discard_temp(context.run_id)
@@ -396,7 +417,8 @@ def _report_to_catalog(
         context.instance.add_run_tags(context.run_id, {FORMAT_TAG: plan.format.value})
     request_id = request_id_of(tags)
     requester = _requester(tags)
-    metadata = {
+    metadata = {  # the link first: the run page shows the first entries of an event without expanding it
+        **_links(storage, plan, published, request_id),
         assets.ROW_COUNT: dg.MetadataValue.int(published.rows),
         assets.SNAPSHOT_ROWS: staged.expected_rows,
         "bytes": published.bytes,
@@ -408,7 +430,6 @@ def _report_to_catalog(
         "columns": ", ".join(plan.columns),
         "filters": dg.MetadataValue.json(plan.filters),
         "file": dg.MetadataValue.path(published.uri),
-        **_links(storage, plan, published, request_id),
     }
     context.log_event(assets.materialization(plan.export_type, metadata, f"{plan.format.value} for {requester}"))
     context.log_event(assets.rows_check(assets.export_key(plan.export_type), staged.rows, staged.expected_rows))
