@@ -34,6 +34,8 @@ INTERRUPTED_ERROR = "dagster._core.errors.DagsterExecutionInterruptedError"
 WORKER_EXITED_CLEANLY = "unexpectedly exited with code 0."
 # Run monitoring's failure reason (RunFailureReason) for a run that never started in time:
 START_TIMEOUT_REASON = "START_TIMEOUT"
+# The start of run monitoring's RUN_CANCELING message for a run past its `dagster/max_runtime`:
+MAX_RUNTIME_MESSAGE = "Canceling due to exceeding maximum runtime"
 
 
 # The next three import on first use: the CLI and daemon modules cost ~0.5 s of imports that
@@ -88,6 +90,7 @@ def set_sensor_loop_seconds(seconds: float) -> None:
 __all__ = [
     "FAILURE_ERROR",
     "INTERRUPTED_ERROR",
+    "MAX_RUNTIME_MESSAGE",
     "START_TIMEOUT_REASON",
     "STEP_ERROR_WRAPPER",
     "WORKER_CRASH_MESSAGE",

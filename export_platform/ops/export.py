@@ -20,7 +20,7 @@ from ..planning.config import ExportConfig, options_of
 from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
 from ..planning.preflight import preflight
 from ..catalog.registry import ExportType
-from ..dagster_compat import failure_without_traceback
+from ..dagster_compat import MAX_RUNTIME_MESSAGE, failure_without_traceback
 from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
 from ..naming import FORMAT_TAG, INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
@@ -184,17 +184,20 @@ def discard_staging(path: Path, run_id: str) -> None:
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
-STOPPED = "stopped on request (a cancel, or the run's maximum runtime) before the export finished: nothing was published"
-
-
-def stopping(context: dg.OpExecutionContext) -> bool:
-    """Whether the run is being stopped on request: terminated from the UI, by a request's cancel
-    or by run monitoring at its maximum runtime (the interrupt, or the cancelled query, comes after)."""
+def stopped(context: dg.OpExecutionContext) -> str | None:
+    """Why the run is being stopped on request (terminated from the UI, by a request's cancel, or by
+    run monitoring at its maximum runtime), or None when it is not: the interrupt, or the cancelled
+    query, that then ends a step is no failure of the export, and its event says so."""
     try:
         run = context.instance.get_run_by_id(context.run_id)
+        if run is None or run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            return None
+        asked = [r.user_message for r in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.RUN_CANCELING)]
     except Exception:  # Dagster's storage unreachable: not a stop this step can tell
-        return False
-    return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+        return None
+    # Run monitoring says why ("Canceling due to exceeding maximum runtime of 60 seconds."); a cancel does not.
+    why = next((m.rstrip(".") for m in asked if m.startswith(MAX_RUNTIME_MESSAGE)), "cancelled")
+    return f"stopped before the export finished ({why}): nothing was published"
 
 
 def connection_lost(error: BaseException) -> bool:
@@ -226,8 +229,8 @@ def extract_export(
         context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
     except BaseException as error:
         discard_staging(path, context.run_id)
-        if stopping(context):  # a stop, wherever the interrupt landed: its message, no traceback
-            raise failure_without_traceback(STOPPED) from None
+        if why := stopped(context):  # a stop, wherever the interrupt landed: its reason, no traceback
+            raise failure_without_traceback(why) from None
         if connection_lost(error):
             if context.retry_number < EXTRACT_RETRIES:
                 context.log.warning(f"lost the database connection; retrying the extract: {error}")

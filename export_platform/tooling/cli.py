@@ -45,7 +45,7 @@ PENDING_HINT_SECONDS = 15
 # `status --wait` writes a progress line at least this often when its output is not a terminal.
 PROGRESS_LINE_SECONDS = 5
 TRACEBACK_ENV = "EXPORT_PLATFORM_TRACEBACK"
-# "psycopg.errors.UndefinedTable: ..." → "UndefinedTable: ..."; "dagster._core...Failure: x" → "x".
+# "psycopg.errors.UndefinedTable: ..." → "UndefinedTable: ..."; Dagster's qualified "…events.Failure: x" → "x".
 _CLASS_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?P<name>[A-Za-z_]\w*): ")
 
 
