@@ -76,3 +76,16 @@ def test_a_code_location_without_its_database_url_fails_at_load_and_starts_no_po
     assert f"DatabaseUrlMissing: {DATABASE_URL_ENV} is not set" in loaded.stdout + loaded.stderr
     assert not (tmp_path / "platform" / "pgdata").exists()
     assert _postgres_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("export_type", list(REGISTRY), ids=REGISTRY.names())
+def test_the_launchpad_opens_with_the_columns_and_every_filter(export_type):
+    import dagster as dg
+
+    job = defs.resolve_job_def(export_type.job_name)
+    ops = job.run_config_schema.config_type.fields["ops"]
+    assert ops.default_provided  # what the Launchpad shows before anyone types (was empty: Ctrl+Space only)
+    config = ops.default_value[f"plan_{export_type.name}"]["config"]
+    assert config["columns"] == list(export_type.columns)
+    assert config["filters"] == {f.name: None for f in export_type.filters}
+    assert dg.validate_run_config(job, {"ops": ops.default_value})

@@ -199,3 +199,17 @@ def test_users_sharing_a_long_prefix_get_distinct_readable_tags(db, store, insta
     assert tags[first] != tags[second]
     assert all(len(t) <= 63 and t.startswith(prefix[:40]) for t in tags.values())
     assert user_tag("bob") == "bob" and user_tag(None) == "anonymous"
+
+
+def test_a_rejected_request_is_told_on_its_row_not_in_the_daemon_log(db, store, instance, database_url, monkeypatch):
+    import logging
+
+    logged: list[tuple[int, str]] = []
+    log = logging.Logger._log
+    monkeypatch.setattr(logging.Logger, "_log", lambda self, level, msg, *a, **k: (logged.append((level, str(msg))),
+                                                                                   log(self, level, msg, *a, **k)))
+    bad = insert(db, "users", params={"filters": {"bogus": 1}})
+    tick(instance, store, database_url)
+    assert "filters.bogus: unknown filter" in row(db, bad)["error"]
+    rejected = [level for level, message in logged if f"request {bad} rejected" in message]
+    assert rejected == [logging.DEBUG]  # was INFO: a line in the daemon's log for every bad row an application sends

@@ -141,12 +141,16 @@ def _local_database() -> str:
     return local_database_url()
 
 
-def _use_local_database() -> None:
+def _use_local_database(command: str) -> None:
     """For a command whose code reads EXPORT_PLATFORM_DATABASE_URL itself (serve, health): the
-    configured database, else the embedded one, as for every local command."""
+    configured database, else the embedded one, as for every local command; said on stderr, since
+    these two also run deployed, where a missing variable is a mistake to see at once."""
     from ..resources.database_url import DATABASE_URL_ENV
 
-    os.environ[DATABASE_URL_ENV] = _local_database()
+    if not os.environ.get(DATABASE_URL_ENV):
+        os.environ[DATABASE_URL_ENV] = _local_database()
+        print(f"{command}: {DATABASE_URL_ENV} is not set: using the embedded Postgres "
+              f"({os.environ[DATABASE_URL_ENV]}), as the local commands do", file=sys.stderr, flush=True)
 
 
 def _client():
@@ -380,7 +384,7 @@ def _cmd_url(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..delivery.server import serve
 
-    _use_local_database()
+    _use_local_database("serve")
     serve(args.host, args.port, args.exit_with_parent, args.log_level)
     return 0
 
@@ -427,7 +431,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 def _cmd_health(args: argparse.Namespace) -> int:
     from .health import check
 
-    _use_local_database()
+    _use_local_database("health")
     problems, lines = check()
     print("\n".join(lines))
     return 1 if problems else 0
