@@ -15,7 +15,7 @@ from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.registry import ExportType, Filter, Registry, ValueType
 from export_platform.definitions import defs
 from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV
-from export_platform.naming import FORMAT_TAG, REQUEST_ID_TAG, REQUESTED_BY_TAG
+from export_platform.naming import FORMAT_TAG, REQUEST_ID_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG
 from support.readback import db_rows, run_job
 from support.request_rows import insert, row
 
@@ -106,10 +106,12 @@ def test_each_published_file_is_a_materialization_with_its_numbers_link_and_pass
 
 def test_a_file_without_a_signed_link_says_how_to_get_it(resources, instance, monkeypatch):
     monkeypatch.delenv(PUBLIC_URL_ENV, raising=False)
-    result = run_job("users", {"format": "csv", "columns": ["id"]}, resources, instance=instance)
+    result = run_job("users", {"format": "csv", "columns": ["id"]}, resources, instance=instance,
+                     tags={SCHEDULE_TAG: "us_users_daily"})  # a schedule's run reports as any other
     found = _metadata(_materializations(instance)[0])
     assert "EXPORT_PLATFORM_PUBLIC_URL" in found["link"] and "make dev" in found["link"]
     assert found["file"] == published_path(result).as_uri()
+    assert found["requested_by"] == "schedule us_users_daily"
 
 
 def test_a_row_count_that_differs_from_the_snapshot_fails_the_check_and_publishes_nothing(

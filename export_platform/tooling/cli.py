@@ -227,7 +227,8 @@ def _shown_path(path: Path) -> str:
 
 DEMO_NEXT = """
 What next:
-  make dev            the Dagster UI (its address is printed): Runs shows these {runs} exports
+  make dev            the Dagster UI (its address is printed): Runs shows these {runs} exports, the
+                      Catalog each type's files over time; serve, for downloads, on port 8080
   a request           with `make dev` running, in another terminal:
                         .venv/bin/export-platform request users --format xlsx --filter country_code=US
                         .venv/bin/export-platform status ID --wait     (ID: the number it printed)
