@@ -7,8 +7,10 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: demo test test-fast bench bench-peers dev stop clean
 
-# The Dagster UI's port for `make dev` (make dev PORT=3300).
+# The Dagster UI's port for `make dev` (make dev PORT=3300), and that of `serve`, which dev starts
+# too: signed downloads on the request rows and the run pages (make dev SERVE_PORT=8090).
 PORT ?= 3000
+SERVE_PORT ?= 8080
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "export_platform needs Python 3.11+; run: make PYTHON=python3.11 ...")'
@@ -46,7 +48,7 @@ bench-peers: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/export_vs_copy.py --peers $(PEERS_ARGS)
 
 dev: $(STAMP)
-	$(BIN)/export-platform dev --port $(PORT)
+	$(BIN)/export-platform dev --port $(PORT) --serve $(SERVE_PORT)
 
 # Stops the embedded Postgres that the commands above start and leave running.
 stop:

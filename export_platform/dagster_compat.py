@@ -34,6 +34,8 @@ INTERRUPTED_ERROR = "dagster._core.errors.DagsterExecutionInterruptedError"
 WORKER_EXITED_CLEANLY = "unexpectedly exited with code 0."
 # Run monitoring's failure reason (RunFailureReason) for a run that never started in time:
 START_TIMEOUT_REASON = "START_TIMEOUT"
+# The start of run monitoring's RUN_CANCELING message for a run past its `dagster/max_runtime`:
+MAX_RUNTIME_MESSAGE = "Canceling due to exceeding maximum runtime"
 
 
 # The next three import on first use: the CLI and daemon modules cost ~0.5 s of imports that
@@ -45,6 +47,19 @@ def execute_run_body() -> Callable[..., int]:
     from dagster._cli.api import _execute_run_command_body
 
     return _execute_run_command_body
+
+
+def failure_without_traceback(message: str) -> Exception:
+    """An exception that fails its step with `message` alone. Dagster records any exception that
+    ends a step with its stack trace (and an interrupt with the frames of wherever it landed: ~70
+    lines of a writer's internals); a requested stop is no crash, and its event should say so and
+    no more. Dagster records a `DagsterUserCodeProcessError` carrying one already-serialized error
+    as that error (`serializable_error_info_from_exc_info` hoists it), so the step's failure is this
+    message with an empty stack, in the run's event log and its console log alike."""
+    from dagster._core.errors import DagsterUserCodeProcessError
+
+    error = SerializableErrorInfo(message=message, stack=[], cls_name=None)
+    return DagsterUserCodeProcessError(message, user_code_process_error_infos=[error])
 
 
 def set_storage_engine(storage: object, engine: object) -> None:
@@ -75,6 +90,7 @@ def set_sensor_loop_seconds(seconds: float) -> None:
 __all__ = [
     "FAILURE_ERROR",
     "INTERRUPTED_ERROR",
+    "MAX_RUNTIME_MESSAGE",
     "START_TIMEOUT_REASON",
     "STEP_ERROR_WRAPPER",
     "WORKER_CRASH_MESSAGE",
@@ -92,6 +108,7 @@ __all__ = [
     "capture_interrupts",
     "daemon_main",
     "execute_run_body",
+    "failure_without_traceback",
     "is_valid_cron_string",
     "sensor_daemon",
     "set_sensor_loop_seconds",

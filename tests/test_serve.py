@@ -196,8 +196,10 @@ def test_paths_outside_the_storage_never_serve(server, files, storage_root, tmp_
         status, _, text = server.get(url)
         assert status == 404, (case, status, text)
         assert b"not an export" not in text and b"half written" not in text and b"Traceback" not in text, case
-    for url in ("/", "/files/", "/requests/abc", "/requests/-1", f"/requests/{2**70}?expires=1&sig=x"):
+    for url in ("/files/", "/requests/abc", "/requests/-1", f"/requests/{2**70}?expires=1&sig=x"):
         assert server.get(url)[0] in (403, 404), url
+    status, _, front = server.get("/")  # says what the server is (was a bare 404), and lists nothing
+    assert status == 200 and b"export_platform downloads" in front and b"carol" not in front
     assert server.get(target(server, KEY), method="POST")[0] == 405
 
 

@@ -1,5 +1,6 @@
 """`export-platform serve`: finished exports of the local storage over HTTP, and the status page.
 
+    GET      /                                   what this server is, for whoever opens its address
     GET|HEAD /files/<key>?expires=…&sig=…        the file (Range, ETag = sha256, friendly name)
     GET      /requests/<id>?expires=…&sig=…      the end user's status page
     GET      /requests/<id>/events?expires=…&sig=…   the same, pushed (server-sent events)
@@ -120,6 +121,20 @@ class Digests:
         return self._known[identity]
 
 
+ABOUT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>export_platform: downloads</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; line-height: 1.5">
+<h1>export_platform downloads</h1>
+<p>This server delivers finished exports and shows how a requested export is getting on. It answers
+signed links only:</p>
+<ul><li><code>/files/…</code>: a file, from a request's <code>download_url</code> or its run page in Dagster;</li>
+<li><code>/requests/ID</code>: a request's status page, from <code>export-platform url ID --page</code>.</li></ul>
+<p>A link is valid until its <code>expires</code> time; ask whoever gave it to you for a new one.</p>
+</body></html>
+"""
+
+
 def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
     return PlainTextResponse(text + "\n", status_code=status, headers={"cache-control": "no-store", **(headers or {})})
 
@@ -192,6 +207,9 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
             },
         )
 
+    def about(request: Request) -> Response:
+        return HTMLResponse(ABOUT, headers={"cache-control": "no-store"})
+
     def request_row(request: Request) -> dict | Response:
         request_id = request.path_params["request_id"]
         query = request.query_params
@@ -251,6 +269,7 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
     return Starlette(
         lifespan=lifespan,
         routes=[
+            Route("/", about, methods=["GET"]),
             Route("/files/{key:path}", download, methods=["GET", "HEAD"]),
             Route("/requests/{request_id:int}", status_page, methods=["GET"]),
             Route("/requests/{request_id:int}/status", status, methods=["GET"]),
@@ -317,7 +336,7 @@ def _exit_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def serve(host: str, port: int, exit_with_parent: int | None = None) -> None:
+def serve(host: str, port: int, exit_with_parent: int | None = None, log_level: str = "info") -> None:
     """Serve until interrupted; the signing key and the storage come from the environment."""
     import uvicorn
 
@@ -331,5 +350,5 @@ def serve(host: str, port: int, exit_with_parent: int | None = None) -> None:
     if exit_with_parent:
         _exit_with(exit_with_parent)
     # No access log: each line would hold a signed link, a credential until it expires.
-    uvicorn.run(build_app(storage, Signer.from_env(), store), host=host, port=port, log_level="info", access_log=False,
+    uvicorn.run(build_app(storage, Signer.from_env(), store), host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=5)  # open event streams do not hold a shutdown

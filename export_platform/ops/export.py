@@ -13,14 +13,17 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
+from .. import assets
+from ..delivery.links import LinkError, public_url, status_page_url
 from ..requests import table as rt
 from ..planning.config import ExportConfig, options_of
 from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
 from ..planning.preflight import preflight
 from ..catalog.registry import ExportType
+from ..dagster_compat import MAX_RUNTIME_MESSAGE, failure_without_traceback
 from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
-from ..naming import INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
+from ..naming import FORMAT_TAG, INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
 from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage, OutputRefused, file_uri_path
 from ..resources.storage_keys import path_part
@@ -196,6 +199,22 @@ def discard_staging(path: Path, run_id: str) -> None:
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
+def stopped(context: dg.OpExecutionContext) -> str | None:
+    """Why the run is being stopped on request (terminated from the UI, by a request's cancel, or by
+    run monitoring at its maximum runtime), or None when it is not: the interrupt, or the cancelled
+    query, that then ends a step is no failure of the export, and its event says so."""
+    try:
+        run = context.instance.get_run_by_id(context.run_id)
+        if run is None or run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            return None
+        asked = [r.user_message for r in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.RUN_CANCELING)]
+    except Exception:  # Dagster's storage unreachable: not a stop this step can tell
+        return None
+    # Run monitoring says why ("Canceling due to exceeding maximum runtime of 60 seconds."); a cancel does not.
+    why = next((m.rstrip(".") for m in asked if m.startswith(MAX_RUNTIME_MESSAGE)), "cancelled")
+    return f"stopped before the export finished ({why}): nothing was published"
+
+
 def connection_lost(error: BaseException) -> bool:
     """A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
     cancelled query or bad data is not."""
@@ -230,6 +249,8 @@ def extract_export(
         context.add_output_metadata({"rows": progress.rows, "streams": streams, **snapshot.reading})
     except BaseException as error:
         discard_staging(path, context.run_id)
+        if why := stopped(context):  # a stop, wherever the interrupt landed: its reason, no traceback
+            raise failure_without_traceback(why) from None
         if connection_lost(error):
             if context.retry_number < EXTRACT_RETRIES:
                 context.log.warning(f"lost the database connection; retrying the extract: {error}")
@@ -321,7 +342,10 @@ def _record(
     completed: sa.Update | None,
 ) -> None:
     """The request row's COMPLETED and the incremental mark, in one transaction, decided under the
-    row's lock: a cancel that got there first wins."""
+    row's lock: a cancel that got there first wins. With neither (a Launchpad run, `export-platform
+    run`), nothing is written: the database need not have the request table at all."""
+    if request_id is None and plan.incremental is None:
+        return
     with requests.transaction() as conn:
         if request_id is not None:
             _check_wanted(request_id, conn.execute(rt.status_for_publish(request_id)).scalar())
@@ -346,6 +370,7 @@ def publish_export(
     request_id = request_id_of(context.run.tags)
     try:
         if staged.rows != staged.expected_rows:
+            _report_rows_mismatch(context, plan, staged)
             raise dg.Failure(
                 description=f"wrote {staged.rows} rows but the snapshot counted {staged.expected_rows}; file discarded"
             )
@@ -364,9 +389,11 @@ def publish_export(
             _unpublish(context, placed, storage)
             raise
     except Superseded as superseded:
+        message = f"{superseded}: the export was not published"
         if superseded.status == Status.CANCEL_REQUESTED.value:
             requests.run(rt.mark_cancelled(superseded.request_id))
-        raise dg.Failure(f"{superseded}: the export was not published", allow_retries=False) from None
+            raise failure_without_traceback(message) from None  # a cancel, not a crash
+        raise dg.Failure(message, allow_retries=False) from None
     finally:
         discard_staging(path, context.run_id)
         storage.discard_temp(context.run_id)
@@ -384,6 +411,81 @@ def publish_export(
             **({"high_water": staged.high_water or "unchanged (no new rows)"} if plan.incremental is not None else {}),
         }
     )
-    return PublishedExport(
+    published = PublishedExport(
         uri=placed.uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds, key=placed.key, url=link.url
     )
+    try:
+        _report_to_catalog(context, plan, staged, published, storage, link)
+    except Exception as error:  # the file is published and recorded: the Catalog's view of it must not undo that
+        context.log.warning(f"could not report {placed.uri} to the Asset Catalog: {error}")
+    return published
+
+
+def _requester(tags: dict[str, str]) -> str:
+    request_id = request_id_of(tags)
+    if request_id is not None:
+        return f"request {request_id} by {tags.get(REQUESTED_BY_TAG) or 'anonymous'}"
+    if schedule := tags.get(SCHEDULE_TAG):
+        return f"schedule {schedule}"
+    return "the Launchpad or `export-platform run`"
+
+
+def _no_link(plan: ExportPlan, request_id: int | None) -> str:
+    """How to get a file that has no signed link: read where it is, or configure `serve`."""
+    if plan.output_path:
+        return "written to output_path on the machine that ran the export; not served"
+    mint = f"; then `export-platform url {request_id}` mints one" if request_id is not None else ""
+    return ("no download link: this code location has no EXPORT_PLATFORM_PUBLIC_URL and EXPORT_PLATFORM_SIGNING_KEY "
+            f"(`make dev` gives it both, for the `serve` it starts){mint}. Until then, read the file where `file` says")
+
+
+def _links(storage: ExportStorage, plan: ExportPlan, link: rt.Link, request_id: int | None) -> dict:
+    found = {assets.LINK: dg.MetadataValue.url(link.url) if link.url else _no_link(plan, request_id)}
+    if link.url:
+        found["link_expires"] = dg.MetadataValue.timestamp(link.url_expires_at)
+    if request_id is not None and public_url() is not None:
+        try:
+            found["status_page"] = dg.MetadataValue.url(status_page_url(request_id, storage.download_url_seconds))
+        except LinkError:  # no signing key: the link above says so
+            pass
+    return found
+
+
+def _report_to_catalog(
+    context: dg.OpExecutionContext,
+    plan: ExportPlan,
+    staged: StagedFile,
+    published: PublishedExport,
+    storage: ExportStorage,
+    link: rt.Link,
+) -> None:
+    """The published file as a materialization of its type's asset (the Catalog plots its numbers
+    over time; the run page shows its download link), then the row-count check."""
+    tags = context.run.tags
+    if FORMAT_TAG not in tags:  # a Launchpad run: its format is in its config, not its tags
+        context.instance.add_run_tags(context.run_id, {FORMAT_TAG: plan.format.value})
+    request_id = request_id_of(tags)
+    requester = _requester(tags)
+    metadata = {  # the link first: the run page shows the first entries of an event without expanding it
+        **_links(storage, plan, link, request_id),
+        assets.ROW_COUNT: dg.MetadataValue.int(published.rows),
+        assets.SNAPSHOT_ROWS: staged.expected_rows,
+        "bytes": published.bytes,
+        "seconds": round(published.seconds, 3),
+        "rows_per_second": round(published.rows / published.seconds) if published.seconds else 0,
+        "sha256": published.sha256,
+        "format": plan.format.value,
+        "requested_by": requester,
+        "columns": ", ".join(plan.columns),
+        "filters": dg.MetadataValue.json(plan.filters),
+        "file": dg.MetadataValue.path(str(file_uri_path(published.uri) or published.uri)),
+    }
+    context.log_event(assets.materialization(plan.export_type, metadata, f"{plan.format.value} for {requester}"))
+    context.log_event(assets.rows_check(assets.export_key(plan.export_type), staged.rows, staged.expected_rows))
+
+
+def _report_rows_mismatch(context: dg.OpExecutionContext, plan: ExportPlan, staged: StagedFile) -> None:
+    """The failed check of a file that is not published. Events an op logs before it raises are
+    lost with the exception, so this one is reported at once, naming the run."""
+    key = assets.export_key(plan.export_type)
+    context.instance.report_runless_asset_event(assets.rows_check(key, staged.rows, staged.expected_rows, context.run_id))

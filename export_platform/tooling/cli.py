@@ -3,10 +3,13 @@
 Only the standard library and the (dependency-free) registry are imported before the arguments
 are parsed, so `--help` and mistakes answer at once; each command imports what it needs.
 
-The local commands (demo, dev, seed, db url, run, request, status, list, cancel, url, delete) use
-the embedded Postgres when EXPORT_PLATFORM_DATABASE_URL is unset: a checkout needs nothing set.
-The operator commands (db migrate, cleanup, health, workers, serve) act on a deployment and need
-the variable, so that a missing one is an error rather than an empty database of their own.
+The local commands (demo, dev, seed, db url, run, request, status, list, cancel, url, delete, serve,
+health) use the embedded Postgres when EXPORT_PLATFORM_DATABASE_URL is unset: a checkout needs
+nothing set. The operator commands (db migrate, cleanup, workers) change a deployment and need the
+variable, so that a missing one is an error rather than an empty database of their own.
+
+Errors print their message, never a Python traceback or class path (EXPORT_PLATFORM_TRACEBACK=1
+shows the traceback of an unexpected one).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -38,10 +42,25 @@ DEMO_PDF_FILTERS = {
 }
 # `status --wait` says where to look when nothing has picked a request up after this long.
 PENDING_HINT_SECONDS = 15
+# `status --wait` writes a progress line at least this often when its output is not a terminal.
+PROGRESS_LINE_SECONDS = 5
+TRACEBACK_ENV = "EXPORT_PLATFORM_TRACEBACK"
+# "psycopg.errors.UndefinedTable: ..." → "UndefinedTable: ..."; Dagster's qualified "…events.Failure: x" → "x".
+_CLASS_PATH = re.compile(r"^(?:[A-Za-z_]\w*\.)+(?P<name>[A-Za-z_]\w*): ")
 
 
 class ExportFailed(RuntimeError):
     pass
+
+
+def plain(message: str) -> str:
+    """An error message as a person reads it: without the Python module path of its class (a bare
+    class name stays where it says something, e.g. "UndefinedTable: relation ... does not exist")."""
+    match = _CLASS_PATH.match(message)
+    if match is None:
+        return message.strip()
+    rest = message[match.end():].strip()
+    return rest if match["name"] in ("Failure", "DagsterError") else f"{match['name']}: {rest}"
 
 
 def _quiet_dagster_warnings() -> None:
@@ -76,7 +95,7 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     if not result.success:
         # No failure sensor watches an in-process run: its staged file is removed here.
         defs.resources["storage"].discard_temp(result.run_id)
-        failures = [root_message(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
+        failures = [plain(root_message(e.step_failure_data.error)) for e in result.all_events if e.is_step_failure]
         raise ExportFailed("; ".join(failures) or "the run failed")
     return result.output_for_node("publish_export")
 
@@ -127,6 +146,18 @@ def _local_database() -> str:
     from .embedded_postgres import local_database_url
 
     return local_database_url()
+
+
+def _use_local_database(command: str) -> None:
+    """For a command whose code reads EXPORT_PLATFORM_DATABASE_URL itself (serve, health): the
+    configured database, else the embedded one, as for every local command; said on stderr, since
+    these two also run deployed, where a missing variable is a mistake to see at once."""
+    from ..resources.database_url import DATABASE_URL_ENV
+
+    if not os.environ.get(DATABASE_URL_ENV):
+        os.environ[DATABASE_URL_ENV] = _local_database()
+        print(f"{command}: {DATABASE_URL_ENV} is not set: using the embedded Postgres "
+              f"({os.environ[DATABASE_URL_ENV]}), as the local commands do", file=sys.stderr, flush=True)
 
 
 def _client():
@@ -205,7 +236,8 @@ def _shown_path(path: Path) -> str:
 
 DEMO_NEXT = """
 What next:
-  make dev            the Dagster UI (its address is printed): Runs shows these {runs} exports
+  make dev            the Dagster UI (its address is printed): Runs shows these {runs} exports, the
+                      Catalog each type's files over time; serve, for downloads, on port 8080
   a request           with `make dev` running, in another terminal:
                         .venv/bin/export-platform request users --format xlsx --filter country_code=US
                         .venv/bin/export-platform status ID --wait     (ID: the number it printed)
@@ -286,15 +318,21 @@ def _describe(row: dict) -> str:
 
 
 class _Follower:
-    """`status --wait`'s callback: a progress bar on a terminal, and, once, a hint when the request
-    stays PENDING (nothing launches runs while the Dagster daemon is down)."""
+    """`status --wait`'s callback: a progress bar on a terminal; elsewhere (CI, a log file) a line
+    whenever the status changes and at least every PROGRESS_LINE_SECONDS; and, once, a hint when the
+    request stays PENDING (nothing launches runs while the Dagster daemon is down)."""
 
     def __init__(self, interactive: bool):
         self.interactive, self.since, self.hinted = interactive, time.monotonic(), False
+        self.last_line, self.last_status = float("-inf"), None
 
     def __call__(self, row: dict) -> None:
+        now = time.monotonic()
         if self.interactive:
             print("\r" + _progress_line(row), end="", flush=True)
+        elif row["status"] != self.last_status or now - self.last_line >= PROGRESS_LINE_SECONDS:
+            self.last_line, self.last_status = now, row["status"]
+            print(_progress_line(row), flush=True)
         if row["status"] == "PENDING" and not self.hinted and time.monotonic() - self.since >= PENDING_HINT_SECONDS:
             self.hinted = True
             print(("\n" if self.interactive else "") +
@@ -307,7 +345,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     client = _client()
     if args.wait:
         interactive = sys.stdout.isatty()
-        row = client.wait(args.id, on_update=_Follower(interactive))
+        # Read at least every second: a line is due every PROGRESS_LINE_SECONDS even when nothing is announced.
+        row = client.wait(args.id, on_update=_Follower(interactive), poll_seconds=1.0)
         if interactive:
             print()
     else:
@@ -355,7 +394,8 @@ def _cmd_url(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..delivery.server import serve
 
-    serve(args.host, args.port, args.exit_with_parent)
+    _use_local_database("serve")
+    serve(args.host, args.port, args.exit_with_parent, args.log_level)
     return 0
 
 
@@ -401,6 +441,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 def _cmd_health(args: argparse.Namespace) -> int:
     from .health import check
 
+    _use_local_database("health")
     problems, lines = check()
     print("\n".join(lines))
     return 1 if problems else 0
@@ -409,7 +450,7 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from .dev import run_dev
 
-    return run_dev(args.host, args.port, args.log_level, args.serve)
+    return run_dev(args.host, args.port, args.log_level, None if args.no_serve else args.serve, args.workers)
 
 
 def _cmd_workers(args: argparse.Namespace) -> int:
@@ -544,10 +585,14 @@ def build_parser() -> argparse.ArgumentParser:
     url.set_defaults(handler=_cmd_url)
 
     serve = command("serve", "serve signed downloads of the local storage and the requests' status pages",
-                    "Needs EXPORT_PLATFORM_DATABASE_URL and EXPORT_PLATFORM_SIGNING_KEY; with EXPORT_PLATFORM_PUBLIC_URL set, local exports get a "
-                    "download_url on their row. See docs/delivery.md.")
+                    "Needs EXPORT_PLATFORM_SIGNING_KEY; uses EXPORT_PLATFORM_DATABASE_URL, else the embedded Postgres. "
+                    "The code location needs the same key and EXPORT_PLATFORM_PUBLIC_URL (where this is reached) for "
+                    "local exports to get a download_url (`export-platform dev` starts serve and sets both). See "
+                    "docs/delivery.md.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="uvicorn's log level (default info: its start and stop; warning: problems only)")
     serve.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     serve.set_defaults(handler=_cmd_serve)
 
@@ -562,8 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.set_defaults(handler=_cmd_cleanup)
 
     command("health", "check the database, the daemon, the request sensor and the queue",
-            "Exits 1 when something is wrong. Checks the database of EXPORT_PLATFORM_DATABASE_URL, never the "
-            "embedded Postgres, and the instance of DAGSTER_HOME (required).").set_defaults(handler=_cmd_health)
+            "Exits 1 when something is wrong. Checks the database of EXPORT_PLATFORM_DATABASE_URL, else the "
+            "embedded Postgres (started if needed), and the instance of DAGSTER_HOME (required).").set_defaults(handler=_cmd_health)
 
     workers = command("workers", "run the warm run-worker pool on its own (a deployment unit)",
                       "Keeps N long-lived workers, each with Dagster and the code location imported, taking runs "
@@ -575,15 +620,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="replace each worker after this many runs (default: dagster.yaml's)")
     workers.set_defaults(handler=_cmd_workers)
 
-    dev = command("dev", "start the Dagster UI, the daemon and the warm run workers on this project's instance; Ctrl-C stops them",
+    dev = command("dev", "start the Dagster UI, the daemon, the warm run workers and serve on this project's instance; "
+                  "Ctrl-C stops them",
                   "Prints the UI's address once it answers. The daemon's request sensor launches a run for each "
-                  "new export_requests row. The database keeps running: `export-platform db stop`.")
+                  "new export_requests row; serve delivers the files (signed links on the rows and the run pages). "
+                  "The database keeps running: `export-platform db stop`.")
     dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
     dev.add_argument("--port", type=int, default=3000, help="port of the UI (default 3000)")
     dev.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                      help="Dagster's log level in this terminal (default warning; info shows every sensor tick)")
-    dev.add_argument("--serve", type=int, nargs="?", const=8080, metavar="PORT",
-                     help="also start `serve` on PORT (default 8080) with a development signing key")
+    dev.add_argument("--serve", type=int, default=8080, metavar="PORT",
+                     help="the port of `serve` (default 8080), started with a development signing key")
+    dev.add_argument("--no-serve", action="store_true", help="do not start `serve` (files then have no download link)")
+    dev.add_argument("--workers", type=int, metavar="N",
+                     help="warm run workers (default: one per core, at most 5, as free memory allows)")
     dev.set_defaults(handler=_cmd_dev)
     return parser
 
@@ -597,10 +647,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as error:
         # Imported only now: they pull in Polars and Dagster, which `--help` must not wait for.
+        import psycopg
+
         from ..requests.client import Refused
         from ..delivery.links import LinkError
         from ..planning.plan import RequestError
+        from ..requests.table import SchemaMismatch
         from ..resources.database_url import DatabaseUrlMissing
+        from ..resources.storage import StorageError
         from .instance import InstanceMissing
 
         if isinstance(error, (RequestError, LinkError, DatabaseUrlMissing, InstanceMissing)):
@@ -609,7 +663,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, Refused):
             print(f"refused: {error}", file=sys.stderr)
             return 1
-        raise
+        if isinstance(error, (SchemaMismatch, StorageError, LookupError, TimeoutError)):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if isinstance(error, psycopg.OperationalError):
+            print(f"error: cannot reach the database: {plain(str(error))}", file=sys.stderr)
+            return 1
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"error: {plain(str(error)) or type(error).__name__} ({TRACEBACK_ENV}=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

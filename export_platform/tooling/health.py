@@ -21,6 +21,8 @@ REQUIRED_DAEMONS = ("SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING")
 def _database(lines: list[str]) -> list[str]:
     try:
         depth = RequestStore(url=require_database_url()).run(rt.queue_depth()).scalar()
+    except rt.SchemaMismatch as error:  # reached, but not ready for requests
+        return [f"database: {error}"]
     except Exception as error:  # any failure to reach it is the finding
         return [f"database unreachable: {error}"]
     lines.append(f"ok    database reachable; {depth} request(s) pending or queued")

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import log_to_stderr
 from .queue import LaunchQueue
 
 log = logging.getLogger("export_platform.workers")
@@ -101,7 +102,7 @@ def serve(count: int | None = None, max_runs: int | None = None) -> None:
 
     from .launcher import WarmPoolRunLauncher
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     with dg.DagsterInstance.get() as instance:
         launcher = instance.run_launcher
         if not isinstance(launcher, WarmPoolRunLauncher):

@@ -25,6 +25,7 @@ import psycopg
 
 from ..dagster_compat import capture_interrupts, execute_run_body, setup_interrupt_handlers
 from .launcher import WarmPoolRunLauncher
+from . import log_to_stderr
 from .queue import CHANNEL, LaunchQueue
 
 log = logging.getLogger("export_platform.workers")
@@ -125,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="export_platform.workers.worker")
     parser.add_argument("--max-runs", type=int, help="retire after this many runs (default: the launcher's)")
     max_runs = parser.parse_args().max_runs
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     setup_interrupt_handlers()  # SIGTERM (how Kubernetes and the supervisor stop it) acts as SIGINT
     import adbc_driver_postgresql.dbapi  # noqa: F401  (every export streams through it; the code location imports it lazily)
 
