@@ -40,6 +40,7 @@ from ..requests import table as rt
 from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage
+from . import api
 from .links import Kind, Signer, file_url, friendly_name, valid_key
 from .push import Notifications
 
@@ -197,6 +198,7 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
             Route("/requests/{request_id:int}", status_page, methods=["GET"]),
             Route("/requests/{request_id:int}/status", status, methods=["GET"]),
             Route("/requests/{request_id:int}/events", events, methods=["GET"]),
+            *api.routes(store, storage, signer),
         ]
     )
 
