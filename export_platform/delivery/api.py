@@ -226,7 +226,8 @@ class Api:
         check_storable(body)
         requested_by = _requested_by(caller, body)
         client_key = _optional_text(body, "idempotency_key", MAX_IDEMPOTENCY_KEY)
-        export_type, export_format = body.get("export_type"), body.get("format", "csv")
+        export_type, export_format = body.get("export_type"), body.get("format")
+        export_format = "csv" if export_format is None else export_format  # the table's default
         params = request_params(body.get("filters"), body.get("columns"), body.get("options"))
         plan_request(export_type, export_format, params)  # the sensor's own check of the row
         stored_key = api_keys.stored_idempotency_key(caller.key.key_id, client_key)
