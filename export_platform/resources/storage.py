@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -122,8 +122,13 @@ class LocalStorage(ExportStorage):
         os.replace(temp_path, target)
         return target.as_uri()
 
+    @staticmethod
+    def _file_path(uri: str) -> Path:
+        # publish's Path.as_uri() percent-encodes '@', spaces and accents (alice@example.com, Données).
+        return Path(unquote(urlparse(uri).path)).resolve()
+
     def _path(self, uri: str) -> Path:
-        path = Path(urlparse(uri).path).resolve()
+        path = self._file_path(uri)
         if not path.is_relative_to(self.folder()):
             raise StorageError(f"{uri} is not in the storage folder {self.folder()}")
         return path
@@ -137,7 +142,7 @@ class LocalStorage(ExportStorage):
     def signed_url(self, uri: str, seconds: int) -> str | None:
         """A link to `export-platform serve` where EXPORT_PLATFORM_PUBLIC_URL says where it runs."""
         base = public_url()
-        path = Path(urlparse(uri).path).resolve()
+        path = self._file_path(uri)
         if base is None or not path.is_relative_to(self.folder()):  # --output files are not served
             return None
         return file_url(base, Signer.from_env(), path.relative_to(self.folder()).as_posix(), seconds)
