@@ -647,12 +647,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 handler=_cmd_api_key_list)
     revoke_key = key_commands.add_parser("revoke", help="revoke a key: it and its user tokens are refused at once",
                                          description="Revoke an API key by name or id; its requests stay.")
-    revoke_key.add_argument("name", metavar="NAME_OR_ID")
+    revoke_key.add_argument("name", metavar="NAME_OR_ID", help="the key's name or id, as `api-key list` shows them")
     revoke_key.set_defaults(handler=_cmd_api_key_revoke)
     secret = key_commands.add_parser("token-secret", help="print a key's token secret again",
                                      description="Print the secret a key's user tokens are signed with; it follows "
                                      "from EXPORT_PLATFORM_SIGNING_KEY, so it changes when that key is rotated.")
-    secret.add_argument("name")
+    secret.add_argument("name", help="the key's name")
     secret.set_defaults(handler=_cmd_api_key_token_secret)
 
     cleanup = command("cleanup", "run the retention cleanup now (it also runs daily at 03:00 UTC)",
