@@ -4,6 +4,7 @@
     GET      /requests/<id>?expires=…&sig=…      the end user's status page
     GET      /requests/<id>/events?expires=…&sig=…   the same, pushed (server-sent events)
     GET      /requests/<id>/status?expires=…&sig=…   the same, once (JSON): the page's fallback
+    …        /api/v1/…, /examples/export-button.html  the HTTP API and its example page (api.py)
 
 403: a bad or expired signature; 410: a file signed for but since deleted (retention, `delete`);
 404: anything else, including paths that are no storage key. Files stream in 64 KiB chunks

@@ -558,8 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("url", help="print the database URL in use (starts the embedded Postgres if needed)",
                            description="Print the database URL in use: EXPORT_PLATFORM_DATABASE_URL, or the embedded "
                            "Postgres, started if needed.").set_defaults(handler=_cmd_db_url)
-    db_commands.add_parser("migrate", help="create or upgrade the export_requests table",
-                           description="Create or upgrade the export_requests table of "
+    db_commands.add_parser("migrate", help="create or upgrade the export_requests table (and the HTTP API's keys)",
+                           description="Create or upgrade the export_requests table (and the HTTP API's key tables) of "
                            "EXPORT_PLATFORM_DATABASE_URL (a deploy step; never the embedded Postgres) and print its "
                            "schema version.").set_defaults(handler=_cmd_migrate)
     db_commands.add_parser("stop", help="stop the embedded Postgres (it keeps running after other commands)",
