@@ -24,6 +24,7 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -208,17 +209,19 @@ class Api:
             "events_url": page.replace("?", "/events?", 1),
         }
 
-    def _row(self, caller: Caller, request_id: int) -> dict:
+    @staticmethod
+    def _row(conn: sa.Connection, caller: Caller, request_id: int) -> dict:
         if request_id > MAX_BIGINT:
             raise ApiError(404, f"no export {request_id}")
-        found = self.store.run(api_keys.owned_one(request_id, caller.key.key_id, caller.scope)).mappings().first()
+        found = conn.execute(api_keys.owned_one(request_id, caller.key.key_id, caller.scope)).mappings().first()
         if found is None:  # someone else's or none at all: the same answer, so ids tell nothing
             raise ApiError(404, f"no export {request_id}")
         return dict(found)
 
-    # --- Operations, each in a worker thread (the database calls block).
+    # --- Operations, each in a worker thread (the database calls block), on the connection and in
+    # the transaction in which the caller's key was read.
 
-    def create(self, caller: Caller, call: Call) -> JSONResponse:
+    def create(self, conn: sa.Connection, caller: Caller, call: Call) -> JSONResponse:
         body = call.body
         unknown = [k for k in body if k not in BODY_FIELDS]
         if unknown:
@@ -231,24 +234,23 @@ class Api:
         params = request_params(body.get("filters"), body.get("columns"), body.get("options"))
         plan_request(export_type, export_format, params)  # the sensor's own check of the row
         stored_key = api_keys.stored_idempotency_key(caller.key.key_id, client_key)
-        with self.store.transaction() as conn:
-            request_id = conn.execute(rt.insert(export_type, export_format, params, requested_by, stored_key)).scalar()
-            replayed = request_id is None
-            if replayed:  # the same idempotency key again: the first request, not a second one
-                request_id = conn.execute(rt.by_idempotency_key(requested_by, stored_key)).scalar_one()
-            else:
-                conn.execute(api_keys.own(request_id, caller.key.key_id))
-            row = conn.execute(api_keys.owned_one(request_id, caller.key.key_id, caller.scope)).mappings().first()
+        request_id = conn.execute(rt.insert(export_type, export_format, params, requested_by, stored_key)).scalar()
+        replayed = request_id is None
+        if replayed:  # the same idempotency key again: the first request, not a second one
+            request_id = conn.execute(rt.by_idempotency_key(requested_by, stored_key)).scalar_one()
+        else:
+            conn.execute(api_keys.own(request_id, caller.key.key_id))
+        row = conn.execute(api_keys.owned_one(request_id, caller.key.key_id, caller.scope)).mappings().first()
         if row is None:
             raise ApiError(409, "idempotency_key: already used for a request this caller did not make", "idempotency_key")
         shown = self.shown(caller, dict(row), call.base)
         headers = {"location": shown["status_url"], **({"idempotent-replayed": "true"} if replayed else {})}
         return _json(shown, 202, headers)
 
-    def get(self, caller: Caller, call: Call) -> JSONResponse:
-        return _json(self.shown(caller, self._row(caller, call.request_id), call.base))
+    def get(self, conn: sa.Connection, caller: Caller, call: Call) -> JSONResponse:
+        return _json(self.shown(caller, self._row(conn, caller, call.request_id), call.base))
 
-    def listing(self, caller: Caller, call: Call) -> JSONResponse:
+    def listing(self, conn: sa.Connection, caller: Caller, call: Call) -> JSONResponse:
         query = call.query
         limit = _whole_number(query.get("limit", str(DEFAULT_PAGE)), "limit", 1, MAX_PAGE)
         cursor = query.get("cursor")
@@ -259,16 +261,16 @@ class Api:
             if scope is not None and asked != scope:
                 raise ApiError(403, f"requested_by: this caller acts for {scope} only", "requested_by")
             scope = asked
-        rows = self.store.run(api_keys.owned_page(caller.key.key_id, scope, limit, before)).mappings().all()
+        rows = conn.execute(api_keys.owned_page(caller.key.key_id, scope, limit, before)).mappings().all()
         shown = [self.shown(caller, dict(r), call.base) for r in rows]
         more = len(rows) == limit
         return _json({"exports": shown, "next_cursor": str(rows[-1]["id"]) if more else None})
 
-    def cancel(self, caller: Caller, call: Call) -> JSONResponse:
+    def cancel(self, conn: sa.Connection, caller: Caller, call: Call) -> JSONResponse:
         request_id = call.request_id
-        self._row(caller, request_id)
-        self.client.cancel(request_id)  # the table's transition: only a PENDING, QUEUED or RUNNING row
-        row = self._row(caller, request_id)
+        self._row(conn, caller, request_id)
+        conn.execute(rt.request_cancel(request_id))  # the table's transition: a PENDING, QUEUED or RUNNING row
+        row = self._row(conn, caller, request_id)
         if row["status"] == Status.CANCEL_REQUESTED.value:
             return _json(self.shown(caller, row, call.base), 202)
         if row["status"] == Status.CANCELLED.value:
@@ -276,19 +278,19 @@ class Api:
         raise ApiError(409, f"export {request_id} is {row['status']}: only a pending, queued or running export can be "
                        "cancelled", "status")
 
-    def delete(self, caller: Caller, call: Call) -> JSONResponse:
+    def delete(self, conn: sa.Connection, caller: Caller, call: Call) -> JSONResponse:
         request_id = call.request_id
-        row = self._row(caller, request_id)
+        row = self._row(conn, caller, request_id)
         if row["status"] == Status.EXPIRED.value:
             return _json(self.shown(caller, row, call.base))
         try:
-            self.client.delete(request_id)
+            self.client.delete(request_id)  # the file, then the row, as `export-platform delete` does
         except Refused as error:
             raise ApiError(409, f"{error}; cancel an export that is still running", "status") from None
         except (StorageError, OSError) as error:
             raise ApiError(503, f"the file could not be deleted ({error}); export {request_id} is unchanged",
                            headers={"retry-after": "60"}) from None
-        return _json(self.shown(caller, self._row(caller, request_id), call.base))
+        return _json(self.shown(caller, self._row(conn, caller, request_id), call.base))
 
 
 def _whole_number(text: str, field: str, low: int, high: int) -> int:
@@ -301,12 +303,12 @@ def _base(request: Request) -> str:
     return public_url() or str(request.base_url).rstrip("/")
 
 
-Operation = Callable[[Caller, Call], Response]
+Operation = Callable[[sa.Connection, Caller, Call], Response]
 
 
 def _endpoint(api: Api, operation: Operation, with_body: bool = False) -> Callable[[Request], Awaitable[Response]]:
     """An authenticated, rate-limited endpoint: the body is read on the event loop, then the key
-    check, the limit and the operation run in one worker thread."""
+    check, the limit and the operation run in one worker thread, in one transaction."""
 
     async def endpoint(request: Request) -> Response:
         try:
@@ -317,9 +319,10 @@ def _endpoint(api: Api, operation: Operation, with_body: bool = False) -> Callab
             authorization = request.headers.get("authorization")
 
             def authorized() -> Response:
-                caller = api.authenticator.caller(authorization)
-                api.limiter.take(caller)
-                return operation(caller, call)
+                with api.store.transaction() as conn:
+                    caller = api.authenticator.caller(conn, authorization)
+                    api.limiter.take(caller)
+                    return operation(conn, caller, call)
 
             return await run_in_threadpool(authorized)
         except ApiError as error:
@@ -342,7 +345,7 @@ async def _not_found(request: Request, error: HTTPException) -> Response:
 
 def routes(store: RequestStore, storage: ExportStorage, signer: Signer) -> list[BaseRoute]:
     """The API's routes and its example page, for `serve`'s app."""
-    api = Api(store, storage, signer, ExportClient(store.url, storage), Authenticator(store, signer), RateLimiter())
+    api = Api(store, storage, signer, ExportClient(store.url, storage), Authenticator(signer), RateLimiter())
     document = openapi.document(PREFIX)
     example = files(__package__).joinpath("api_example.html").read_text()
     app = Starlette(

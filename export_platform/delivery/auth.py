@@ -15,10 +15,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from ..planning.plan import RequestError
 from ..requests import api_keys
 from ..requests.api_keys import ApiKey
-from ..resources.requests import RequestStore
 from . import tokens
 from .links import Signer
 
@@ -64,26 +65,24 @@ class Caller:
 
 
 class Authenticator:
-    def __init__(self, store: RequestStore, signer: Signer):
-        self.store, self.signer = store, signer
+    def __init__(self, signer: Signer):
+        self.signer = signer
 
-    def _key(self, key_id: str):
-        return self.store.run(api_keys.active(key_id)).first()
-
-    def caller(self, authorization: str | None) -> Caller:
+    def caller(self, conn: sa.Connection, authorization: str | None) -> Caller:
+        """The caller, its key read on `conn` (on every request: a revoked key is refused at once)."""
         scheme, _, credential = (authorization or "").partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             raise _unauthorized("send `Authorization: Bearer <API key or user token>`")
         if api_keys.looks_like_key(credential):
             parsed = api_keys.parse(credential)
-            key = api_keys.verified(self._key(parsed[0]), parsed[1]) if parsed else None
+            key = api_keys.verified(conn.execute(api_keys.active(parsed[0])).first(), parsed[1]) if parsed else None
             if key is None:
                 raise _unauthorized("this API key is not valid, or has been revoked")
             return Caller(key)
         try:
             key_id = tokens.key_id_of(credential)
-            row = self._key(key_id)
+            row = conn.execute(api_keys.active(key_id)).first()
             if row is None:
                 raise tokens.TokenError("the token's key is unknown or has been revoked")
             user = tokens.verify(self.signer, credential, key_id).requested_by

@@ -3,7 +3,7 @@
 Only the standard library and the (dependency-free) registry are imported before the arguments
 are parsed, so `--help` and mistakes answer at once; each command imports what it needs.
 
-The local commands (demo, dev, seed, db url, run, request, status, list, cancel, url, delete) use
+The local commands (demo, dev, seed, db url, run, request, status, list, cancel, url, delete, api-key) use
 the embedded Postgres when EXPORT_PLATFORM_DATABASE_URL is unset: a checkout needs nothing set.
 The operator commands (db migrate, cleanup, health, workers, serve) act on a deployment and need
 the variable, so that a missing one is an error rather than an empty database of their own.
