@@ -88,6 +88,10 @@ def test_the_openapi_document_is_valid_and_covers_every_route(server, document, 
     documented = {(p, m) for p, item in document["paths"].items() for m in item if m != "parameters"}
     assert routed == documented
     assert set(document["components"]["schemas"]["NewExport"]["discriminator"]["mapping"]) == set(REGISTRY.names())
+    for method, path, status in (("PUT", "/api/v1/exports", 405), ("GET", "/api/v1/nothing", 404),
+                                 ("GET", "/api/v1/exports/abc", 404)):
+        answer = call(server.port, method, path)
+        assert (answer.status, answer.headers["content-type"], answer.json["field"]) == (status, "application/json", None)
 
 
 def test_a_request_becomes_one_row_as_the_table_takes_it(server, db, alice, document):
