@@ -283,6 +283,11 @@ def _forged(signer, key: Key, other: Key) -> dict[str, str | None]:
         "a token with HS512": "Bearer " + jwt.encode({"sub": ALICE, "exp": now + 60}, secret, algorithm="HS512",
                                                       headers={"kid": key.key_id}),
         "a huge token": "Bearer " + "a" * 20_000,
+        "a NUL in the key id": "Bearer " + jwt.encode({"sub": ALICE, "exp": now + 60}, secret, headers={"kid": "\x00"}),
+        "a NUL in the user": "Bearer " + jwt.encode({"sub": "a\x00", "exp": now + 60}, secret,
+                                                     headers={"kid": key.key_id}),
+        "a lone surrogate in the user": "Bearer " + jwt.encode({"sub": "\ud800", "exp": now + 60}, secret,
+                                                                headers={"kid": key.key_id}),
     }
 
 

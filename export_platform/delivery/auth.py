@@ -23,7 +23,6 @@ from ..requests.api_keys import ApiKey
 from . import tokens
 from .links import Signer
 
-MAX_USER_LENGTH = 320  # the longest e-mail address
 BEARER = {"www-authenticate": 'Bearer realm="export_platform"'}
 
 
@@ -40,11 +39,9 @@ def _unauthorized(message: str) -> ApiError:
 
 
 def check_user(field: str, value: object) -> str:
-    """A `requested_by` as an API caller may name one (the table takes any text)."""
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_USER_LENGTH:
-        raise RequestError(field, f"expected a user name of 1 to {MAX_USER_LENGTH} characters, e.g. alice@example.com")
-    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-        raise RequestError(field, "a user name cannot hold control characters")
+    if not api_keys.valid_user(value):
+        raise RequestError(field, f"expected a user name of 1 to {api_keys.MAX_USER_LENGTH} characters, without "
+                           "control characters, e.g. alice@example.com")
     return value
 
 

@@ -27,6 +27,7 @@ COMPONENT = "export_api_keys"
 PREFIX = "epk"
 DEFAULT_RATE_PER_MINUTE = 600
 _KEY = re.compile(rf"{PREFIX}_(?P<id>[0-9a-f]{{12}})_(?P<secret>[A-Za-z0-9_-]{{43}})")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,62}")
 
 metadata = sa.MetaData()
@@ -127,6 +128,22 @@ def create(name: str, requested_by: str | None, rate_per_minute: int) -> tuple[N
         rate_per_minute=rate_per_minute,
     )
     return key, statement
+
+
+MAX_USER_LENGTH = 320  # the longest e-mail address
+
+
+def valid_user(value: object) -> bool:
+    """A `requested_by` as an API caller may name one (the table takes any text; a row cannot hold
+    NUL or lone surrogates, and control characters are no one's name)."""
+    return (
+        isinstance(value, str) and bool(value.strip()) and len(value) <= MAX_USER_LENGTH
+        and not any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value)
+    )
+
+
+def valid_key_id(value: object) -> bool:
+    return isinstance(value, str) and _KEY_ID.fullmatch(value) is not None
 
 
 def parse(token: str) -> tuple[str, str] | None:
