@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from ..requests import api_keys
 from .links import Signer
 
 ALGORITHM = "HS256"
@@ -55,7 +56,7 @@ def key_id_of(token: str) -> str:
     except jwt.PyJWTError:
         raise TokenError("not a user token (a JWT) nor an API key") from None
     key_id = header.get("kid")
-    if header.get("alg") != ALGORITHM or not isinstance(key_id, str):
+    if header.get("alg") != ALGORITHM or not api_keys.valid_key_id(key_id):
         raise TokenError(f"a user token is signed with {ALGORITHM} and names its key id in `kid`")
     return key_id
 
@@ -74,6 +75,6 @@ def verify(signer: Signer, token: str, key_id: str) -> UserToken:
     if claims["exp"] > time.time() + MAX_TOKEN_SECONDS + LEEWAY_SECONDS:
         raise TokenError(f"a user token may live at most {MAX_TOKEN_SECONDS} seconds")
     user = claims["sub"]
-    if not isinstance(user, str) or not user or len(user) > 320 or "\x00" in user:
+    if not api_keys.valid_user(user):
         raise TokenError("the token's `sub` must be the user's name (requested_by)")
     return UserToken(key_id, user)
