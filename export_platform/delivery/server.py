@@ -5,6 +5,7 @@
     GET      /requests/<id>?expires=…&sig=…      the end user's status page
     GET      /requests/<id>/events?expires=…&sig=…   the same, pushed (server-sent events)
     GET      /requests/<id>/status?expires=…&sig=…   the same, once (JSON): the page's fallback
+    …        /api/v1/…, /examples/export-button.html  the HTTP API and its example page (api.py)
 
 403: a missing, malformed, bad or expired signature; 410: a file signed for but since deleted
 (retention, `delete`); 503 (with Retry-After): the database is unreachable; 404: anything else,
@@ -49,6 +50,7 @@ from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage, StorageError
 from ..resources.storage_keys import valid_key
+from . import api
 from .links import Kind, Signer, file_url, friendly_name, seconds_left
 from .push import Notifications
 
@@ -274,6 +276,7 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
             Route("/requests/{request_id:int}", status_page, methods=["GET"]),
             Route("/requests/{request_id:int}/status", status, methods=["GET"]),
             Route("/requests/{request_id:int}/events", events, methods=["GET"]),
+            *api.routes(store, storage, signer),
         ],
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers={error: _database_down for error in DATABASE_DOWN},

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -22,11 +22,22 @@ from psycopg import sql as pgsql
 
 from . import table as rt
 from ..delivery import links
-from ..planning.plan import plan_request
+from ..planning.plan import RequestError, plan_request, shown
 from .table import TERMINAL, Status
 from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
+
+
+def request_params(filters: Any = None, columns: Any = None, options: Any = None) -> dict:
+    """A request row's params from its parts, as the Python client and the HTTP API both build them;
+    what is unset is left out (`plan_request` then checks the rest, naming the field)."""
+    if options is not None and not isinstance(options, Mapping):
+        raise RequestError("options", f"expected an object of export options, got {shown(options)}")
+    for part in ("filters", "columns"):
+        if part in (options or {}):
+            raise RequestError(f"options.{part}", f"{part} is a field of the request, not an option")
+    return {k: v for k, v in {"filters": filters, "columns": columns, **(options or {})}.items() if v is not None}
 
 
 class Refused(RuntimeError):
@@ -54,7 +65,7 @@ class ExportClient:
         `options` are the export options of a request's params: labels, time_zone,
         formula_protection, csv, parquet, xlsx, pdf (e.g. `{"csv": {"delimiter": ";"}}`).
         """
-        params = {k: v for k, v in {"filters": filters, "columns": columns, **(options or {})}.items() if v}
+        params = request_params(filters, columns, options)
         plan_request(export_type, format, params)
         request_id = self.store.run(rt.insert(export_type, format, params, requested_by, idempotency_key)).scalar()
         if request_id is None:

@@ -3,8 +3,8 @@
 Only the standard library and the (dependency-free) registry are imported before the arguments
 are parsed, so `--help` and mistakes answer at once; each command imports what it needs.
 
-The local commands (demo, dev, seed, db url, run, request, status, list, cancel, url, delete, serve,
-health) use the embedded Postgres when EXPORT_PLATFORM_DATABASE_URL is unset: a checkout needs
+The local commands (demo, dev, seed, db url, run, request, status, list, cancel, url, delete, api-key,
+serve, health) use the embedded Postgres when EXPORT_PLATFORM_DATABASE_URL is unset: a checkout needs
 nothing set. The operator commands (db migrate, cleanup, workers) change a deployment and need the
 variable, so that a missing one is an error rather than an empty database of their own.
 
@@ -411,6 +411,88 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key_store():
+    from ..resources.requests import RequestStore
+
+    store = RequestStore(url=_local_database())
+    store.migrate()  # the key table, where this database has none yet
+    return store
+
+
+def _token_secret_line(key_id: str, name: str) -> str:
+    from ..delivery.links import LinkError, Signer
+    from ..delivery.tokens import token_secret
+
+    try:
+        return token_secret(Signer.from_env(), key_id)
+    except LinkError as error:
+        return f"(not shown: {error}; then run `export-platform api-key token-secret {name}`)"
+
+
+def _cmd_api_key_create(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from ..delivery.auth import check_user
+    from ..requests import api_keys
+
+    if (args.user is None) == (not args.trusted):
+        raise _request_error("user", "give either --user USER (the key acts for that user) or --trusted (the key "
+                             "names the user of each request)")
+    user = check_user("user", args.user) if args.user is not None else None
+    key, statement = api_keys.create(args.name, user, args.rate_per_minute)
+    store = _api_key_store()
+    try:
+        store.run(statement)
+    except sa.exc.IntegrityError:
+        raise api_keys.ApiKeyError(f"a key named {args.name!r} exists already (`export-platform api-key list`)") from None
+    acts_for = f"acts for {user}" if user else "trusted to name the user of each request"
+    print(f"created API key {args.name} (id {key.key_id}): {acts_for}, {args.rate_per_minute} requests a minute\n"
+          f"API key, for the application's back-end (shown once: the database keeps only its hash):\n"
+          f"  {key.token}\n"
+          f"token secret, to sign user tokens for browsers (docs/delivery.md):\n"
+          f"  {_token_secret_line(key.key_id, args.name)}")
+    return 0
+
+
+def _cmd_api_key_list(args: argparse.Namespace) -> int:
+    from ..requests import api_keys
+
+    rows = _api_key_store().run(api_keys.listing()).all()
+    if not rows:
+        print("no API keys; create one with `export-platform api-key create NAME --user USER`")
+        return 0
+    print(f"{'name':<24} {'id':<12} {'acts for':<28} {'per min':>8}  {'created':<16}  revoked")
+    for r in rows:
+        revoked = f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "-"
+        print(f"{r.name[:24]:<24} {r.key_id:<12} {(r.requested_by or '(trusted: any user)')[:28]:<28} "
+              f"{r.rate_per_minute:>8}  {r.created_at:%Y-%m-%d %H:%M}  {revoked}")
+    return 0
+
+
+def _cmd_api_key_revoke(args: argparse.Namespace) -> int:
+    from ..requests import api_keys
+
+    revoked = _api_key_store().run(api_keys.revoke(args.name)).first()
+    if revoked is None:
+        print(f"no active API key named {args.name!r}; nothing revoked", file=sys.stderr)
+        return 1
+    print(f"revoked API key {revoked.name} (id {revoked.key_id}): it and its user tokens are refused from now on")
+    return 0
+
+
+def _cmd_api_key_token_secret(args: argparse.Namespace) -> int:
+    from ..requests import api_keys
+
+    from ..delivery.links import Signer
+    from ..delivery.tokens import token_secret
+
+    row = _api_key_store().run(api_keys.by_name(args.name)).first()
+    if row is None:
+        raise api_keys.ApiKeyError(f"no API key named {args.name!r}")
+    print(token_secret(Signer.from_env(), row.key_id))
+    return 0
+
+
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -526,8 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("url", help="print the database URL in use (starts the embedded Postgres if needed)",
                            description="Print the database URL in use: EXPORT_PLATFORM_DATABASE_URL, or the embedded "
                            "Postgres, started if needed.").set_defaults(handler=_cmd_db_url)
-    db_commands.add_parser("migrate", help="create or upgrade the export_requests table",
-                           description="Create or upgrade the export_requests table of "
+    db_commands.add_parser("migrate", help="create or upgrade the export_requests table (and the HTTP API's keys)",
+                           description="Create or upgrade the export_requests table (and the HTTP API's key tables) of "
                            "EXPORT_PLATFORM_DATABASE_URL (a deploy step; never the embedded Postgres) and print its "
                            "schema version.").set_defaults(handler=_cmd_migrate)
     db_commands.add_parser("stop", help="stop the embedded Postgres (it keeps running after other commands)",
@@ -600,6 +682,35 @@ def build_parser() -> argparse.ArgumentParser:
     _id(delete)
     delete.set_defaults(handler=_cmd_delete)
 
+    api_key = command("api-key", "keys of the HTTP API (`serve`, /api/v1/): create, list, revoke",
+                      "The database keeps a key's hash, never the key. See docs/delivery.md.")
+    api_key.set_defaults(handler=_show_help(api_key))
+    key_commands = api_key.add_subparsers(title="commands", metavar="COMMAND")
+    create_key = key_commands.add_parser(
+        "create", help="create a key for an application; prints the key and its token secret once",
+        description="Create an API key for an application. It prints the key (for the application's back-end) and "
+        "the token secret the back-end signs its users' browser tokens with; the database keeps neither.")
+    create_key.add_argument("name", help="the application, e.g. billing-backend (letters, digits, . _ @ -)")
+    acts_for = create_key.add_mutually_exclusive_group()
+    acts_for.add_argument("--user", metavar="USER", help="the key acts for this requested_by only, e.g. alice@example.com")
+    acts_for.add_argument("--trusted", action="store_true",
+                          help="the key names the user (requested_by) of each request: a back-end acting for its users")
+    create_key.add_argument("--rate-per-minute", type=int, default=600, metavar="N",
+                            help="requests a minute the key may make, in bursts of up to N (default 600)")
+    create_key.set_defaults(handler=_cmd_api_key_create)
+    key_commands.add_parser("list", help="list the keys: name, id, user, rate, created, revoked",
+                            description="List the API keys (never the keys themselves).").set_defaults(
+                                handler=_cmd_api_key_list)
+    revoke_key = key_commands.add_parser("revoke", help="revoke a key: it and its user tokens are refused at once",
+                                         description="Revoke an API key by name or id; its requests stay.")
+    revoke_key.add_argument("name", metavar="NAME_OR_ID", help="the key's name or id, as `api-key list` shows them")
+    revoke_key.set_defaults(handler=_cmd_api_key_revoke)
+    secret = key_commands.add_parser("token-secret", help="print a key's token secret again",
+                                     description="Print the secret a key's user tokens are signed with; it follows "
+                                     "from EXPORT_PLATFORM_SIGNING_KEY, so it changes when that key is rotated.")
+    secret.add_argument("name", help="the key's name")
+    secret.set_defaults(handler=_cmd_api_key_token_secret)
+
     cleanup = command("cleanup", "run the retention cleanup now (it also runs daily at 03:00 UTC)",
                       "Cleans the database of EXPORT_PLATFORM_DATABASE_URL, never the embedded Postgres, and records "
                       "the run in the instance of DAGSTER_HOME (required).")
@@ -652,12 +763,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..requests.client import Refused
         from ..delivery.links import LinkError
         from ..planning.plan import RequestError
+        from ..requests.api_keys import ApiKeyError
         from ..requests.table import SchemaMismatch
         from ..resources.database_url import DatabaseUrlMissing
         from ..resources.storage import StorageError
         from .instance import InstanceMissing
 
-        if isinstance(error, (RequestError, LinkError, DatabaseUrlMissing, InstanceMissing)):
+        if isinstance(error, (RequestError, LinkError, DatabaseUrlMissing, InstanceMissing, ApiKeyError)):
             print(f"error: {error}", file=sys.stderr)
             return 2
         if isinstance(error, Refused):
