@@ -110,7 +110,7 @@ def test_a_file_without_a_signed_link_says_how_to_get_it(resources, instance, mo
                      tags={SCHEDULE_TAG: "us_users_daily"})  # a schedule's run reports as any other
     found = _metadata(_materializations(instance)[0])
     assert "EXPORT_PLATFORM_PUBLIC_URL" in found["link"] and "make dev" in found["link"]
-    assert found["file"] == published_path(result).as_uri()
+    assert found["file"] == str(published_path(result))  # a path as typed, not a percent-encoded URI
     assert found["requested_by"] == "schedule us_users_daily"
 
 

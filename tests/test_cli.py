@@ -331,7 +331,12 @@ def test_serve_and_health_use_the_embedded_database_like_the_other_local_command
         assert "export_platform downloads" in page and "/requests/ID" in page
         logged = (tmp_path / "serve.log").read_text()  # warnings only: this one line
         assert logged.startswith(f"serve: {DATABASE_URL_ENV} is not set: using the embedded Postgres") and logged.count("\n") == 1
-        # serve set the request table up; health finds it, and no daemon, and says so.
+        # With no instance (DAGSTER_HOME unset, `dev` never ran here), health says where to point it.
+        checked = subprocess.run([*CLI, "health"], capture_output=True, text=True, env=env, timeout=300)
+        assert checked.returncode == 2 and f"DAGSTER_HOME={tmp_path / 'dagster'}" in checked.stderr
+        # Once `dev` has prepared its instance (done here as it does), health finds it; serve set the
+        # request table up; health finds that, and no daemon, and says so.
+        prepare_dagster_home(tmp_path / "dagster", cli("db", "url", env=env).stdout.strip())
         checked = subprocess.run([*CLI, "health"], capture_output=True, text=True, env=env, timeout=300)
         assert checked.returncode == 1, checked.stderr
         assert checked.stdout.startswith("ok    database reachable") and "FAIL  daemon SENSOR" in checked.stdout

@@ -81,16 +81,18 @@ def run_export(plan: ExportPlan, instance=None) -> PublishedExport:
     from ..definitions import defs  # importing the code location is the slow part; only when needed
     from ..run_failures import root_message
     from ..jobs import run_config_for
-    from ..resources.storage import STORAGE_URL_ENV, storage_for
+    from ..resources.storage import OUTPUT_FOLDERS_ENV
 
     job = defs.resolve_job_def(REGISTRY.get(plan.export_type).job_name)
-    resources = None
     if plan.output_path:
+        # The run executes in this process, whose storage reads the allow-list when the plan op
+        # checks the path (an execute_in_process `resources=` override of `storage` did not reach
+        # the plan op of the job resolved from these Definitions).
         folder = str(Path(plan.output_path).resolve().parent)
-        resources = {"storage": storage_for(os.environ.get(STORAGE_URL_ENV), output_folders=folder)}
+        allowed = os.environ.get(OUTPUT_FOLDERS_ENV)
+        os.environ[OUTPUT_FOLDERS_ENV] = os.pathsep.join(filter(None, [folder, allowed]))
     result = job.execute_in_process(
-        run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False,
-        resources=resources,
+        run_config={**run_config_for(plan), **QUIET_LOGGERS}, instance=instance, raise_on_error=False
     )
     if not result.success:
         # No failure sensor watches an in-process run: its staged file is removed here.
@@ -148,16 +150,19 @@ def _local_database() -> str:
     return local_database_url()
 
 
-def _use_local_database(command: str) -> None:
+def _use_local_database(command: str) -> bool:
     """For a command whose code reads EXPORT_PLATFORM_DATABASE_URL itself (serve, health): the
     configured database, else the embedded one, as for every local command; said on stderr, since
-    these two also run deployed, where a missing variable is a mistake to see at once."""
+    these two also run deployed, where a missing variable is a mistake to see at once. True when
+    it fell back to the embedded one."""
     from ..resources.database_url import DATABASE_URL_ENV
 
-    if not os.environ.get(DATABASE_URL_ENV):
-        os.environ[DATABASE_URL_ENV] = _local_database()
-        print(f"{command}: {DATABASE_URL_ENV} is not set: using the embedded Postgres "
-              f"({os.environ[DATABASE_URL_ENV]}), as the local commands do", file=sys.stderr, flush=True)
+    if os.environ.get(DATABASE_URL_ENV):
+        return False
+    os.environ[DATABASE_URL_ENV] = _local_database()
+    print(f"{command}: {DATABASE_URL_ENV} is not set: using the embedded Postgres "
+          f"({os.environ[DATABASE_URL_ENV]}), as the local commands do", file=sys.stderr, flush=True)
+    return True
 
 
 def _client():
@@ -523,7 +528,10 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 def _cmd_health(args: argparse.Namespace) -> int:
     from .health import check
 
-    _use_local_database("health")
+    if _use_local_database("health"):
+        from .instance import use_local_instance
+
+        use_local_instance()
     problems, lines = check()
     print("\n".join(lines))
     return 1 if problems else 0

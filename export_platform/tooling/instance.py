@@ -70,6 +70,16 @@ def prepare_dagster_home(home: Path | None = None, app_url: str | None = None) -
     }
 
 
+def use_local_instance() -> None:
+    """On the embedded database (a checkout): DAGSTER_HOME if set, else the instance `dev` and `demo`
+    prepared, if they have; never a new one (use_deployed_instance then says what to do)."""
+    home = platform_home() / "dagster"
+    if os.environ.get(DAGSTER_HOME_ENV) or not (home / "dagster.yaml").is_file():
+        return
+    os.environ[DAGSTER_HOME_ENV] = str(home)
+    os.environ.setdefault(DAGSTER_DATABASE_URL_ENV, dagster_database_url(require_database_url()))
+
+
 def use_deployed_instance() -> Path:
     """The DAGSTER_HOME a deployed command (`workers`, `cleanup`, `health`) runs on: the one it is
     given, with its dagster.yaml, as for every Dagster process of the deployment; refused when
