@@ -7,8 +7,10 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: demo test test-fast bench bench-peers dev stop clean
 
-# The Dagster UI's port for `make dev` (make dev PORT=3300).
+# The Dagster UI's port for `make dev` (make dev PORT=3300), and that of `serve`, which dev starts
+# too: signed downloads on the request rows and the run pages (make dev SERVE_PORT=8090).
 PORT ?= 3000
+SERVE_PORT ?= 8080
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "export_platform needs Python 3.11+; run: make PYTHON=python3.11 ...")'
@@ -32,18 +34,21 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/export_vs_copy.py
 
-# The benchmark's peers (DuckDB, ConnectorX): an extra of their own, never installed by the other targets.
+# The benchmark's peer ConnectorX: an extra of its own, never installed by the other targets (DuckDB,
+# the other peer, is the platform's own reader).
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-# The peer table of issue 12 (10M rows); e.g. make bench-peers PEERS_ARGS="--rows 1000000 --repeat 2".
-PEERS_ARGS ?= --rows 10000000
+# The peer table of issues 12 and 23 (1M and 10M rows, best of 2, then the same exports as warm-worker
+# requests): it ends with the Markdown table for benchmarks/RESULTS.md. On a shared machine, e.g.
+# make bench-peers PEERS_ARGS="--rows 1000000 2000000 --repeat 2".
+PEERS_ARGS ?= --rows 1000000 10000000 --repeat 2
 bench-peers: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/export_vs_copy.py --peers $(PEERS_ARGS)
 
 dev: $(STAMP)
-	$(BIN)/export-platform dev --port $(PORT)
+	$(BIN)/export-platform dev --port $(PORT) --serve $(SERVE_PORT)
 
 # Stops the embedded Postgres that the commands above start and leave running.
 stop:

@@ -16,13 +16,17 @@ records wall time and that process's peak RSS (from wait4):
     snapshot), shown as e.g. `csv x2`
   - with --s3: the same exports published to an S3-compatible server (moto, on a loopback port)
     instead of a local file, to show memory stays flat when the target is object storage
-  - with --peers (needs the `bench` extra: `make bench-peers`), the tools a user would pick instead,
-    on the same columns: psql `\\copy (SELECT ...) TO file csv header` without and with the export's
-    ORDER BY (psql from PATH, else the one pgserver ships; skipped when neither exists), DuckDB's
-    postgres scanner (ATTACH, `COPY (SELECT ...) TO` parquet zstd, parquet snappy and csv, one
-    thread per core), ConnectorX (`read_sql` in 2 partitions on the key, to Arrow, written by
-    pyarrow as zstd Parquet), and `export-platform run --order none` for csv and parquet when the
-    CLI has `--order`. The ratio column is then against psql's unordered `\\copy`.
+  - with --peers (needs the `bench` extra for ConnectorX: `make bench-peers`), the tools a user would
+    pick instead, on the same columns: psql `\\copy (SELECT ...) TO file csv header` without and
+    with the export's ORDER BY (psql from PATH, else the one pgserver ships; skipped when neither
+    exists), DuckDB's postgres scanner (ATTACH, `COPY (SELECT ...) TO` parquet zstd, parquet snappy
+    and csv, one thread per core), ConnectorX (`read_sql` in 2 partitions on the key, to Arrow,
+    written by pyarrow as zstd Parquet), and `export-platform run --order none` for csv and
+    parquet. Then the same four exports (csv and parquet, no order and key order) as requests
+    served by the warm run-worker pool (daemon + workers, as `export-platform dev` runs them):
+    created→COMPLETED and RUNNING→COMPLETED of the request row. Last, the goals' table in Markdown,
+    ready for benchmarks/RESULTS.md: each export against its peer (parquet in no order against
+    DuckDB's zstd parquet, csv in no order against `\\copy`, key order against `\\copy ... ORDER BY`).
 The fastest of --repeat runs is kept. Whole-process times include Python start-up and the
 Dagster import; the "in run" column is the job's own extract+publish time. Every csv and parquet
 file written is read back: its columns and row count must be the table's, or the benchmark stops.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -229,6 +234,59 @@ def contenders(
     return listed
 
 
+# The goals' table (issue 23): each export in `run` and as a warm request, against its peer.
+GOALS = [
+    ("parquet", "none", "parquet order none", "duckdb parquet zstd", 1.0),
+    ("csv", "none", "csv order none", "\\copy", 1.0),
+    ("csv", "key", "csv", "\\copy order by id", 1.2),
+    ("parquet", "key", "parquet", "\\copy order by id", 1.2),
+]
+
+
+def warm_requests(url: str, repeat: int, count: int) -> dict[tuple[str, str], tuple[float, float]]:
+    """The GOALS' exports as request rows served by the warm pool: best of `repeat` (created→COMPLETED,
+    RUNNING→COMPLETED) each, every one checked to have written `count` rows."""
+    from request_latency import _wait, warm_stack  # beside this script
+
+    timings = {}
+    with warm_stack(url), psycopg.connect(url, autocommit=True) as conn:
+        for fmt, order, *_ in GOALS:
+            runs = []
+            for _ in range(repeat):
+                (request_id,) = conn.execute(
+                    "INSERT INTO export_requests (export_type, format, params, requested_by) "
+                    "VALUES ('users', %s, %s, 'bench') RETURNING id", (fmt, json.dumps({"order": order}))
+                ).fetchone()
+                [row] = _wait(conn, [request_id])
+                if row[1] != "COMPLETED" or row[2] != count:
+                    raise SystemExit(f"request {fmt} order {order}: {row[1]} with {row[2]} rows, {row[7]}")
+                runs.append(((row[6] - row[3]).total_seconds(), (row[6] - row[5]).total_seconds()))
+            timings[(fmt, order)] = min(runs)
+    return timings
+
+
+def goals_table(rows: int, measured: dict, warm: dict, load: str) -> str:
+    """The Markdown table for benchmarks/RESULTS.md."""
+    lines = [
+        f"{rows:,} `users` rows, best of the runs, load average {load}:",
+        "",
+        "| export | `run` s (in run) | peak RSS MB | warm request s (in run) | peer | peer s | × peer, `run` | × peer, request | goal |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for fmt, order, method, peer, goal in GOALS:
+        if (method, rows) not in measured or (peer, rows) not in measured:
+            continue
+        seconds, in_run, rss = measured[(method, rows)]
+        peer_seconds = measured[(peer, rows)][0]
+        created, running = warm.get((fmt, order), (float("nan"), float("nan")))
+        lines.append(
+            f"| {fmt}, {'no order' if order == 'none' else 'key order'} | {seconds:.2f} ({in_run}) | {rss:.0f} | "
+            f"{created:.2f} ({running:.2f}) | {peer} | {peer_seconds:.2f} | {seconds / peer_seconds:.2f} | "
+            f"{created / peer_seconds:.2f} | ≤ {goal} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
@@ -237,10 +295,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "export_platform_bench")
     parser.add_argument("--s3", action="store_true", help="also publish each format to a local moto S3 server")
     parser.add_argument("--chunks", default="1", help="comma-separated chunk counts to run each format with, e.g. 1,2")
-    parser.add_argument("--peers", action="store_true", help="also run psql \\copy, DuckDB and ConnectorX (the bench extra)")
+    parser.add_argument("--peers", action="store_true", help="also run psql \\copy, DuckDB and ConnectorX (the bench extra), "
+                        "and the exports as warm-worker requests")
+    parser.add_argument("--no-warm", action="store_true", help="with --peers, skip the warm-worker requests")
     args = parser.parse_args()
-    peer_modules = ("duckdb", "duckdb_extension_postgres_scanner", "connectorx")
-    if args.peers and not all(importlib.util.find_spec(m) for m in peer_modules):
+    if args.peers and not importlib.util.find_spec("connectorx"):
         raise SystemExit("--peers needs the bench extra: make bench-peers, or pip install -c constraints.txt -e '.[bench]'")
 
     url = local_database_url()
@@ -256,13 +315,10 @@ def main() -> None:
             print(f"psql: {psql} ({version})")
         else:
             print("psql is not on PATH (nor in pgserver): no \\copy; the ratio is against psycopg's COPY")
-    # `--order` is newer than this benchmark: without it the CLI has no unordered export to time.
-    run_help = subprocess.run([*CLI, "run", "--help"], env=env, capture_output=True, text=True, check=True)
-    order_none = args.peers and "--order" in run_help.stdout
-    if args.peers and not order_none:
-        print("export-platform run has no --order yet: the `order none` exports are skipped")
-    listed = contenders(args, url, plan, env, s3_env, psql, order_none)
+    listed = contenders(args, url, plan, env, s3_env, psql, args.peers)
     peak_rss: dict[tuple[str, int], float] = {}
+    measured: dict[tuple[str, int], tuple[float, str, float]] = {}
+    tables = []
     width = max(len("method"), *(len(method) for method, *_ in listed)) + 2
 
     base = "\\copy" if psql else "COPY"
@@ -273,6 +329,7 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE users")
             count = conn.execute(count_statement(plan)).fetchone()[0]
         base_seconds = None
+        load = f"{os.getloadavg()[0]:.1f}"
         for method, argv, target, run_env in listed:
             seconds, rss, stdout = best_of(args.repeat, argv, run_env)
             base_seconds = base_seconds or seconds
@@ -283,15 +340,24 @@ def main() -> None:
             if target and target.suffix in (".csv", ".parquet"):
                 check_file(method, target, plan, count)
             peak_rss[(method, rows)] = rss
+            measured[(method, rows)] = (seconds, in_run, rss)
             print(
                 f"{rows:>11,} {method:<{width}}{seconds:>9.2f}{in_run:>9}{seconds / base_seconds:>8.2f}"
-                f"{rss:>13.0f}{size:>15,}"
+                f"{rss:>13.0f}{size:>15,}", flush=True
             )
+        load = f"{load} → {os.getloadavg()[0]:.1f}"
+        warm = warm_requests(url, args.repeat, count) if args.peers and not args.no_warm else {}
+        for (fmt, order), (created, running) in warm.items():
+            print(f"{rows:>11,} {'request ' + fmt + ' order ' + order:<{width}}{created:>9.2f}{running:>9.2f}", flush=True)
+        if args.peers:
+            tables.append(goals_table(rows, measured, warm, load))
     if len(args.rows) > 1:
         low, high = min(args.rows), max(args.rows)
         for method in sorted({m for m, _ in peak_rss}):
             ratio = peak_rss[(method, high)] / peak_rss[(method, low)]
             print(f"peak RSS {method} {high:,} / {low:,} rows: {ratio:.2f}")
+    for table in tables:
+        print("\n" + table)
 
 
 if __name__ == "__main__":

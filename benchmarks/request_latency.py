@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -38,7 +40,6 @@ from sqlalchemy.engine import make_url
 from export_platform.tooling.embedded_postgres import local_database_url
 from export_platform.tooling.instance import (
     DAGSTER_DATABASE_URL_ENV,
-    INSTANCE_YAML,
     prepare_dagster_home,
     start_daemon,
     start_workers,
@@ -98,6 +99,43 @@ def _scenario(conn, args) -> list[tuple]:
     return _wait(conn, ids)
 
 
+@contextmanager
+def warm_stack(url: str, baseline: bool = False) -> Iterator[dict]:
+    """The daemon and the warm run-worker pool (as `export-platform dev` starts them) on a throwaway
+    DAGSTER_HOME and Dagster database beside `url`, ticking when this yields; the environment."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
+    RequestStore(url=url).migrate()
+    os.environ[DAGSTER_DATABASE_URL_ENV] = (
+        make_url(url).set(database=BENCH_DAGSTER_DATABASE, drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="export_platform_latency_"))
+    env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", url), "EXPORT_PLATFORM_STORAGE_URL": str(tmp / "exports")}
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    children = []
+    try:
+        if baseline:
+            with (tmp / "daemon.log").open("ab") as out:
+                daemon = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "export_platform.definitions"],
+                    env=env, cwd=env["DAGSTER_HOME"], stdout=out, stderr=subprocess.STDOUT,
+                )
+        else:
+            children.append(workers := start_workers(env, tmp / "workers.log"))
+            wait_for_workers(instance, workers, instance.run_launcher.workers)
+            daemon = start_daemon(env, tmp / "daemon.log")
+        children.append(daemon)
+        wait_for_daemon(instance, daemon)
+        time.sleep(5)  # let the first sensor ticks (which set up cursors) pass, as in a running deployment
+        yield env
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=("burst", "spaced", "sequential", "large"), default="burst")
@@ -112,37 +150,8 @@ def main() -> None:
         present = conn.execute("SELECT to_regclass('ledger_postings') IS NOT NULL").fetchone()[0]
         if not present or not conn.execute("SELECT EXISTS (SELECT FROM ledger_postings WHERE id = %s)", (LEDGER_ROWS,)).fetchone()[0]:
             seed(conn, LEDGER_ROWS, ("ledger_postings",))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
-    RequestStore(url=url).migrate()
-    os.environ[DAGSTER_DATABASE_URL_ENV] = (
-        make_url(url).set(database=BENCH_DAGSTER_DATABASE, drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="export_platform_latency_"))
-    env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", url), "EXPORT_PLATFORM_STORAGE_URL": str(tmp / "exports")}
-    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    children = []
-    try:
-        if args.baseline:
-            with (tmp / "daemon.log").open("ab") as out:
-                daemon = subprocess.Popen(
-                    [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "export_platform.definitions"],
-                    env=env, cwd=INSTANCE_YAML.parent, stdout=out, stderr=subprocess.STDOUT,
-                )
-        else:
-            children.append(workers := start_workers(env, tmp / "workers.log"))
-            wait_for_workers(instance, workers, instance.run_launcher.workers)
-            daemon = start_daemon(env, tmp / "daemon.log")
-        children.append(daemon)
-        wait_for_daemon(instance, daemon)
-        time.sleep(5)  # let the first sensor ticks (which set up cursors) pass, as in a running deployment
-        with psycopg.connect(url, autocommit=True) as conn:
-            rows = _scenario(conn, args)
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.wait(timeout=60)
+    with warm_stack(url, args.baseline), psycopg.connect(url, autocommit=True) as conn:
+        rows = _scenario(conn, args)
     failed = [r for r in rows if r[1] != "COMPLETED"]
     if failed:
         raise SystemExit(f"requests did not complete: {failed}")

@@ -42,6 +42,8 @@ DEQUEUE_FAILED_MESSAGES = (
     "Caught an unrecoverable error while dequeuing the run",
     "Run dequeue failed to reach the user code server after",
 )
+# The start of run monitoring's RUN_CANCELING message for a run past its `dagster/max_runtime`:
+MAX_RUNTIME_MESSAGE = "Canceling due to exceeding maximum runtime"
 
 
 # The next three import on first use: the CLI and daemon modules cost ~0.5 s of imports that
@@ -63,6 +65,17 @@ def keep_sigterm() -> None:
     from dagster._utils import interrupts
 
     interrupts.setup_interrupt_handlers = lambda: None
+def failure_without_traceback(message: str) -> Exception:
+    """An exception that fails its step with `message` alone. Dagster records any exception that
+    ends a step with its stack trace (and an interrupt with the frames of wherever it landed: ~70
+    lines of a writer's internals); a requested stop is no crash, and its event should say so and
+    no more. Dagster records a `DagsterUserCodeProcessError` carrying one already-serialized error
+    as that error (`serializable_error_info_from_exc_info` hoists it), so the step's failure is this
+    message with an empty stack, in the run's event log and its console log alike."""
+    from dagster._core.errors import DagsterUserCodeProcessError
+
+    error = SerializableErrorInfo(message=message, stack=[], cls_name=None)
+    return DagsterUserCodeProcessError(message, user_code_process_error_infos=[error])
 
 
 def set_storage_engine(storage: object, engine: object) -> None:
@@ -96,6 +109,7 @@ __all__ = [
     "EngineEventData",
     "FAILURE_ERROR",
     "INTERRUPTED_ERROR",
+    "MAX_RUNTIME_MESSAGE",
     "START_TIMEOUT_REASON",
     "STEP_ERROR_WRAPPER",
     "WORKER_CRASH_MESSAGE",
@@ -113,6 +127,7 @@ __all__ = [
     "capture_interrupts",
     "daemon_main",
     "execute_run_body",
+    "failure_without_traceback",
     "is_valid_cron_string",
     "keep_sigterm",
     "sensor_daemon",

@@ -3,6 +3,8 @@ import warnings
 
 import dagster as dg
 
+from .assets import build_rows_checks, catalog_specs
+from .catalog.export_types import REGISTRY
 from .jobs import CHUNKED_JOBS, EXPORT_JOBS
 from .ops.retention import retention_cleanup
 from .resources.database_url import DATABASE_URL_ENV, require_database_url
@@ -23,6 +25,8 @@ warnings.filterwarnings("ignore", message="Parameter `owners` of initializer `Se
 require_database_url()
 
 defs = dg.Definitions(
+    assets=catalog_specs(REGISTRY),
+    asset_checks=[build_rows_checks(REGISTRY)],
     jobs=[*EXPORT_JOBS, *CHUNKED_JOBS, retention_cleanup],
     schedules=[retention_schedule, *build_recurring_schedules()],
     sensors=[build_request_sensor(EXPORT_JOBS), *build_run_status_sensors([*EXPORT_JOBS, *CHUNKED_JOBS])],

@@ -8,6 +8,7 @@ import dagster as dg
 
 from .planning.config import config_class_for
 from .catalog.export_types import REGISTRY
+from .catalog.formats import ExportFormat
 from .ops.chunked import combine_chunks, discard_chunk_parts, extract_chunk, split_export
 from .ops.export import build_plan_op, extract_export, plan_op_name, publish_export
 from .planning.plan import ExportPlan
@@ -20,6 +21,18 @@ def _tags(export_type: ExportType) -> dict[str, str]:
     return tags | ({ISOLATED_TAG: "true"} if export_type.isolated else {})
 
 
+def launchpad_config(export_type: ExportType) -> dict[str, Any]:
+    """The config the Launchpad opens with: the format, every column and every filter (unset), so
+    that a person edits what is there instead of finding the fields with Ctrl+Space. Only the
+    Launchpad uses it: a run given any config (requests, schedules, the CLI) takes that config whole."""
+    config = {
+        "format": ExportFormat.csv.value,
+        "columns": list(export_type.default_columns or export_type.columns),
+        "filters": {f.name: None for f in export_type.filters},
+    }
+    return {"ops": {plan_op_name(export_type.name): {"config": config}}}
+
+
 def build_export_job(export_type: ExportType, plan_op: dg.OpDefinition | None = None) -> dg.JobDefinition:
     plan_op = plan_op or build_plan_op(export_type, config_class_for(export_type))
 
@@ -27,6 +40,7 @@ def build_export_job(export_type: ExportType, plan_op: dg.OpDefinition | None = 
         name=export_type.job_name,
         description=export_type.description,
         tags=_tags(export_type),
+        config=launchpad_config(export_type),
         # The steps run one after another (chunks are threads inside extract); a process per
         # step would only add seconds of start-up to every export.
         executor_def=dg.in_process_executor,
@@ -53,6 +67,7 @@ def build_chunked_job(
         name=export_type.chunked_job_name,
         description=f"{export_type.description} Chunked: one step per key range (set chunks), each retried alone.",
         tags=_tags(export_type),
+        config=launchpad_config(export_type),
         executor_def=executor_def,
     )
     def chunked_job() -> None:

@@ -14,6 +14,8 @@ import hashlib
 # Tags the queue limits per value (dagster.yaml): every export run carries the first two.
 EXPORT_TYPE_TAG = "export_type"
 REQUESTED_BY_TAG = "requested_by"
+# The file format, so that the Runs list shows it beside the type and the user.
+FORMAT_TAG = "format"
 # The queue runs one run per value at a time, so two runs of one incremental key never read from
 # the same mark (the plan op refuses an incremental run without it).
 INCREMENTAL_TAG = "export_platform/incremental_key"

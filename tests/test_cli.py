@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import dagster as dg
 import psutil
@@ -14,15 +16,29 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from export_platform.tooling.cli import PENDING_HINT_SECONDS, build_parser
+from export_platform.delivery.links import SIGNING_KEY_ENV
+from export_platform.tooling.cli import PENDING_HINT_SECONDS, PROGRESS_LINE_SECONDS, build_parser
+from export_platform.tooling.dev import dev_workers
+from export_platform.tooling.sample_data import seed
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.tooling.embedded_postgres import HOME_ENV
 from export_platform.catalog.formats import ExportFormat
-from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
+from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
 from support.dev_server import clean_env, database_url_beside, get, running_dev
+from support.ports import free_port
 from support.readback import database_beside, db_rows, file_rows
+
+
+def wait_until(fetch, process: subprocess.Popen, seconds: float = 180):
+    """Poll `fetch` until it returns something, failing if `process` exits first."""
+    deadline = time.monotonic() + seconds
+    while (found := fetch()) is None:
+        assert process.poll() is None, f"exited with {process.returncode}"
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.2)
+    return found
 
 CLI = [sys.executable, "-m", "export_platform.tooling.cli"]
 
@@ -138,7 +154,7 @@ def test_cleanup_reports_a_file_it_could_not_delete_and_exits_1(database_url, tm
         )
     env = {
         **os.environ,
-        DATABASE_URL_ENV: url,
+        **prepare_dagster_home(tmp_path / "dagster", url),  # the deployment's instance
         HOME_ENV: str(tmp_path / "home"),
         "EXPORT_PLATFORM_STORAGE_URL": str(tmp_path / "exports"),
     }
@@ -221,7 +237,7 @@ def test_db_stop_stops_the_embedded_server_and_the_next_command_starts_it(tmp_pa
     cli("db", "stop", env=env)
 
 
-@pytest.mark.parametrize("command", [["db", "migrate"], ["health"], ["cleanup"], ["workers"], ["serve"]])
+@pytest.mark.parametrize("command", [["db", "migrate"], ["cleanup"], ["workers"]])
 def test_operator_commands_need_the_database_url_and_start_no_embedded_postgres(command, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV} | {HOME_ENV: str(tmp_path)}
     done = subprocess.run([*CLI, *command], capture_output=True, text=True, env=env, timeout=120)
@@ -236,7 +252,18 @@ def test_dev_serves_the_ui_from_a_clean_environment_and_stops_with_its_children(
     with running_dev(clean_env(database_url, tmp_path, "dev"), tmp_path) as dev:
         assert json.loads(get(f"{dev.url}/server_info"))["dagster_version"] == dg.__version__
         assert "<html" in get(dev.url)  # the UI itself
-        assert len(dev.children) >= 2  # the webserver and the daemon (and their code servers)
+        assert "export_platform downloads" in get(dev.serve_url)  # serve, started by dev
+        commands = [" ".join(p.cmdline()) for p in dev.children]
+        # One code server, which the webserver and the daemon share: given a module instead, each
+        # started its own, and the daemon replaced its every minute ("No heartbeat received").
+        assert len([c for c in commands if " api grpc " in c]) == 1, commands
+        assert all(" -w " in c for c in commands if "dagster_webserver" in c or "tooling.daemon" in c), commands
+        # The pool sized to this machine: a core each, at most a deployment's 5 (was 5 whatever the machine).
+        assert wait_for_processes(dev, "export_platform.workers.worker", dev_workers()) == dev_workers()
+        assert dev_workers() <= min(os.cpu_count(), 5)
+        log = tmp_path / "platform" / "dagster" / "workers.log"
+        wait_until(lambda: log.read_text().count(" ready\n") >= dev_workers() or None, dev.process)
+        assert "alembic" not in log.read_text()  # was 7 "setup plugin" INFO lines per worker start
         alive = dev.stop()
     assert dev.process.returncode == 0, dev.err.read_text()
     assert not alive
@@ -252,7 +279,7 @@ def test_sizes_read_as_people_read_them(size, shown):
 
 
 @pytest.mark.slow
-def test_status_wait_hints_at_the_daemon_when_nothing_picks_the_request_up(database_url, storage_root):
+def test_status_wait_hints_at_the_daemon_and_shows_progress_when_not_a_terminal(database_url, storage_root):
     request_id = cli("request", "users", "--user", "hint-check").stdout.strip()
     waiting = subprocess.Popen([*CLI, "status", request_id, "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -260,7 +287,89 @@ def test_status_wait_hints_at_the_daemon_when_nothing_picks_the_request_up(datab
         hint = waiting.stderr.readline()  # blocks until the hint, which comes while the request is PENDING
     finally:
         waiting.kill()
-        waiting.communicate()
+        progress = waiting.communicate()[0].splitlines()
         cli("cancel", request_id)
     assert hint.startswith(f"hint: request {request_id} is still PENDING after {PENDING_HINT_SECONDS} s")
     assert "export-platform dev" in hint
+    # A pipe, as in CI or a log file: a line at once and then every PROGRESS_LINE_SECONDS, no bar redrawn.
+    assert len(progress) >= PENDING_HINT_SECONDS // PROGRESS_LINE_SECONDS, progress
+    assert all("PENDING" in line and "\r" not in line for line in progress)
+
+
+def wait_for_processes(dev, command: str, count: int) -> int:
+    """Poll until `count` processes running `command` are among dev's (they start in the background)."""
+    def command_of(process: psutil.Process) -> str:
+        try:
+            return " ".join(process.cmdline())
+        except psutil.NoSuchProcess:
+            return ""
+
+    def found() -> int | None:
+        running = [p for p in psutil.Process(dev.process.pid).children(recursive=True) if command in command_of(p)]
+        return len(running) if len(running) >= count else None
+
+    return wait_until(found, dev.process)
+
+
+def _without_database_url(tmp_path) -> dict:
+    return {k: v for k, v in os.environ.items() if k != DATABASE_URL_ENV} | {HOME_ENV: str(tmp_path)}
+
+
+@pytest.mark.slow
+def test_serve_and_health_use_the_embedded_database_like_the_other_local_commands(tmp_path):
+    env = _without_database_url(tmp_path) | {SIGNING_KEY_ENV: "a-local-signing-key-of-enough-bytes"}
+    try:
+        port = free_port()
+        with (tmp_path / "serve.log").open("w") as log:
+            serving = subprocess.Popen([*CLI, "serve", "--port", str(port), "--log-level", "warning"], env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        try:
+            page = wait_until(lambda: get(f"http://127.0.0.1:{port}/"), serving)
+        finally:
+            serving.terminate()
+            serving.wait(30)
+        assert "export_platform downloads" in page and "/requests/ID" in page
+        logged = (tmp_path / "serve.log").read_text()  # warnings only: this one line
+        assert logged.startswith(f"serve: {DATABASE_URL_ENV} is not set: using the embedded Postgres") and logged.count("\n") == 1
+        # With no instance (DAGSTER_HOME unset, `dev` never ran here), health says where to point it.
+        checked = subprocess.run([*CLI, "health"], capture_output=True, text=True, env=env, timeout=300)
+        assert checked.returncode == 2 and f"DAGSTER_HOME={tmp_path / 'dagster'}" in checked.stderr
+        # Once `dev` has prepared its instance (done here as it does), health finds it; serve set the
+        # request table up; health finds that, and no daemon, and says so.
+        prepare_dagster_home(tmp_path / "dagster", cli("db", "url", env=env).stdout.strip())
+        checked = subprocess.run([*CLI, "health"], capture_output=True, text=True, env=env, timeout=300)
+        assert checked.returncode == 1, checked.stderr
+        assert checked.stdout.startswith("ok    database reachable") and "FAIL  daemon SENSOR" in checked.stdout
+        assert checked.stderr.startswith("health: EXPORT_PLATFORM_DATABASE_URL is not set: using the embedded Postgres")
+    finally:
+        cli("db", "stop", env=env)
+
+
+def test_run_exports_from_a_database_without_the_request_table_and_writes_nothing(database_url, tmp_path):
+    replica = database_beside(database_url, "replica_without_requests")
+    with psycopg.connect(replica, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS export_requests, export_watermarks, export_platform_schema CASCADE")
+        seed(conn, 200, ("users",))
+        tables_before = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    output = tmp_path / "Données" / "users replica.csv"
+    output.parent.mkdir()
+    done = cli("run", "users", "--columns", "id,email", "--output", str(output), env={**os.environ, DATABASE_URL_ENV: replica})
+    assert "rows=200 " in done.stdout and done.stderr == ""
+    with psycopg.connect(replica) as conn:
+        assert file_rows(conn, "users", ["id", "email"], "csv", output) == db_rows(conn, "users", ["id", "email"])
+        assert conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall() == tables_before
+
+
+def test_errors_say_what_is_wrong_without_python_class_paths_or_tracebacks(database_url, tmp_path):
+    empty = database_beside(database_url, "replica_empty")
+    with psycopg.connect(empty, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS users, export_requests, export_watermarks, export_platform_schema CASCADE")
+    env = {**os.environ, DATABASE_URL_ENV: empty}
+    for args, says in [
+        (["run", "users", "--output", str(tmp_path / "u.csv")], 'relation "users" does not exist'),
+        (["status", "1"], "export_requests is not set up in this database: run `export-platform db migrate`"),
+        (["list"], "export_requests is not set up in this database"),
+    ]:
+        done = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 1 and says in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and not re.search(r"\b(?:[a-z_]\w*\.)+[A-Z]\w*: ", done.stderr), done.stderr

@@ -49,6 +49,8 @@ def test_the_log_text_read_back_is_what_dagster_writes():
         assert isinstance(getattr(importlib.import_module(module), name), type), qualified
     server = inspect.getsource(importlib.import_module("dagster._grpc.server"))
     assert f'prefix=f"{compat.WORKER_CRASH_MESSAGE} {{run.run_id}}"' in server
+    monitoring = inspect.getsource(importlib.import_module("dagster._daemon.monitoring.run_monitoring"))
+    assert f'message=f"{compat.MAX_RUNTIME_MESSAGE} of {{int(max_time)}} seconds."' in monitoring
 
 
 def test_the_failure_causes_read_back_are_what_dagster_reports():
@@ -114,3 +116,23 @@ def test_the_dequeue_failures_read_back_are_what_the_queue_daemon_writes():
     client = inspect.getsource(importlib.import_module("dagster._grpc.client"))
     assert "raise DagsterUserCodeUnreachableError(" in client
     assert "metadata" in inspect.signature(compat.EngineEventData).parameters
+
+
+def test_a_failure_without_traceback_is_recorded_as_its_message_alone():
+    import dagster as dg
+
+    @dg.op
+    def stops() -> None:
+        raise compat.failure_without_traceback("stopped on request")
+
+    @dg.job
+    def stopping() -> None:
+        stops()
+
+    with dg.instance_for_test() as instance:
+        result = stopping.execute_in_process(instance=instance, raise_on_error=False)
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        error = failure.step_failure_data.error
+        assert (error.message, error.stack, error.cause, error.context) == ("stopped on request", [], None, None)
+        [record] = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        assert "Stack Trace" not in record.user_message and "Traceback" not in record.user_message

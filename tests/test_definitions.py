@@ -22,7 +22,8 @@ import pytest
 def test_every_export_type_has_a_job():
     # The names themselves, as docs and the Launchpad show them: the one place they are spelled out.
     defs.get_repository_def().load_all_definitions()
-    names = sorted(j.name for j in defs.resolve_all_job_defs())
+    # Dagster's own implicit job (`__ASSET_JOB`, which executes the row-count check) aside.
+    names = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
     chunked = [t.chunked_job_name for t in REGISTRY if t.chunk_key]
     assert chunked == [f"export_{n}_chunked" for n in ("users", "ezpass_transactions", "ledger_postings")]
     assert names == sorted([*(f"export_{n}" for n in REGISTRY.names()), *chunked, "retention_cleanup"])
@@ -75,3 +76,16 @@ def test_a_code_location_without_its_database_url_fails_at_load_and_starts_no_po
     assert f"DatabaseUrlMissing: {DATABASE_URL_ENV} is not set" in loaded.stdout + loaded.stderr
     assert not (tmp_path / "platform" / "pgdata").exists()
     assert _postgres_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("export_type", list(REGISTRY), ids=REGISTRY.names())
+def test_the_launchpad_opens_with_the_columns_and_every_filter(export_type):
+    import dagster as dg
+
+    job = defs.resolve_job_def(export_type.job_name)
+    ops = job.run_config_schema.config_type.fields["ops"]
+    assert ops.default_provided  # what the Launchpad shows before anyone types (was empty: Ctrl+Space only)
+    config = ops.default_value[f"plan_{export_type.name}"]["config"]
+    assert config["columns"] == list(export_type.columns)
+    assert config["filters"] == {f.name: None for f in export_type.filters}
+    assert dg.validate_run_config(job, {"ops": ops.default_value})

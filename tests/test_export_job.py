@@ -12,6 +12,7 @@ import pytest
 
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.formats import ExportFormat
+from export_platform.resources.storage import OUTPUT_FOLDERS_ENV
 from export_platform.sinks.pdf import TABLE_FONT_SIZE
 from export_platform.units import human_bytes
 from support.readback import (
@@ -95,9 +96,10 @@ def test_csv_options_and_column_choice(db, resources):
     assert rows == db_rows(db, "users", columns)
 
 
-def test_output_path_replaces_the_file_atomically(db, resources, tmp_path):
+def test_output_path_replaces_the_file_atomically(db, resources, tmp_path, monkeypatch):
     target = tmp_path / "out" / "users.csv"
     target.parent.mkdir()
+    monkeypatch.setenv(OUTPUT_FOLDERS_ENV, str(target.parent))  # a folder the worker host lets runs write into
     target.write_text("old contents")
     result = run_job("users", {"format": "csv", "output_path": str(target), "columns": ["id"]}, resources)
     assert published_path(result) == target
@@ -115,7 +117,7 @@ def test_run_reports_rows_bytes_seconds_and_path(resources):
     assert metadata["size"] == human_bytes(path.stat().st_size) and metadata["size"].endswith(" KiB")
     assert "high_water" not in metadata  # only incremental exports have one
     assert metadata["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert metadata["path"] == path.as_uri()
+    assert metadata["path"] == str(path)
     assert metadata["seconds"] > 0 and metadata["rows_per_second"] > 0
 
 

@@ -6,9 +6,9 @@ import json
 import subprocess
 import sys
 
-# Needed only by the exports that use them (xlsx, pdf, S3) or only once a run streams (ADBC's
-# DB-API pulls in pyarrow.dataset); a warm run worker imports the latter at start.
-LAZY = ("xlsxwriter", "fpdf", "boto3", "botocore", "pyarrow.dataset", "adbc_driver_manager.dbapi")
+# Needed only by the exports that use them (xlsx, pdf, S3) or only once a run streams (DuckDB and
+# its scanner, ~70 MB of code; asyncpg for the server's CSV).
+LAZY = ("xlsxwriter", "fpdf", "boto3", "botocore", "pyarrow.dataset", "adbc_driver_manager.dbapi", "duckdb", "asyncpg")
 
 
 def test_loading_the_code_location_imports_no_module_it_does_not_need():

@@ -15,7 +15,6 @@ import threading
 from collections import Counter
 from datetime import datetime
 
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import pytest
 
@@ -69,19 +68,19 @@ def write(url: str, statements: list[str], stop: threading.Event, failures: list
         failures.append(error)
 
 
-def read_since(cursor: adbc.Cursor, lower: str | None, postgres: PostgresResource) -> tuple[str, list[int]]:
+def read_since(conn: psycopg.Connection, lower: str | None, postgres: PostgresResource) -> tuple[str, list[int]]:
     """One export's worth: the bound, then the snapshot, then the rows in [lower, bound)."""
-    bound = postgres.incremental_bound(cursor)
-    cursor.execute(sql.BEGIN_SNAPSHOT)
+    bound = postgres.incremental_bound(conn)
+    conn.execute(sql.BEGIN_SNAPSHOT)
     try:
         if lower is None:
-            cursor.execute("SELECT id FROM race WHERE stamped < $1::timestamptz", parameters=(bound,))
+            rows = conn.execute("SELECT id FROM race WHERE stamped < $1::timestamptz", (bound,))
         else:
             query = "SELECT id FROM race WHERE stamped >= $1::timestamptz AND stamped < $2::timestamptz"
-            cursor.execute(query, parameters=(lower, bound))
-        ids = [row[0] for row in cursor.fetchall()]
+            rows = conn.execute(query, (lower, bound))
+        ids = [row[0] for row in rows.fetchall()]
     finally:
-        cursor.execute("ROLLBACK")
+        conn.execute("ROLLBACK")
     return bound, ids
 
 
@@ -95,12 +94,12 @@ def test_thousands_of_bounds_against_every_writer_shape_lose_no_row(race_url):
     ]
     exported: list[int] = []
     lower = None
-    with adbc.connect(race_url, autocommit=True) as conn, conn.cursor() as cursor:
+    with postgres.control("export_platform:race") as conn:  # the connection an export fixes its bound on
         for writer in writers:
             writer.start()
         try:
             for _ in range(BOUNDS):
-                bound, ids = read_since(cursor, lower, postgres)
+                bound, ids = read_since(conn, lower, postgres)
                 exported += ids
                 if lower is None or datetime.fromisoformat(bound) > datetime.fromisoformat(lower):
                     lower = bound  # as the mark: it never moves back
@@ -109,7 +108,7 @@ def test_thousands_of_bounds_against_every_writer_shape_lose_no_row(race_url):
             for writer in writers:
                 writer.join()
         # The writers are done: a last export reaches past every row.
-        bound, ids = read_since(cursor, lower, postgres)
+        bound, ids = read_since(conn, lower, postgres)
         exported += ids
 
     assert not failures

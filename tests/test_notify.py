@@ -90,17 +90,17 @@ def test_wait_is_woken_by_the_notification(database_url, db):
 def test_an_older_table_gets_the_trigger_on_upgrade(database_url):
     url = database_beside(database_url, "notify_upgrade")
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS export_requests, export_platform_schema, export_watermarks")
+        conn.execute("DROP TABLE IF EXISTS export_api_requests, export_requests, export_platform_schema, export_watermarks")
     store = RequestStore(url=url)
     store.migrate()
     before = rt.UPGRADES.index(rt._v4_notify_and_file_index) + 1  # the version that step upgrades from
     with store.transaction() as conn:  # as the release before the trigger left it
         conn.execute(sa.text("DROP TRIGGER export_requests_notify ON export_requests"))
-        conn.execute(sa.text("DROP INDEX export_requests_by_file"))
-        conn.execute(sa.text("UPDATE export_platform_schema SET version = :v"), {"v": before})
+        conn.execute(sa.text("ALTER TABLE export_requests DROP COLUMN file_key"))  # and its index
+        conn.execute(sa.text("UPDATE export_platform_schema SET version = :v WHERE component = 'export_requests'"), {"v": before})
     assert store.migrate() == rt.SCHEMA_VERSION
     with listener(url) as conn, psycopg.connect(url, autocommit=True) as app:
         request_id = insert(app, "users")
         assert notices(conn, app, request_id) == [{"id": request_id, "status": "PENDING", "progress_pct": None}]
-        assert app.execute("SELECT to_regclass('export_requests_by_file') IS NOT NULL").fetchone()[0]
+        assert app.execute("SELECT to_regclass('export_requests_by_file_key') IS NOT NULL").fetchone()[0]
     store.engine().dispose()

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import threading
 
-import psycopg
 import pyarrow as pa
 import pytest
 
-from export_platform.naming import session_name
 from export_platform.ops.export import connection_lost
-from export_platform.planning.plan import plan_export
-from export_platform.resources.postgres import ConnectionLost, GuardedReader, PostgresResource, StreamClosed
+from export_platform.resources.postgres import ConnectionLost, GuardedReader, StreamClosed
 
 SCHEMA = pa.schema([("id", pa.int64())])
 
@@ -96,17 +93,3 @@ class _DriverError(Exception):
 )
 def test_a_lost_connection_is_known_by_its_sqlstate_not_its_words(error, lost):
     assert connection_lost(error) is lost
-
-
-def test_a_killed_backend_mid_stream_is_a_lost_connection_whatever_the_message(database_url):
-    plan = plan_export("users", "csv")
-    postgres = PostgresResource(url=database_url, batch_size_hint_bytes=1024)
-    with pytest.raises(ConnectionLost) as raised:
-        with postgres.snapshot_stream(plan, session_name("kill-probe")) as snapshot:
-            batches = iter(snapshot.readers[0])
-            next(batches)
-            with psycopg.connect(database_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'export_platform:kill-probe'")
-            for _ in batches:
-                pass
-    assert raised.value.__cause__ is not None

@@ -13,7 +13,7 @@ from export_platform.run_failures import root_message
 from export_platform.resources.postgres import PostgresResource
 from export_platform.naming import REQUEST_ID_TAG
 from export_platform.resources.requests import RequestStore
-from export_platform.resources.storage import LocalStorage
+from export_platform.resources.storage import OUTPUT_FOLDERS_ENV, LocalStorage
 from support.readback import run_job
 from support.readback import run_incremental
 from support.request_rows import insert, row
@@ -139,3 +139,49 @@ def test_a_mark_that_cannot_advance_takes_its_published_file_back(incremental_db
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT high_water FROM export_watermarks WHERE key = 'inc_locked'").fetchone() == mark
         conn.execute("DELETE FROM users WHERE id = 200001")
+
+
+
+def test_an_output_file_replaced_by_a_run_whose_recording_fails_is_restored(incremental_db, resources, tmp_path, monkeypatch):
+    url, overrides = incremental_db
+    monkeypatch.setenv(OUTPUT_FOLDERS_ENV, str(tmp_path / "out"))  # the worker host's allow-list
+    target = tmp_path / "out" / "users.csv"
+    target.parent.mkdir()
+    target.write_text("the earlier export\n")
+    config = {"format": "csv", "columns": ["id"], "output_path": str(target),
+              "incremental": {"column": "updated_at", "key": "inc_output"}}
+    requests = RequestStore(url=url, statement_timeout_ms=500)
+    run_resources = {**resources, **overrides, "storage": LocalStorage(root=str(tmp_path / "exports")), "requests": requests}
+    with psycopg.connect(url) as holder:
+        holder.execute("INSERT INTO export_watermarks VALUES ('inc_output', 'updated_at', '2000-01-01', 'r', now())")
+        holder.commit()
+        holder.execute("SELECT * FROM export_watermarks WHERE key = 'inc_output' FOR UPDATE")
+        failed = run_incremental(config, run_resources)
+        holder.rollback()
+    assert not failed.success
+    assert target.read_text() == "the earlier export\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["users.csv"]  # nothing of the run left beside it
+    assert run_incremental(config, run_resources).success  # and once it can be recorded, it is replaced
+    assert target.read_text().startswith("id\n")
+
+
+def test_output_path_is_refused_outside_the_allowed_folders_before_anything_is_read(resources, tmp_path, monkeypatch):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "victim.csv").write_text("keep me\n")
+    (allowed / "link.csv").symlink_to(outside / "victim.csv")
+    (allowed / "folder-link").symlink_to(outside)
+    monkeypatch.setenv(OUTPUT_FOLDERS_ENV, str(allowed))
+    storage = LocalStorage(root=str(tmp_path / "exports"))
+    for path in (outside / "victim.csv", outside / "new.csv", allowed / ".." / "outside" / "new.csv",
+                 allowed / "link.csv", allowed / "folder-link" / "new.csv", tmp_path / "new.csv"):
+        result = run_job("users", {"format": "csv", "columns": ["id"], "output_path": str(path)}, {**resources, "storage": storage})
+        assert not result.success, path
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        assert failure.step_key == "plan_users", path
+        assert root_message(failure.step_failure_data.error).startswith("output_path: "), path
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.csv"] and (outside / "victim.csv").read_text() == "keep me\n"
+    assert not (tmp_path / "exports").exists() and not (tmp_path / "new.csv").exists()
+    written = run_job("users", {"format": "csv", "columns": ["id"], "output_path": str(allowed / "ok.csv")}, {**resources, "storage": storage})
+    assert written.success and (allowed / "ok.csv").read_text().startswith("id\n")

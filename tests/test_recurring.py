@@ -14,6 +14,7 @@ from export_platform.definitions import defs
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.naming import INCREMENTAL_TAG, SCHEDULE_TAG
 from export_platform.run_failures import root_message
+from export_platform.resources.storage import OUTPUT_FOLDERS_ENV
 from export_platform.tooling.instance import INSTANCE_YAML
 from export_platform.resources.postgres import PostgresResource
 from export_platform.schedules.recurring import RecurringExportError, build_recurring_schedules, load_recurring_exports
@@ -127,9 +128,10 @@ def test_incremental_runs_have_no_gap_and_no_duplicate_with_concurrent_writers(i
     assert sorted(runs) == all_ids and len(set(runs)) == len(runs)
 
 
-def test_a_failed_incremental_run_does_not_advance_the_mark(incremental_db, resources, tmp_path):
+def test_a_failed_incremental_run_does_not_advance_the_mark(incremental_db, resources, tmp_path, monkeypatch):
     url, overrides = incremental_db
     config = {"format": "csv", "columns": ["id"], "incremental": {"column": "updated_at", "key": "inc_fail"}}
+    monkeypatch.setenv(OUTPUT_FOLDERS_ENV, str(tmp_path))  # allowed: the run fails writing, not at the check
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
     failed = run_incremental({**config, "output_path": str(blocked / "x.csv")}, {**resources, **overrides})

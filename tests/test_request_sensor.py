@@ -12,7 +12,7 @@ from export_platform.definitions import defs
 from export_platform.jobs import EXPORT_JOBS
 from export_platform.requests.table import export_requests
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.naming import EXPORT_TYPE_TAG, REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, user_tag
+from export_platform.naming import EXPORT_TYPE_TAG, FORMAT_TAG, REQUEST_ID_TAG, REQUEST_KEY_TAG, REQUESTED_BY_TAG, user_tag
 from export_platform.sensors.request_sensor import ROWS_PER_TICK
 from support.readback import run_job
 from support.request_rows import insert, row, tick
@@ -46,7 +46,8 @@ def test_valid_rows_become_run_requests_and_bad_rows_fail_with_the_field(db, sto
     assert request.run_key == row(db, good)["run_key"]
     assert request.job_name == REGISTRY.get("users").job_name
     assert request.tags == {
-        REQUEST_ID_TAG: str(good), REQUEST_KEY_TAG: request.run_key, EXPORT_TYPE_TAG: "users", REQUESTED_BY_TAG: "alice"
+        REQUEST_ID_TAG: str(good), REQUEST_KEY_TAG: request.run_key, EXPORT_TYPE_TAG: "users", REQUESTED_BY_TAG: "alice",
+        FORMAT_TAG: "csv.gz",
     }
     config = request.run_config["ops"]["plan_users"]["config"]
     assert config["format"] == "csv_gz" and config["filters"] == {"country_code": ["US", "GB"]}
@@ -198,3 +199,17 @@ def test_users_sharing_a_long_prefix_get_distinct_readable_tags(db, store, insta
     assert tags[first] != tags[second]
     assert all(len(t) <= 63 and t.startswith(prefix[:40]) for t in tags.values())
     assert user_tag("bob") == "bob" and user_tag(None) == "anonymous"
+
+
+def test_a_rejected_request_is_told_on_its_row_not_in_the_daemon_log(db, store, instance, database_url, monkeypatch):
+    import logging
+
+    logged: list[tuple[int, str]] = []
+    log = logging.Logger._log
+    monkeypatch.setattr(logging.Logger, "_log", lambda self, level, msg, *a, **k: (logged.append((level, str(msg))),
+                                                                                   log(self, level, msg, *a, **k)))
+    bad = insert(db, "users", params={"filters": {"bogus": 1}})
+    tick(instance, store, database_url)
+    assert "filters.bogus: unknown filter" in row(db, bad)["error"]
+    rejected = [level for level, message in logged if f"request {bad} rejected" in message]
+    assert rejected == [logging.DEBUG]  # was INFO: a line in the daemon's log for every bad row an application sends

@@ -134,14 +134,14 @@ def test_wrong_s3_credentials_fail_the_row_and_leave_the_object(db, resources, i
     wrong = S3Storage(url=url, staging_folder=staging)
     with enable_iam_authentication():  # the moto server now checks credentials, as S3 does
         with pytest.raises(StorageError, match=r"\(403\)"):
-            wrong.delete(done["file_uri"])
+            wrong.delete_request_file(done["file_key"], done["file_uri"])
         cleanup = run_cleanup(resources, wrong, instance)["expire_files"]
     assert (cleanup["files"], cleanup["failed"]) == (0, 1) and "could not be deleted" in cleanup["error"]
     monkeypatch.undo()
     assert exists(done["file_uri"]) and row(db, done["id"])["status"] == "COMPLETED"
     # Once the object is really gone (404), deleting is done and the next cleanup expires the row.
     boto3.client("s3").delete_object(Bucket="exports", Key=urlparse(done["file_uri"]).path.lstrip("/"))
-    assert S3Storage(url=url, staging_folder=staging).delete(done["file_uri"]) == 0
+    assert S3Storage(url=url, staging_folder=staging).delete(done["file_key"]) == 0
     assert run_cleanup(resources, S3Storage(url=url, staging_folder=staging), instance)["expire_files"]["files"] == 1
     assert row(db, done["id"])["status"] == "EXPIRED"
 
@@ -203,3 +203,34 @@ def test_files_of_schedules_and_launchpad_runs_expire_on_s3(resources, instance,
     done = run_cleanup(resources, storage, instance, days_without_request=0)["expire_files_without_request"]
     assert (done["files"], done["bytes_freed"]) == (2, 6)
     assert [exists(f"{url}/{key}") for key in keys] == [False, False, True]
+
+
+HOSTILE_USER = "alice@example.com"
+
+
+def stored_files(storage) -> list[str]:
+    """Every file the storage holds, found by listing it (not by parsing a URI)."""
+    if isinstance(storage, LocalStorage):
+        root = storage.folder()
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts)
+    bucket, _, prefix = storage.url.removeprefix("s3://").partition("/")
+    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
+    return sorted(item["Key"].removeprefix(f"{prefix}/") for item in listing.get("Contents", []))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_retention_deletes_the_file_of_an_email_user_in_a_folder_with_a_space_and_an_accent(
+    db, resources, instance, kind, request, tmp_path
+):
+    if kind == "local":
+        storage = LocalStorage(root=str(tmp_path / "My Exports" / "Données"))
+    else:
+        request.getfixturevalue("s3_endpoint")
+        storage = S3Storage(url=f"s3://exports/My Exports/Données-{time.time_ns()}", staging_folder=str(tmp_path / "staging"))
+    done = export_request(db, resources, storage, user=HOSTILE_USER)
+    [stored] = stored_files(storage)
+    assert stored.startswith(f"requests/{HOSTILE_USER}/ledger_postings-")
+    expire_now(db, done)
+    cleanup = run_cleanup(resources, storage, instance)["expire_files"]
+    assert (cleanup["files"], cleanup["bytes_freed"], cleanup["failed"]) == (1, done["file_bytes"], 0)
+    assert stored_files(storage) == [] and row(db, done["id"])["status"] == "EXPIRED"

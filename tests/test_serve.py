@@ -13,13 +13,17 @@ import sys
 from datetime import timedelta
 from urllib.parse import quote, urlparse
 
+import psycopg
 import pytest
+from psycopg import sql as pgsql
 
 from export_platform.requests import table as rt
+from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.requests.client import ExportClient
 from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Kind, LinkError, file_url, status_page_url
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import LocalStorage, storage_for
+from support.readback import database_beside
 from support.serve_stack import TEST_KEY, serve_process
 from support.request_rows import export_request, insert
 
@@ -192,8 +196,10 @@ def test_paths_outside_the_storage_never_serve(server, files, storage_root, tmp_
         status, _, text = server.get(url)
         assert status == 404, (case, status, text)
         assert b"not an export" not in text and b"half written" not in text and b"Traceback" not in text, case
-    for url in ("/", "/files/", "/requests/abc", "/requests/-1", f"/requests/{2**70}?expires=1&sig=x"):
+    for url in ("/files/", "/requests/abc", "/requests/-1", f"/requests/{2**70}?expires=1&sig=x"):
         assert server.get(url)[0] in (403, 404), url
+    status, _, front = server.get("/")  # says what the server is (was a bare 404), and lists nothing
+    assert status == 200 and b"export_platform downloads" in front and b"carol" not in front
     assert server.get(target(server, KEY), method="POST")[0] == 405
 
 
@@ -223,13 +229,17 @@ def test_no_signing_key_is_a_clear_error(server, storage_root, monkeypatch):
     done = subprocess.run([sys.executable, "-m", "export_platform.tooling.cli", "serve", "--port", "1"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 2 and f"{SIGNING_KEY_ENV} must be set" in done.stderr and "Traceback" not in done.stderr
+    for weak, why in ((" " * 32, "is blank"), ("changemechangeme", "looks guessable")):
+        done = subprocess.run([sys.executable, "-m", "export_platform.tooling.cli", "serve", "--port", "1"],
+                              env={**env, SIGNING_KEY_ENV: weak}, capture_output=True, text=True)
+        assert done.returncode == 2 and why in done.stderr and "Traceback" not in done.stderr, done.stderr
     monkeypatch.setenv(PUBLIC_URL_ENV, server.base)
     monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
     with pytest.raises(LinkError, match=SIGNING_KEY_ENV):
         storage_for(None)  # when the code location loads, not when a run publishes
     monkeypatch.setenv(SIGNING_KEY_ENV, "short")
     with pytest.raises(LinkError, match="too short"):
-        LocalStorage(root=str(storage_root)).signed_url((storage_root / KEY).as_uri(), 60)
+        LocalStorage(root=str(storage_root)).signed_url(KEY, 60)
 
 
 def test_the_status_shows_progress_and_errors_and_no_download_before_completion(server, db, database_url):
@@ -254,8 +264,8 @@ def test_the_etag_is_the_checksum_publish_recorded(server, db, storage_root):
     (storage_root / key).write_bytes(b"id\n1\n")
     recorded = "ab" * 32  # used as recorded: the file is not read again
     db.execute(
-        "INSERT INTO export_requests (export_type, status, file_uri, sha256) VALUES ('users', 'COMPLETED', %s, %s)",
-        ((storage_root / key).resolve().as_uri(), recorded),
+        "INSERT INTO export_requests (export_type, status, file_key, file_uri, sha256) VALUES ('users', 'COMPLETED', %s, %s, %s)",
+        (key, (storage_root / key).resolve().as_uri(), recorded),
     )
     assert server.get(target(server, key), method="HEAD")[1]["etag"] == f'"{recorded}"'
 
@@ -285,3 +295,126 @@ def test_the_event_stream_pushes_each_change_until_the_request_ends(server, db, 
     assert (next_event()["status"], response.read()) == ("FAILED", b"\n")  # the event's end, then the stream's
     conn.close()
     assert server.get(events.replace("sig=", "sig=x"))[0] == 403
+
+
+def test_malformed_links_are_refused_never_a_server_error(server, files, db):
+    path, query = target(server, KEY).split("?")
+    expires, sig = (part.split("=", 1)[1] for part in query.split("&"))
+    request_id = insert(db, "users", user="kim")
+    page_query = status_page_url(request_id, 60, "", server.signer).split("?")[1]
+    page_sig = page_query.split("sig=")[1]
+    cases = {
+        "a superscript digit": (f"expires=%C2%B2&sig={sig}", f"expires=%C2%B2&sig={page_sig}"),
+        "Arabic-Indic digits": (f"expires=%D9%A3%D9%A3&sig={sig}", f"expires=%D9%A3%D9%A3&sig={page_sig}"),
+        "a 5,000-digit expiry": (f"expires={'9' * 5_000}&sig={sig}", f"expires={'9' * 5_000}&sig={page_sig}"),
+        "a non-ASCII signature": (f"expires={expires}&sig=%C3%A9{sig[1:]}", f"expires={expires}&sig=%C3%A9{page_sig[1:]}"),
+        "a signature with NUL": (f"expires={expires}&sig={sig}%00", f"expires={expires}&sig={page_sig}%00"),
+        "invalid UTF-8": (f"expires={expires}&sig=%FF%FE", f"expires={expires}&sig=%FF%FE"),
+        "a signed expiry with a sign": (f"expires=%2B{expires}&sig={sig}", f"expires=%2B{expires}&sig={page_sig}"),
+    }
+    for case, (file_query, page) in cases.items():
+        for url in (f"{path}?{file_query}", f"/requests/{request_id}?{page}", f"/requests/{request_id}/status?{page}",
+                    f"/requests/{request_id}/events?{page}"):
+            status, headers, text = server.get(url)
+            assert status == 403, (case, url, status, text[:200])
+            assert b"Traceback" not in text and headers["cache-control"] == "no-store", case
+
+
+def test_a_signed_symlink_loop_or_overlong_name_is_not_found(server, storage_root):
+    folder = storage_root / "requests" / "carol"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "loop.csv").unlink(missing_ok=True)
+    (folder / "loop.csv").symlink_to(folder / "loop.csv")
+    (folder / "ring-a.csv").unlink(missing_ok=True)
+    (folder / "ring-b.csv").unlink(missing_ok=True)
+    (folder / "ring-a.csv").symlink_to(folder / "ring-b.csv")
+    (folder / "ring-b.csv").symlink_to(folder / "ring-a.csv")
+    long_key = "requests/carol/" + "x" * 300 + ".csv"
+    for key in ("requests/carol/loop.csv", "requests/carol/ring-a.csv", long_key, "requests/" + "y/" * 3000 + "z.csv"):
+        for method in ("GET", "HEAD"):
+            status, _, text = server.get(target(server, key), method=method)
+            assert status == 404 and b"Traceback" not in text, (key[:40], method, status)
+
+
+def test_every_answer_says_nosniff_and_a_download_is_cached_no_longer_than_its_link(server, files, db):
+    for seconds in (45, 7 * 86400):
+        status, headers, _ = server.get(target(server, KEY, seconds=seconds), method="HEAD")
+        assert status == 200
+        max_age = int(headers["cache-control"].split("max-age=")[1])
+        assert headers["cache-control"].startswith("private, ") and 0 < max_age <= min(seconds, 3600), headers
+    request_id = insert(db, "users", user="lee")
+    answers = [
+        target(server, KEY),
+        status_page_url(request_id, 60, "", server.signer),
+        status_page_url(request_id, 60, "", server.signer).replace("?", "/status?"),
+        target(server, KEY, seconds=-1),  # 403
+        "/files/requests/carol/nothing-here.csv",  # 404
+        "/nowhere",
+    ]
+    for url in answers:
+        status, headers, _ = server.get(url, method="HEAD" if url.startswith("/files/") else "GET")
+        assert headers.get("x-content-type-options") == "nosniff", (url, status)
+        assert headers.get("referrer-policy") == "no-referrer", (url, status)
+
+
+def test_the_status_shows_the_user_a_message_meant_for_them_never_internals(server, db, database_url):
+    store = RequestStore(url=database_url)
+    internal = (
+        "OSError: [Errno 28] No space left on device: '/srv/exports/.tmp/5f3c2a1e-0b7d-4c55-9a43-d7e2f1c0a9b8/export.csv' "
+        "(run 5f3c2a1e-0b7d-4c55-9a43-d7e2f1c0a9b8 on worker-3.internal, connection to db.internal:5432)"
+    )
+    shown = {}
+    for error in (internal, "filters.country_code: expected text, got 42", "format: pdf holds at most 10,000 rows"):
+        request_id = insert(db, "users", user="mia")
+        store.run(rt.mark_failed(request_id, error))
+        page = status_page_url(request_id, 60, "", server.signer).replace("?", "/status?")
+        shown[error] = (request_id, json.loads(server.get(page)[2])["error"])
+    request_id, message = shown[internal]
+    assert f"request {request_id}" in message
+    for secret in ("/srv", ".tmp", "5f3c2a1e", "internal", "5432", "Errno"):
+        assert secret not in message, secret
+    assert shown["filters.country_code: expected text, got 42"][1] == "filters.country_code: expected text, got 42"
+    assert shown["format: pdf holds at most 10,000 rows"][1] == "format: pdf holds at most 10,000 rows"
+    assert db.execute("SELECT error FROM export_requests WHERE id = %s", (request_id,)).fetchone()[0] == internal
+
+
+@pytest.fixture
+def unreliable_database(database_url):
+    """A database of its own that the test can shut to new connections, as if its server were down."""
+    name = "serve_outage"
+    url = database_beside(database_url, name)
+    RequestStore(url=url).migrate()
+    with psycopg.connect(database_url, autocommit=True) as admin:
+
+        def down() -> None:
+            admin.execute(pgsql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(pgsql.Identifier(name)))
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+        def up() -> None:
+            admin.execute(pgsql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(pgsql.Identifier(name)))
+
+        try:
+            yield url, down, up
+        finally:
+            up()
+
+
+def test_with_the_database_down_serve_answers_503_with_retry_after(unreliable_database, storage_root, files, tmp_path):
+    url, down, up = unreliable_database
+    log = tmp_path / "serve.log"
+    with serve_process(storage_root, log, {DATABASE_URL_ENV: url}) as server:
+        with psycopg.connect(url, autocommit=True) as app:
+            request_id = insert(app, "users", user="nina")
+        page = status_page_url(request_id, 60, "", server.signer)
+        down()
+        # OTHER_KEY's checksum was never looked up by this server: it must ask the database.
+        for link, method in [(target(server, OTHER_KEY), "HEAD"), (target(server, OTHER_KEY), "GET"), (page, "GET"),
+                             (page.replace("?", "/status?"), "GET"), (page.replace("?", "/events?"), "GET")]:
+            status, headers, text = server.get(link, method=method)
+            assert status == 503 and int(headers["retry-after"]) > 0, (link, status, text[:300])
+            assert headers["cache-control"] == "no-store" and b"Traceback" not in text
+        up()
+        status, headers, body = server.get(target(server, OTHER_KEY))
+        assert (status, body) == (200, files[OTHER_KEY])
+        assert json.loads(server.get(page.replace("?", "/status?"))[2])["status"] == "PENDING"
+    assert "Traceback" not in log.read_text()

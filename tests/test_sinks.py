@@ -1,4 +1,5 @@
-"""Postgres types through ADBC → Polars → files: exact decimals, explicit time zones, NULLs."""
+"""Postgres types through the export's reader (DuckDB's scanner) → Polars → files: exact decimals,
+explicit time zones, NULLs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ import json
 from dataclasses import replace
 from decimal import Decimal
 
-import adbc_driver_postgresql.dbapi as adbc
 import openpyxl
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from contextlib import contextmanager
 
+import psycopg
+from psycopg import sql as pgsql
+
+from export_platform.planning import pg_types
+from export_platform.planning.pg_types import Declared
 from export_platform.planning.plan import plan_request
+from export_platform.planning.sql import read_column
+from export_platform.resources import duckdb_scan
+from export_platform.resources.postgres import GuardedReader, PostgresResource
 from export_platform.sinks import Pacer, pacer_for, scan_batches, sink
 from export_platform.sinks.xlsx import write_xlsx
 from support.readback import xlsx_sheets
@@ -32,6 +41,27 @@ SELECT 1.50::numeric(5, 2) AS exact,
 """
 
 
+@contextmanager
+def read(database_url: str, query: str, batch_rows: int = 2048):
+    """`query`'s rows as the export reads them: each column as its type is read (pg_types), by
+    DuckDB, in a transaction whose time zone is UTC."""
+    with psycopg.connect(database_url) as conn:
+        description = conn.execute(query).description
+    columns = [Declared(c.name, c.type_code, c.type_display, c.precision, c.scale) for c in description]
+    reads = pg_types.reads(columns)
+    statement = pgsql.SQL("SELECT {} FROM ({}) AS q").format(
+        pgsql.SQL(", ").join(read_column(c.name, reads[c.name]) for c in columns), pgsql.SQL(query)
+    ).as_string()
+    with duckdb_scan.attached(database_url, "export_platform:sinks-test") as alias:
+        stream = duckdb_scan.Stream(alias)
+        try:
+            stream.execute("SET LOCAL TIME ZONE 'UTC'")
+            reader = stream.reader(statement, batch_rows)
+            yield GuardedReader(reader, PostgresResource._annotated(reader.schema, columns))
+        finally:
+            stream.end()
+
+
 def stream(database_url: str, query: str, fmt: str, path, options=None, writer=sink):
     """Write `query`'s rows through a plan for `fmt` with `options` (labels may name the query's columns)."""
     options = dict(options or {})
@@ -39,11 +69,7 @@ def stream(database_url: str, query: str, fmt: str, path, options=None, writer=s
     plan = plan_request("users", fmt, options)
     plan = replace(plan, options=plan.options.model_copy(update={"labels": labels}))
     rows = []
-    with adbc.connect(database_url) as conn, conn.cursor() as cursor:
-        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": "65536"})
-        cursor.execute("SET TIME ZONE 'UTC'")
-        cursor.execute(query)
-        reader = cursor.fetch_record_batch()
+    with read(database_url, query) as reader:
         writer(scan_batches(reader, rows.append), plan, path)
     return rows
 
@@ -73,11 +99,9 @@ def test_types_in_parquet(database_url, tmp_path):
 def test_progress_is_reported_per_batch_and_rows_are_all_there(database_url, tmp_path):
     path = tmp_path / "many.parquet"
     query = "SELECT g AS id, repeat('x', 100) AS filler FROM generate_series(1, 200000) g"
-    with adbc.connect(database_url) as conn, conn.cursor() as cursor:
-        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": "65536"})
-        cursor.execute(query)
+    with read(database_url, query) as reader:
         seen = []
-        sink(scan_batches(cursor.fetch_record_batch(), seen.append), plan_request("users", "parquet", {}), path)
+        sink(scan_batches(reader, seen.append), plan_request("users", "parquet", {}), path)
     assert len(seen) > 10 and seen == sorted(seen) and seen[-1] == 200000
     assert pl.read_parquet(path)["id"].to_list() == list(range(1, 200001))
 
@@ -213,3 +237,48 @@ def test_a_polars_sink_is_never_paced_by_a_pacer_it_cannot_report_to(fmt, tmp_pa
     pacer, source, _ = export_watched(fmt, tmp_path / f"out.{fmt}")
     assert pacer is None or pacer.written == BATCHES * BATCH_ROWS
     assert len(source.leads) == BATCHES
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv.gz", "csv.zst", "ndjson"])
+def test_interleaved_page_streams_are_held_back_by_the_text_writer(fmt, tmp_path, monkeypatch):
+    # Page streams decode faster than Polars' sinks write, which give a source no backpressure: the
+    # text writer of an export in no order reports each batch written, and the streams wait for it.
+    from export_platform.sinks import parts
+
+    pacers = []
+
+    def small_pacer(**kwargs):
+        pacers.append(Pacer(ahead=BATCH_ROWS, **kwargs))
+        return pacers[-1]
+
+    monkeypatch.setattr(parts, "Pacer", small_pacer)
+    plan = plan_request("users", fmt, {"order": "none"})
+
+    class Stream(WatchedSource):
+        def __init__(self, offset: int):
+            super().__init__(None)
+            self.offset = offset
+
+        def __iter__(self):
+            for i in range(BATCHES):
+                self.leads.append(sum(s.handed for s in streams) - pacers[0].written)
+                self.handed = (i + 1) * BATCH_ROWS
+                start = self.offset + i * BATCH_ROWS
+                yield pa.record_batch([pa.array(range(start, start + BATCH_ROWS), pa.int64())], schema=ID_SCHEMA)
+
+    streams = [Stream(0), Stream(BATCHES * BATCH_ROWS)]
+    for stream in streams:
+        stream.handed = 0
+    progress = []
+    parts.sink_streams(streams, plan, tmp_path / f"out.{fmt}", lambda i: progress.append)
+    # The pacer's lead, plus what the two stream threads and the scan hold in hand.
+    assert max(max(s.leads) for s in streams) <= BATCH_ROWS + 6 * BATCH_ROWS
+    assert progress[-1] == 2 * BATCHES * BATCH_ROWS
+    text = file_text(tmp_path / f"out.{fmt}")
+    ids = sorted(int(line.strip('{}"id: ')) for line in text.splitlines()[(1 if fmt.startswith("csv") else 0):])
+    assert ids == list(range(2 * BATCHES * BATCH_ROWS))
+
+
+def file_text(path) -> str:
+    with pa.input_stream(str(path), compression="detect") as stream:
+        return stream.read().decode()

@@ -5,6 +5,7 @@ or Playwright is missing."""
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import shutil
 import threading
@@ -118,3 +119,38 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
     body = saved.read_bytes()
     assert hashlib.sha256(body).hexdigest() == final["sha256"] and len(body) == final["file_bytes"]
     assert body == Path(final["file_uri"].removeprefix("file://")).read_bytes()
+
+
+INTERNAL_ERROR = (
+    "OSError: [Errno 28] No space left on device: '/srv/exports/.tmp/5f3c2a1e-0b7d-4c55-9a43-d7e2f1c0a9b8/export.csv' "
+    "(worker-3.internal)"
+)
+
+
+def test_a_failed_request_shows_its_user_what_to_do_and_no_internals(db, server, tmp_path):
+    internal = insert(db, "users", "xlsx", user="alice@example.com", status="FAILED")
+    refused = insert(db, "users", "pdf", user="alice@example.com", status="FAILED")
+    db.execute("UPDATE export_requests SET error = %s WHERE id = %s", (INTERNAL_ERROR, internal))
+    db.execute(
+        "UPDATE export_requests SET error = %s WHERE id = %s",
+        ("format: pdf holds at most 10,000 rows and this request matches 12,345: narrow it with filters, or choose "
+         "csv or xlsx", refused),
+    )
+    folder = Path(os.environ.get("EXPORT_PLATFORM_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 900, "height": 520})
+        shown = {}
+        for name, request_id in (("failed", internal), ("refused", refused)):
+            page.goto(status_page_url(request_id, 600))
+            page.locator("#error").wait_for(state="visible", timeout=WAIT_MS)
+            page.screenshot(path=str(folder / f"{name}.png"))
+            shown[name] = (page.inner_text("#status"), page.inner_text("#error"), page.inner_text("body"))
+        browser.close()
+    status, error, body = shown["failed"]
+    assert status.startswith("Failed") and f"quote request {internal}" in error
+    for secret in ("/srv", ".tmp", "5f3c2a1e", "internal", "Errno", "alice"):
+        assert secret not in body, secret
+    status, error, _ = shown["refused"]
+    assert status.startswith("Failed") and error.startswith("format: pdf holds at most 10,000 rows")

@@ -275,9 +275,7 @@ def held(url: str, statement: str, table: str, when: pgsql.Composable) -> Iterat
 
 def test_a_worker_frozen_while_recording_its_result_never_publishes(stack, app):
     exports_before = files_in(stack.exports)
-    # Not an e-mail name: LocalStorage.delete does not unquote the file URI ("%40"), so taking
-    # back a file under such a folder silently fails (reported; storage keys are issue 22's).
-    user = "zombie"
+    user = "zombie@example.com"
     # The recording transaction waits inside its UPDATE to COMPLETED until the test lets go.
     completing = pgsql.SQL("NEW.status = 'COMPLETED' AND NEW.requested_by = {}").format(pgsql.Literal(user))
     with held(stack.app_url, "UPDATE", "export_requests", completing) as hold:

@@ -74,6 +74,9 @@ class ExportType:
     # An integer, NOT NULL column that leads `order_by`: chunked exports split its range so that
     # the chunks, concatenated in key order, are the file's row order. None: never chunked.
     chunk_key: str | None = None
+    # Who answers for the type's files, shown in Dagster's Asset Catalog: e-mail addresses or
+    # "team:name", as Dagster's `owners` takes them.
+    owners: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [c for c in (*self.order_by, *self.default_columns) if c not in self.columns]

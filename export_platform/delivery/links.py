@@ -26,8 +26,11 @@ PUBLIC_URL_ENV = "EXPORT_PLATFORM_PUBLIC_URL"
 SIGNING_KEY_ENV = "EXPORT_PLATFORM_SIGNING_KEY"
 MIN_KEY_BYTES = 16
 
-# What a storage key may look like: the segments publish makes (see ops/export.py storage_key).
-_SEGMENT = re.compile(r"[A-Za-z0-9._@-]+")
+# A key whose characters take few values is a placeholder, not a secret ("aaaa…", blanks, "ab12ab12…").
+MIN_DISTINCT_CHARACTERS = 5
+# Unix seconds as a link carries them: ASCII digits only (`str.isdigit` also accepts "²" and "٣",
+# which `int` then refuses), and few enough for `int` (which refuses 4,300+ digits).
+_EXPIRES = re.compile(r"[0-9]{1,12}")
 # users-20261125T101010Z-1a2b3c4d.csv.gz → users-2026-11-25.csv.gz
 _STORED_NAME = re.compile(r"(?P<type>.+)-(?P<y>\d{4})(?P<m>\d\d)(?P<d>\d\d)T\d{6}Z-[0-9a-f]{8}\.(?P<ext>.+)")
 
@@ -51,17 +54,15 @@ class Signer:
     def from_env(cls) -> Signer:
         """The configured key; never a default one (demo, dev and tests set it themselves)."""
         key = os.environ.get(SIGNING_KEY_ENV, "")
-        if len(key.encode()) < MIN_KEY_BYTES:
+        if weakness := _weakness(key):
             raise LinkError(
-                f"{SIGNING_KEY_ENV} must be set to a secret of at least {MIN_KEY_BYTES} bytes to sign download "
-                f"links (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-                if not key
-                else f"{SIGNING_KEY_ENV} is too short: use at least {MIN_KEY_BYTES} bytes"
+                f"{SIGNING_KEY_ENV} {weakness}: use a random secret of at least {MIN_KEY_BYTES} bytes "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
             )
         return cls(key.encode())
 
     def signature(self, kind: Kind, subject: str, expires: int) -> str:
-        message = f"{kind.value}\n{subject}\n{expires}".encode()
+        message = f"{kind.value}\n{subject}\n{expires}".encode(errors="surrogatepass")
         digest = hmac.new(self.key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -70,28 +71,40 @@ class Signer:
         return urlencode({"expires": expires, "sig": self.signature(kind, subject, expires)})
 
     def check(self, kind: Kind, subject: str, expires: str | None, sig: str | None) -> str | None:
-        """None if the link is good, else why not (the text of a 403)."""
-        if not expires or not sig or not expires.isdigit():
+        """None if the link is good, else why not (the text of a 403). Whatever the two values
+        hold (a query string is anyone's to write), this answers and never raises."""
+        if not expires or not sig or not _EXPIRES.fullmatch(expires) or not sig.isascii():
             return "this link is not signed"
-        if not hmac.compare_digest(self.signature(kind, subject, int(expires)), sig):
+        if not hmac.compare_digest(self.signature(kind, subject, int(expires)).encode(), sig.encode()):
             return "this link's signature is not valid"
         if int(expires) < time.time():
             return "this link has expired; ask for a new one"
         return None
 
 
+def seconds_left(expires: str) -> int:
+    """Seconds until a checked link's `expires`."""
+    return max(0, int(expires) - int(time.time()))
+
+
+def _weakness(key: str) -> str | None:
+    """Why a signing key is unfit, if it is: missing, short, blank, or guessable from its shape
+    (one string repeated, a handful of distinct characters). Not a strength meter: a random key
+    passes, and the checks catch the placeholders people paste."""
+    if not key:
+        return "must be set to sign download links"
+    if len(key.encode()) < MIN_KEY_BYTES:
+        return f"is too short: use at least {MIN_KEY_BYTES} bytes"
+    if not key.strip():
+        return "is blank"
+    if (key + key).find(key, 1) < len(key) or len(set(key)) < MIN_DISTINCT_CHARACTERS:
+        return "looks guessable (a repeated pattern or few distinct characters)"
+    return None
+
+
 def public_url() -> str | None:
     url = os.environ.get(PUBLIC_URL_ENV)
     return url.rstrip("/") if url else None
-
-
-def valid_key(key: str) -> bool:
-    """A storage key as publish makes them: plain segments, no `.`/`..`, not the temp folder."""
-    segments = key.split("/")
-    return (
-        all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
-        and not segments[0].startswith(".")
-    )
 
 
 def file_url(base: str, signer: Signer, key: str, seconds: int) -> str:

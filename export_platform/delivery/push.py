@@ -4,7 +4,6 @@ page's event stream is woken by `NOTIFY export_requests` about its request, inst
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import defaultdict
 
@@ -40,18 +39,29 @@ class Notifications:
             for event in group:
                 event.set()
 
+    def _notified(self, payload: str) -> None:
+        request_id = rt.notified_id(payload)
+        if request_id is None:
+            log.warning("skipped a notification on %s that names no request: %.80r", rt.NOTIFY_CHANNEL, payload)
+        else:
+            self._wake(request_id)
+
     async def _listen(self) -> None:
+        """Listens until stopped: whatever goes wrong, it logs, wakes every stream (each then reads
+        its row) and connects again."""
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(rt.NOTIFY_CHANNEL)))
                     self._wake()
                     async for notice in conn.notifies():
-                        self._wake(json.loads(notice.payload)["id"])
+                        self._notified(notice.payload)
             except (psycopg.OperationalError, OSError) as error:
                 log.warning("LISTEN %s lost (%s); reconnecting", rt.NOTIFY_CHANNEL, error)
-                self._wake()  # the streams read their rows again: nothing is missed for long
-                await asyncio.sleep(RECONNECT_SECONDS)
+            except Exception:  # a bug must not end the pushes for good, as one bad payload once did
+                log.exception("LISTEN %s failed; reconnecting", rt.NOTIFY_CHANNEL)
+            self._wake()  # the streams read their rows again: nothing is missed for long
+            await asyncio.sleep(RECONNECT_SECONDS)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen())

@@ -25,7 +25,8 @@ from ..resources.requests import RequestStore
 from ..resources.storage import ExportStorage
 from ..sinks import digest_of, scan_batches
 from ..sinks.parts import join_parts, part_path, write_part
-from .export import EXTRACT_RETRIES, Progress, StagedFile, connection_lost, temp_path
+from ..dagster_compat import failure_without_traceback
+from .export import EXTRACT_RETRIES, Progress, StagedFile, connection_lost, stopped, temp_path
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def extract_chunk(
         path.unlink(missing_ok=True)
         if progress is not None:
             progress.withdraw()
+        if why := stopped(context):
+            raise failure_without_traceback(f"chunk {task.index}: {why}") from None
         if not isinstance(error, Exception) or connection_lost(error):
             raise  # the retry policy runs this chunk again, from a fresh snapshot
         raise dg.Failure(f"chunk {task.index}: {error}", allow_retries=False) from error

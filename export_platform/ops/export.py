@@ -1,7 +1,7 @@
 """The three steps of every export job: plan → extract (stream into a temp file) → publish."""
 
 
-import re
+import os
 import shutil
 import threading
 import time
@@ -13,18 +13,23 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
+from .. import assets
+from ..delivery.links import LinkError, public_url, status_page_url
 from ..requests import table as rt
 from ..planning.config import ExportConfig, options_of
 from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
 from ..planning.preflight import preflight
 from ..catalog.registry import ExportType
+from ..dagster_compat import MAX_RUNTIME_MESSAGE, failure_without_traceback
 from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
-from ..naming import INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
+from ..naming import FORMAT_TAG, INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
 from ..resources.requests import RequestStore
-from ..resources.storage import ExportStorage
+from ..resources.storage import ExportStorage, OutputRefused, file_uri_path
+from ..resources.storage_keys import path_part
 from ..sinks import digest_of
 from ..sinks.parts import sink_streams
+from ..sinks.server_csv import write_server_csv
 from ..units import human_bytes
 from ..workers.lease import check_lease
 
@@ -45,11 +50,13 @@ class StagedFile:
 
 @dataclass(frozen=True)
 class PublishedExport:
-    uri: str
+    uri: str  # the file, as the request row's file_uri names it
     rows: int
     bytes: int
     sha256: str
     seconds: float
+    key: str | None = None  # its storage key (file_key); None for a file written to an output_path
+    url: str | None = None  # a signed download link, where the storage can sign one
 
 
 def plan_op_name(export_type_name: str) -> str:
@@ -68,7 +75,10 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
         config: config_class,  # type: ignore[valid-type]
         requests: RequestStore,
         postgres: PostgresResource,
+        storage: ExportStorage,
     ) -> ExportPlan:
+        if config.output_path is not None:  # refused before the request row or the database is touched
+            allowed_output(storage, config.output_path)
         request_id = request_id_of(context.run.tags)
         if request_id is not None:
             requests.run(rt.mark_running(request_id, context.run_id))
@@ -164,13 +174,21 @@ class Progress:
             self.reported = 0
 
 
+def allowed_output(storage: ExportStorage, output_path: str) -> Path:
+    """The resolved target of an `output_path`, if the storage's allow-list has its folder."""
+    try:
+        return storage.output_target(output_path)
+    except OutputRefused as refused:
+        raise dg.Failure(description=f"output_path: {refused}", metadata={"field": "output_path"}) from None
+
+
 def temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
     """The run's file being written, alone in a folder of the run's (with whatever its writer
     spools), so that a failure removes all of it: in the storage's temp folder, or for an output
     path beside the target, where publishing is a rename."""
     if not plan.output_path:
         return storage.run_temp_folder(context.run_id) / f"export.{plan.format.extension}"
-    target = Path(plan.output_path).resolve()
+    target = allowed_output(storage, plan.output_path)
     folder = target.parent / f".{target.name}.{context.run_id}.tmp"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / target.name
@@ -180,6 +198,22 @@ def discard_staging(path: Path, run_id: str) -> None:
     """Remove a run's file being written and everything beside it in its folder (the run's own)."""
     if run_id in path.parent.name:
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def stopped(context: dg.OpExecutionContext) -> str | None:
+    """Why the run is being stopped on request (terminated from the UI, by a request's cancel, or by
+    run monitoring at its maximum runtime), or None when it is not: the interrupt, or the cancelled
+    query, that then ends a step is no failure of the export, and its event says so."""
+    try:
+        run = context.instance.get_run_by_id(context.run_id)
+        if run is None or run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            return None
+        asked = [r.user_message for r in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.RUN_CANCELING)]
+    except Exception:  # Dagster's storage unreachable: not a stop this step can tell
+        return None
+    # Run monitoring says why ("Canceling due to exceeding maximum runtime of 60 seconds."); a cancel does not.
+    why = next((m.rstrip(".") for m in asked if m.startswith(MAX_RUNTIME_MESSAGE)), "cancelled")
+    return f"stopped before the export finished ({why}): nothing was published"
 
 
 def connection_lost(error: BaseException) -> bool:
@@ -202,15 +236,22 @@ def extract_export(
     started = time.time()  # wall clock: publish may run in another process
     path = temp_path(context, plan, storage)
     try:
-        with postgres.snapshot_stream(plan, session_name(context.run_id), plan.chunks) as snapshot:
-            streams = f" in {len(snapshot.readers)} chunks" if len(snapshot.readers) > 1 else ""
-            context.log.info(f"{snapshot.count:,} rows to export{streams}")
+        name = session_name(context.run_id)
+        with postgres.snapshot_stream(plan, name, plan.chunks, server_csv=postgres.server_csv) as snapshot:
+            streams = len(snapshot.copies or snapshot.readers)
+            context.log.info(f"{snapshot.count:,} rows to export{f' in {streams} streams' if streams > 1 else ''}; "
+                             f"read by {snapshot.reading['reader']}")
             progress = Progress(context, snapshot.count, requests)
             with digest_of(plan, path) as digest:
-                sink_streams(snapshot.readers, plan, path, progress.stream)
-        context.add_output_metadata({"rows": progress.rows, "streams": len(snapshot.readers)})
+                if snapshot.copies:
+                    write_server_csv(snapshot.copies, plan, path, progress.stream)
+                else:
+                    sink_streams(snapshot.readers, plan, path, progress.stream)
+        context.add_output_metadata({"rows": progress.rows, "streams": streams, **snapshot.reading})
     except BaseException as error:
         discard_staging(path, context.run_id)
+        if why := stopped(context):  # a stop, wherever the interrupt landed: its reason, no traceback
+            raise failure_without_traceback(why) from None
         if connection_lost(error):
             if context.retry_number < EXTRACT_RETRIES:
                 context.log.warning(f"lost the database connection; retrying the extract: {error}")
@@ -224,26 +265,22 @@ def extract_export(
     )
 
 
-def _path_part(value: str) -> str:
-    """A user or schedule name made safe as one path segment."""
-    part = re.sub(r"[^A-Za-z0-9._@-]", "_", value)[:100]
-    return "_" if part in ("", ".", "..") else part
-
-
 def storage_key(tags: dict[str, str], plan: ExportPlan, run_id: str, now: datetime) -> str:
     """requests/<requested_by>/…, schedules/<schedule>/<date>/…, or <type>/… for Launchpad runs."""
     name = f"{plan.export_type}-{now:%Y%m%dT%H%M%SZ}-{run_id[:8]}.{plan.format.extension}"
     if schedule := tags.get(SCHEDULE_TAG):
-        return f"schedules/{_path_part(schedule)}/{now:%Y-%m-%d}/{name}"
+        return f"schedules/{path_part(schedule)}/{now:%Y-%m-%d}/{name}"
     if request_id_of(tags) is not None:
-        return f"requests/{_path_part(tags.get(REQUESTED_BY_TAG) or 'anonymous')}/{name}"
+        return f"requests/{path_part(tags.get(REQUESTED_BY_TAG) or 'anonymous')}/{name}"
     return f"{plan.export_type}/{name}"
 
 
-def link_for(storage: ExportStorage, uri: str, now: datetime) -> rt.Link:
-    url_expires = now + timedelta(seconds=storage.download_url_seconds)
-    url = storage.signed_url(uri, storage.download_url_seconds)
-    return rt.Link(url, url_expires if url else None, now + timedelta(days=storage.retention_days))
+def link_for(storage: ExportStorage, key: str | None, now: datetime) -> rt.Link:
+    """The signed link of a published file (none for an output_path file) and until when it and
+    the file are kept."""
+    url = None if key is None else storage.signed_url(key, storage.download_url_seconds)
+    url_expires = now + timedelta(seconds=storage.download_url_seconds) if url else None
+    return rt.Link(url, url_expires, now + timedelta(days=storage.retention_days))
 
 
 class Superseded(Exception):
@@ -259,19 +296,42 @@ def _check_wanted(request_id: int, status: str | None) -> None:
         raise Superseded(request_id, status)
 
 
-def _place(context: dg.OpExecutionContext, plan: ExportPlan, path: Path, storage: ExportStorage, now: datetime) -> str:
-    if plan.output_path:
-        target = Path(plan.output_path).resolve()
-        path.replace(target)
-        return target.as_uri()
-    return storage.publish(path, storage_key(context.run.tags, plan, context.run_id, now))
+@dataclass(frozen=True)
+class Placed:
+    """A file in its final place, and how to take that back."""
+
+    uri: str
+    key: str | None  # in the storage; None at an output_path
+    target: Path | None = None  # the output_path
+    previous: Path | None = None  # the file the output_path held before, kept until the run is recorded
 
 
-def _unpublish(context: dg.OpExecutionContext, plan: ExportPlan, uri: str, storage: ExportStorage) -> None:
+def _place(context: dg.OpExecutionContext, plan: ExportPlan, path: Path, storage: ExportStorage, now: datetime) -> Placed:
+    if not plan.output_path:
+        key = storage_key(context.run.tags, plan, context.run_id, now)
+        return Placed(storage.publish(path, key), key)
+    target = allowed_output(storage, plan.output_path)
+    previous = path.parent / f".previous-{target.name}"  # in the run's folder beside the target: removed with it
     try:
-        Path(plan.output_path).resolve().unlink(missing_ok=True) if plan.output_path else storage.delete(uri)
+        os.link(target, previous)
+    except FileNotFoundError:
+        previous = None
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(target, previous)
+    path.replace(target)
+    return Placed(target.as_uri(), None, target, previous)
+
+
+def _unpublish(context: dg.OpExecutionContext, placed: Placed, storage: ExportStorage) -> None:
+    try:
+        if placed.target is None:
+            storage.delete(placed.key)
+        elif placed.previous is not None:
+            placed.previous.replace(placed.target)
+        else:
+            placed.target.unlink(missing_ok=True)
     except Exception as error:  # the error that got us here is the one to report
-        context.log.error(f"could not remove {uri} after its publish was undone: {error}")
+        context.log.error(f"could not take back {placed.uri} after its publish was undone: {error}")
 
 
 def _record(
@@ -284,7 +344,11 @@ def _record(
     fence: Callable[[sa.Connection], None],
 ) -> None:
     """The request row's COMPLETED and the incremental mark, in one transaction, decided under the
-    row's lock: a cancel that got there first wins, and so does a fence (`fence(conn)` raises)."""
+    row's lock: a cancel that got there first wins, and so does a fence (`fence(conn)` raises). With
+    neither a request nor a mark (a Launchpad run, `export-platform run`), nothing is written: the
+    database need not have the request table at all."""
+    if request_id is None and plan.incremental is None:
+        return
     with requests.transaction() as conn:
         fence(conn)
         if request_id is not None:
@@ -310,6 +374,7 @@ def publish_export(
     request_id = request_id_of(context.run.tags)
     try:
         if staged.rows != staged.expected_rows:
+            _report_rows_mismatch(context, plan, staged)
             raise dg.Failure(
                 description=f"wrote {staged.rows} rows but the snapshot counted {staged.expected_rows}; file discarded"
             )
@@ -318,19 +383,22 @@ def publish_export(
         sha256, size = staged.sha256, staged.bytes
         now = datetime.now(timezone.utc)
         check_lease(context)  # a worker the pool gave up on must not publish
-        uri = _place(context, plan, path, storage, now)
+        placed = _place(context, plan, path, storage, now)
         try:
+            link = link_for(storage, placed.key, now)
             completed = None if request_id is None else rt.mark_completed(
-                request_id, rows=staged.rows, uri=uri, size=size, sha256=sha256, link=link_for(storage, uri, now)
+                request_id, rows=staged.rows, uri=placed.uri, key=placed.key, size=size, sha256=sha256, link=link
             )
             _record(requests, request_id, plan, staged, context.run_id, completed, lambda conn: check_lease(context, conn))
         except BaseException:
-            _unpublish(context, plan, uri, storage)
+            _unpublish(context, placed, storage)
             raise
     except Superseded as superseded:
+        message = f"{superseded}: the export was not published"
         if superseded.status == Status.CANCEL_REQUESTED.value:
             requests.run(rt.mark_cancelled(superseded.request_id))
-        raise dg.Failure(f"{superseded}: the export was not published", allow_retries=False) from None
+            raise failure_without_traceback(message) from None  # a cancel, not a crash
+        raise dg.Failure(message, allow_retries=False) from None
     finally:
         discard_staging(path, context.run_id)
         storage.discard_temp(context.run_id)
@@ -343,9 +411,86 @@ def publish_export(
             "seconds": round(seconds, 3),
             "rows_per_second": round(staged.rows / seconds) if seconds else 0,
             "sha256": sha256,
-            "path": dg.MetadataValue.path(uri),
+            "path": dg.MetadataValue.path(str(file_uri_path(placed.uri) or placed.uri)),
             # Only an incremental export has one; an empty entry on every other run page says nothing.
             **({"high_water": staged.high_water or "unchanged (no new rows)"} if plan.incremental is not None else {}),
         }
     )
-    return PublishedExport(uri=uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds)
+    published = PublishedExport(
+        uri=placed.uri, rows=staged.rows, bytes=size, sha256=sha256, seconds=seconds, key=placed.key, url=link.url
+    )
+    try:
+        _report_to_catalog(context, plan, staged, published, storage, link)
+    except Exception as error:  # the file is published and recorded: the Catalog's view of it must not undo that
+        context.log.warning(f"could not report {placed.uri} to the Asset Catalog: {error}")
+    return published
+
+
+def _requester(tags: dict[str, str]) -> str:
+    request_id = request_id_of(tags)
+    if request_id is not None:
+        return f"request {request_id} by {tags.get(REQUESTED_BY_TAG) or 'anonymous'}"
+    if schedule := tags.get(SCHEDULE_TAG):
+        return f"schedule {schedule}"
+    return "the Launchpad or `export-platform run`"
+
+
+def _no_link(plan: ExportPlan, request_id: int | None) -> str:
+    """How to get a file that has no signed link: read where it is, or configure `serve`."""
+    if plan.output_path:
+        return "written to output_path on the machine that ran the export; not served"
+    mint = f"; then `export-platform url {request_id}` mints one" if request_id is not None else ""
+    return ("no download link: this code location has no EXPORT_PLATFORM_PUBLIC_URL and EXPORT_PLATFORM_SIGNING_KEY "
+            f"(`make dev` gives it both, for the `serve` it starts){mint}. Until then, read the file where `file` says")
+
+
+def _links(storage: ExportStorage, plan: ExportPlan, link: rt.Link, request_id: int | None) -> dict:
+    found = {assets.LINK: dg.MetadataValue.url(link.url) if link.url else _no_link(plan, request_id)}
+    if link.url:
+        found["link_expires"] = dg.MetadataValue.timestamp(link.url_expires_at)
+    if request_id is not None and public_url() is not None:
+        try:
+            found["status_page"] = dg.MetadataValue.url(status_page_url(request_id, storage.download_url_seconds))
+        except LinkError:  # no signing key: the link above says so
+            pass
+    return found
+
+
+def _report_to_catalog(
+    context: dg.OpExecutionContext,
+    plan: ExportPlan,
+    staged: StagedFile,
+    published: PublishedExport,
+    storage: ExportStorage,
+    link: rt.Link,
+) -> None:
+    """The published file as a materialization of its type's asset (the Catalog plots its numbers
+    over time; the run page shows its download link), then the row-count check."""
+    tags = context.run.tags
+    if FORMAT_TAG not in tags:  # a Launchpad run: its format is in its config, not its tags
+        context.instance.add_run_tags(context.run_id, {FORMAT_TAG: plan.format.value})
+    request_id = request_id_of(tags)
+    requester = _requester(tags)
+    metadata = {  # the link first: the run page shows the first entries of an event without expanding it
+        **_links(storage, plan, link, request_id),
+        assets.ROW_COUNT: dg.MetadataValue.int(published.rows),
+        assets.SNAPSHOT_ROWS: staged.expected_rows,
+        "bytes": published.bytes,
+        "seconds": round(published.seconds, 3),
+        "rows_per_second": round(published.rows / published.seconds) if published.seconds else 0,
+        "sha256": published.sha256,
+        "format": plan.format.value,
+        "requested_by": requester,
+        "columns": ", ".join(plan.columns),
+        "filters": dg.MetadataValue.json(plan.filters),
+        "file": dg.MetadataValue.path(str(file_uri_path(published.uri) or published.uri)),
+    }
+    context.log_event(assets.materialization(plan.export_type, metadata, f"{plan.format.value} for {requester}"))
+    context.log_event(assets.rows_check(assets.export_key(plan.export_type), staged.rows, staged.expected_rows))
+
+
+def _report_rows_mismatch(context: dg.OpExecutionContext, plan: ExportPlan, staged: StagedFile) -> None:
+    """The failed check of a file that is not published. Events an op logs before it raises are
+    lost with the exception, so this one is reported at once, naming the run."""
+    key = assets.export_key(plan.export_type)
+    context.instance.report_runless_asset_event(assets.rows_check(key, staged.rows, staged.expected_rows, context.run_id))

@@ -4,7 +4,9 @@ Dagster does not prune run records or event logs by itself; without this job the
 every export forever.
 """
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import dagster as dg
 from ..dagster_compat import FINISHED_STATUSES
@@ -45,13 +47,13 @@ class Tally:
         self.files = self.freed = 0
         self.failures: list[str] = []
 
-    def delete(self, storage: ExportStorage, uri: str, size: int | None) -> bool:
-        """Delete `uri` (or, in a dry run, count it); False if that failed."""
+    def delete(self, what: str, size: int | None, delete: Callable[[], int]) -> bool:
+        """Delete a file by calling `delete` (or, in a dry run, count it); False if that failed."""
         try:
-            freed = (size or 0) if self.dry_run else storage.delete(uri)
+            freed = (size or 0) if self.dry_run else delete()
         except (StorageError, OSError) as error:
-            self.context.log.error(f"left {uri} in place: {error}")
-            self.failures.append(f"{uri}: {error}")
+            self.context.log.error(f"left {what} in place: {error}")
+            self.failures.append(f"{what}: {error}")
             return False
         self.files, self.freed = self.files + 1, self.freed + freed
         return True
@@ -74,7 +76,8 @@ def expire_files(
     tally, after = Tally(context, config.dry_run), None
     while rows := requests.run(rt.expired_files(BATCH, after)).all():
         for row in rows:
-            if tally.delete(storage, row.file_uri, row.file_bytes) and not config.dry_run:
+            delete = partial(storage.delete_request_file, row.file_key, row.file_uri)
+            if tally.delete(f"request {row.id}'s {row.file_uri}", row.file_bytes, delete) and not config.dry_run:
                 requests.run(rt.mark_expired(row.id, "retention"))
         after = (rows[-1].expires_at, rows[-1].id)
     tally.report()
@@ -91,7 +94,7 @@ def expire_files_without_request(
     for folder in [SCHEDULE_FOLDER, *REGISTRY.names()]:
         for stored in storage.files_under(folder):
             if stored.modified < cutoff:
-                tally.delete(storage, stored.uri, stored.bytes)
+                tally.delete(stored.key, stored.bytes, partial(storage.delete, stored.key))
     tally.report()
 
 

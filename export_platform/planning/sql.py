@@ -1,10 +1,10 @@
 """Every SQL statement the export path runs, built from registry-checked identifiers.
 
-User values never appear in the statement text. ADBC streams a result through COPY only for a
-statement without parameters (with bound parameters it buffers the whole result in memory), so
-the values are bound server-side into transaction-local settings first:
+User values never appear in the statement text. The rows stream through `COPY (SELECT ...) TO
+STDOUT`, which takes no parameters, so the values are bound server-side into transaction-local
+settings first, by a statement of their own with real bound parameters:
 
-    SELECT set_config('export_platform.p0', $1, true)        -- $1 bound by the driver
+    SELECT set_config('export_platform.p0', $1, true) AS s0   -- $1 bound by the driver
     SELECT ... WHERE country_code = current_setting('export_platform.p0')::text
 
 `current_setting` is stable, so the planner treats it like a parameter and can use indexes.
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
+from enum import Enum
 
 from psycopg import sql
 
@@ -129,8 +131,9 @@ def bind_statement(plan: ExportPlan, key_range: Range | None = None, upper: str 
     names = [name for name, _ in _settings(plan, key_range, upper)]
     if not names:
         return None
+    # Named columns: DuckDB's postgres_query takes a result's column names as its own.
     calls = [
-        sql.SQL("set_config({}, {}, true)").format(sql.Literal(name), sql.SQL(f"${i + 1}"))
+        sql.SQL("set_config({}, {}, true) AS {}").format(sql.Literal(name), sql.SQL(f"${i + 1}"), sql.Identifier(f"s{i}"))
         for i, name in enumerate(names)
     ]
     return (sql.SQL("SELECT ") + sql.SQL(", ").join(calls)).as_string()
@@ -161,13 +164,25 @@ SELECT
 """
 
 
-def select_statement(plan: ExportPlan, key_range: Range | None = None, as_text: tuple[str, ...] = ()) -> str:
-    """The export's rows; the columns `as_text` are read as their text (`col::text AS col`)."""
+class Read(str, Enum):
+    """How the reader receives a column: decoded by DuckDB, or as Postgres's own text of it where
+    DuckDB's decoding is not exact (see `resources/postgres.py`, "How each column is read")."""
+
+    NATIVE = "native"
+    TEXT = "text"  # col::text
+    PADDED = "padded"  # char(n) with its padding: DuckDB trims it, and so does ::text
+
+
+_READ = {
+    Read.NATIVE: sql.SQL("{}"),
+    Read.TEXT: sql.SQL("{}::text"),
+    # bpcharout is char(n)'s output function, which keeps the padding; both are strict (NULL stays NULL).
+    Read.PADDED: sql.SQL("textin(bpcharout({}))"),
+}
+
+
+def _rows_statement(plan: ExportPlan, columns: list[sql.Composable], key_range: Range | None) -> str:
     order = sql.SQL(" ORDER BY ") + sql.SQL(", ").join(map(sql.Identifier, plan.order_by))
-    columns = [
-        sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(c)) if c in as_text else sql.Identifier(c)
-        for c in plan.columns
-    ]
     return sql.SQL("SELECT {columns} FROM {relation}{where}{order}").format(
         columns=sql.SQL(", ").join(columns),
         relation=_identifier(plan.relation),
@@ -176,24 +191,103 @@ def select_statement(plan: ExportPlan, key_range: Range | None = None, as_text: 
     ).as_string()
 
 
-def columns_statement(plan: ExportPlan) -> str:
-    """The export's columns with their types and no rows: what a preflight needs to know."""
+def _named(expression: sql.Composable, column: str) -> sql.Composable:
+    return sql.SQL("{} AS {}").format(expression, sql.Identifier(column))
+
+
+def select_statement(plan: ExportPlan, key_range: Range | None = None, reads: Mapping[str, Read] | None = None) -> str:
+    """The export's rows, each column read as `reads` says (NATIVE when not named)."""
+    reads = reads or {}
+    return _rows_statement(plan, [read_column(c, reads.get(c, Read.NATIVE)) for c in plan.columns], key_range)
+
+
+def read_column(column: str, read: Read) -> sql.Composable:
+    """The column as `read` says, named as itself."""
+    if read is Read.NATIVE:
+        return sql.Identifier(column)
+    return _named(_READ[read].format(sql.Identifier(column)), column)
+
+
+def columns_statement(plan: ExportPlan, reads: Mapping[str, Read] | None = None) -> str:
+    """The export's columns (read as `reads` says) with their types and no rows: what a preflight
+    needs to know."""
+    reads = reads or {}
+    columns = [read_column(c, reads.get(c, Read.NATIVE)) for c in plan.columns]
     return sql.SQL("SELECT {columns} FROM {relation} LIMIT 0").format(
-        columns=sql.SQL(", ").join(map(sql.Identifier, plan.columns)), relation=_identifier(plan.relation)
+        columns=sql.SQL(", ").join(columns), relation=_identifier(plan.relation)
     ).as_string()
 
 
-def count_statement(plan: ExportPlan, key_range: Range | None = None) -> str:
-    return sql.SQL("SELECT count(*) FROM {relation}{where}").format(
-        relation=_identifier(plan.relation), where=_where(plan, key_range)
+class CsvText(str, Enum):
+    """How the server writes a column in the export's CSV, where its text is the one Polars would
+    write (sinks/server_csv.py): as Postgres prints it, or formatted as the sinks format it."""
+
+    AS_PRINTED = "as printed"  # text, integers, numeric: Postgres's text is the writers' text
+    PADDED = "padded"  # char(n)
+    BOOLEAN = "boolean"  # true / false, not Postgres's t / f
+    DATE = "date"  # %Y-%m-%d
+    TIMESTAMP = "timestamp"  # %Y-%m-%dT%H:%M:%S%.6f
+    TIMESTAMPTZ = "timestamptz"  # %Y-%m-%dT%H:%M:%S%.6f%:z, in the session's time zone
+
+
+def _iso_year(column: sql.Composable) -> sql.Composable:
+    # The year as the writers' %Y prints it (chrono): 4 digits, astronomical (1 BC is 0000, 2 BC
+    # -0001), a + beyond 9999. Only for values outside 0001-9999, where to_char's YYYY differs.
+    year = sql.SQL("(CASE WHEN extract(year FROM {c}) < 0 THEN extract(year FROM {c}) + 1 ELSE extract(year FROM {c}) END)::int").format(c=column)
+    return sql.SQL(
+        "(CASE WHEN {y} > 9999 THEN '+' || {y} WHEN {y} < 0 THEN '-' || lpad((-{y})::text, 4, '0') "
+        "ELSE lpad({y}::text, 4, '0') END)"
+    ).format(y=year)
+
+
+def _iso(column: sql.Composable, rest: str, low: str, high: str, common: sql.Composable | None = None) -> sql.Composable:
+    """to_char with an ISO year: `rest` is the pattern after the year (from -MM on). `common`, when
+    given, is a cheaper expression of the same text for years 0001-9999."""
+    common = common or sql.SQL("to_char({c}, {full})").format(c=column, full=sql.Literal("YYYY" + rest))
+    return sql.SQL("CASE WHEN {c} >= {low} AND {c} < {high} THEN {common} ELSE {year} || to_char({c}, {rest}) END").format(
+        c=column, low=sql.SQL(low), high=sql.SQL(high), common=common, year=_iso_year(column), rest=sql.Literal(rest)
+    )
+
+
+_TIME = '-MM-DD"T"HH24:MI:SS.US'
+_CSV_TEXT = {
+    CsvText.AS_PRINTED: lambda c: c,
+    CsvText.PADDED: lambda c: _READ[Read.PADDED].format(c),
+    CsvText.BOOLEAN: lambda c: sql.SQL("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END").format(c=c),
+    # A date's own text (DateStyle ISO, set by SET_CSV_SESSION) is YYYY-MM-DD in those years, and
+    # costs the server a third of to_char's time.
+    CsvText.DATE: lambda c: _iso(c, "-MM-DD", "date '0001-01-01'", "date '10000-01-01'", sql.SQL("{}::text").format(c)),
+    CsvText.TIMESTAMP: lambda c: _iso(c, _TIME, "timestamp '0001-01-01'", "timestamp '10000-01-01'"),
+    CsvText.TIMESTAMPTZ: lambda c: _iso(c, _TIME + "TZH:TZM", "timestamptz '0001-01-01 00:00+00'", "timestamptz '10000-01-01 00:00+00'"),
+}
+
+
+def csv_statement(plan: ExportPlan, texts: Mapping[str, CsvText], key_range: Range | None = None) -> str:
+    """The export's rows as the text the server writes into the CSV (see `CsvText`)."""
+    columns = [_named(_CSV_TEXT[texts[c]](sql.Identifier(c)), c) for c in plan.columns]
+    return _rows_statement(plan, columns, key_range)
+
+
+def _nan_probes(columns: Sequence[str]) -> sql.Composable:
+    # Whether each NUMERIC(p, s) column holds a NaN, which DuckDB would read as 0.
+    return sql.SQL("").join(
+        sql.SQL(", coalesce(bool_or({} = 'NaN'), false)").format(sql.Identifier(c)) for c in columns
+    )
+
+
+def count_statement(plan: ExportPlan, key_range: Range | None = None, nan_columns: Sequence[str] = ()) -> str:
+    """The rows to export, and for each of `nan_columns` whether it holds a NaN, in one pass."""
+    return sql.SQL("SELECT count(*){probes} FROM {relation}{where}").format(
+        probes=_nan_probes(nan_columns), relation=_identifier(plan.relation), where=_where(plan, key_range)
     ).as_string()
 
 
-def extent_statement(plan: ExportPlan) -> str:
-    """The rows to export and their chunk key's extent, in one pass: what a split needs."""
+def extent_statement(plan: ExportPlan, nan_columns: Sequence[str] = ()) -> str:
+    """The rows to export and their chunk key's extent (then the NaN probes of `count_statement`),
+    in one pass: what a split needs."""
     key = sql.Identifier(plan.chunk_key or "")
-    return sql.SQL("SELECT count(*), min({key}), max({key}) FROM {relation}{where}").format(
-        key=key, relation=_identifier(plan.relation), where=_where(plan)
+    return sql.SQL("SELECT count(*), min({key}), max({key}){probes} FROM {relation}{where}").format(
+        key=key, probes=_nan_probes(nan_columns), relation=_identifier(plan.relation), where=_where(plan)
     ).as_string()
 
 
@@ -227,7 +321,12 @@ def import_snapshot(snapshot_id: str) -> str:
 BEGIN_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # Dates in filters and timestamps in files are UTC whatever the server's default zone.
 SET_UTC = "SET LOCAL TIME ZONE 'UTC'"
-SET_APPLICATION_NAME = "SELECT set_config('application_name', $1, false)"
+# The server's CSV writes timestamptz in the export's zone (bound, $1) and dates as ISO text, and
+# quotes COPY's options as standard SQL strings whatever the server's defaults.
+SET_CSV_SESSION = (
+    "SELECT set_config('TimeZone', $1, true) AS z, set_config('DateStyle', 'ISO, YMD', true) AS d, "
+    "set_config('standard_conforming_strings', 'on', true) AS s"
+)
 CANCEL_SESSION = (
     "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
     "WHERE application_name = %s AND pid <> pg_backend_pid()"

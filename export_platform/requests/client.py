@@ -11,10 +11,9 @@ Requests are checked here as the sensor would check them, so a bad one fails at 
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -23,11 +22,22 @@ from psycopg import sql as pgsql
 
 from . import table as rt
 from ..delivery import links
-from ..planning.plan import plan_request
+from ..planning.plan import RequestError, plan_request, shown
 from .table import TERMINAL, Status
 from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 from ..resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
+
+
+def request_params(filters: Any = None, columns: Any = None, options: Any = None) -> dict:
+    """A request row's params from its parts, as the Python client and the HTTP API both build them;
+    what is unset is left out (`plan_request` then checks the rest, naming the field)."""
+    if options is not None and not isinstance(options, Mapping):
+        raise RequestError("options", f"expected an object of export options, got {shown(options)}")
+    for part in ("filters", "columns"):
+        if part in (options or {}):
+            raise RequestError(f"options.{part}", f"{part} is a field of the request, not an option")
+    return {k: v for k, v in {"filters": filters, "columns": columns, **(options or {})}.items() if v is not None}
 
 
 class Refused(RuntimeError):
@@ -55,7 +65,7 @@ class ExportClient:
         `options` are the export options of a request's params: labels, time_zone,
         formula_protection, csv, parquet, xlsx, pdf (e.g. `{"csv": {"delimiter": ";"}}`).
         """
-        params = {k: v for k, v in {"filters": filters, "columns": columns, **(options or {})}.items() if v}
+        params = request_params(filters, columns, options)
         plan_request(export_type, format, params)
         request_id = self.store.run(rt.insert(export_type, format, params, requested_by, idempotency_key)).scalar()
         if request_id is None:
@@ -92,7 +102,7 @@ class ExportClient:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"request {request_id} still {row['status']} after {timeout} s")
                 for notice in listener.notifies(timeout=min(poll_seconds, left or poll_seconds)):
-                    if json.loads(notice.payload)["id"] == request_id:
+                    if rt.notified_id(notice.payload) == request_id:
                         break
 
     def status_page_url(self, request_id: int, seconds: int = 24 * 3600) -> str:
@@ -123,7 +133,7 @@ class ExportClient:
         now = datetime.now(timezone.utc)
         if row["expires_at"] is not None and row["expires_at"] <= now:
             raise Refused(f"request {request_id}'s file expired at {row['expires_at']:%Y-%m-%d %H:%M:%S %Z}")
-        url = self.storage.signed_url(row["file_uri"], seconds)
+        url = self.storage.signed_url(self.storage.recorded_key(row["file_key"], row["file_uri"]), seconds)
         if url is None:
             raise Refused(
                 f"this storage cannot sign URLs; the file is {row['file_uri']} (local storage signs links for "
@@ -136,6 +146,6 @@ class ExportClient:
         """Delete a finished export's file; the row becomes EXPIRED (expired_reason 'deleted').
         Returns the bytes freed."""
         row = self._finished_file(request_id)
-        freed = self.storage.delete(row["file_uri"])
+        freed = self.storage.delete_request_file(row["file_key"], row["file_uri"])
         self.store.run(rt.mark_expired(request_id, "deleted"))
         return freed

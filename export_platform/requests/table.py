@@ -7,6 +7,7 @@ later release can add columns safely to a table that already holds requests.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +66,9 @@ export_requests = sa.Table(
     sa.Column("progress_pct", sa.Numeric(5, 2)),
     sa.Column("row_count", sa.BigInteger),
     sa.Column("file_uri", sa.Text),
+    # The file's key relative to the storage root (resources/storage_keys.py), never encoded: what
+    # the platform finds the file by. file_uri names it absolutely, for people and applications.
+    sa.Column("file_key", sa.Text),
     sa.Column("file_bytes", sa.BigInteger),
     sa.Column("sha256", sa.Text),
     sa.Column("download_url", sa.Text),
@@ -90,7 +94,7 @@ export_requests = sa.Table(
     ),
     sa.Index("export_requests_by_user", "requested_by", sa.column("id").desc()),
     # `serve` finds a file's sha256 (its ETag) here instead of reading the whole file again.
-    sa.Index("export_requests_by_file", "file_uri", postgresql_where=sa.column("file_uri").is_not(None)),
+    sa.Index("export_requests_by_file_key", "file_key", postgresql_where=sa.column("file_key").is_not(None)),
 )
 
 # High-water marks of incremental recurring exports; advanced only after a file is published.
@@ -151,6 +155,16 @@ def _v3_run_keys_and_finished_rows(conn: sa.Connection) -> None:
 # Push: each change of a request's status or progress is announced on this channel with
 # {"id", "status", "progress_pct"}, so that applications can LISTEN instead of polling the table.
 NOTIFY_CHANNEL = "export_requests"
+
+
+def notified_id(payload: str) -> int | None:
+    """The request id of a notification on the channel, or None for a payload that is not the
+    trigger's: any role that can connect can NOTIFY the channel with anything."""
+    try:
+        request_id = json.loads(payload).get("id")
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested too deep
+        return None
+    return request_id if type(request_id) is int else None
 _NOTIFY_FUNCTION = sa.DDL(f"""
 CREATE OR REPLACE FUNCTION export_requests_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -178,10 +192,20 @@ def _v4_notify_and_file_index(conn: sa.Connection) -> None:
     ))
 
 
+def _v5_file_keys(conn: sa.Connection) -> None:
+    # Rows published before keep file_key NULL: the storage decodes their file_uri (recorded_key).
+    conn.execute(sa.text("ALTER TABLE export_requests ADD COLUMN IF NOT EXISTS file_key text"))
+    conn.execute(sa.text(
+        "CREATE INDEX IF NOT EXISTS export_requests_by_file_key ON export_requests (file_key) WHERE file_key IS NOT NULL"
+    ))
+    conn.execute(sa.text("DROP INDEX IF EXISTS export_requests_by_file"))
+
+
 UPGRADES: list[Callable[[sa.Connection], None]] = [
     _v2_links_and_expiry,
     _v3_run_keys_and_finished_rows,
     _v4_notify_and_file_index,
+    _v5_file_keys,
 ]
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
@@ -328,7 +352,9 @@ def add_progress(request_id: int, rows: int) -> sa.Update:
     return _transition(request_id, (Status.RUNNING,), progress_rows=done, progress_pct=sa.func.round(pct, 2))
 
 
-def mark_completed(request_id: int, *, rows: int, uri: str, size: int, sha256: str, link: Link) -> sa.Update:
+def mark_completed(
+    request_id: int, *, rows: int, uri: str, key: str | None, size: int, sha256: str, link: Link
+) -> sa.Update:
     return _transition(
         request_id,
         (Status.RUNNING,),
@@ -337,6 +363,7 @@ def mark_completed(request_id: int, *, rows: int, uri: str, size: int, sha256: s
         progress_rows=rows,
         progress_pct=100,
         file_uri=uri,
+        file_key=key,
         file_bytes=size,
         sha256=sha256,
         finished_at=_now,
@@ -354,7 +381,7 @@ def expired_files(limit: int, after: tuple[datetime, int] | None = None) -> sa.S
     """Completed exports past their expiry, oldest first; the page after `after` (the last row's
     expires_at and id), so that rows left in place (a dry run, a failed delete) are not read again."""
     query = (
-        sa.select(t.c.id, t.c.file_uri, t.c.file_bytes, t.c.expires_at)
+        sa.select(t.c.id, t.c.file_key, t.c.file_uri, t.c.file_bytes, t.c.expires_at)
         .where(t.c.status == Status.COMPLETED.value, t.c.expires_at < sa.func.now())
         .order_by(t.c.expires_at, t.c.id)
         .limit(limit)
@@ -435,9 +462,13 @@ def by_id(request_id: int) -> sa.Select:
     return sa.select(t).where(t.c.id == request_id)
 
 
-def sha256_of(file_uri: str) -> sa.Select:
-    """The checksum publish recorded for a file, if a request made it."""
-    return sa.select(t.c.sha256).where(t.c.file_uri == file_uri, t.c.sha256.is_not(None)).limit(1)
+def sha256_of(file_key: str, file_uri: str) -> sa.Select:
+    """The checksum publish recorded for a file of one storage, if a request made it."""
+    return (
+        sa.select(t.c.sha256)
+        .where(t.c.file_key == file_key, t.c.file_uri == file_uri, t.c.sha256.is_not(None))
+        .limit(1)
+    )
 
 
 def by_idempotency_key(requested_by: str | None, key: str) -> sa.Select:

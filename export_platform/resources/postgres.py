@@ -1,5 +1,12 @@
 """The Postgres that holds the data to export (and, later, the request table).
 
+How an export reads (docs/design.md, "The reader"): a control connection (psycopg) fixes the
+incremental bound, opens the export's REPEATABLE READ READ ONLY transaction, exports its snapshot
+and counts the rows; every stream (DuckDB's Postgres scanner, one DuckDB connection each, or the
+server's own CSV for a csv export it can serve, `sinks/server_csv.py`) imports that snapshot as
+its first statement and reads its own range. So the count, every stream and the bound are one
+point in time.
+
 An incremental export's upper bound is fixed on the connection that then takes the snapshot, in
 autocommit and just before `BEGIN` (`incremental_bound`): the earliest of the clock minus a
 margin, the `xact_start` of every session of the database in a transaction (with or without a
@@ -16,60 +23,34 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import dagster as dg
 import psycopg
 import pyarrow as pa
 from pydantic import Field
 
-from ..planning import sql
+from ..planning import pg_types, sql
 from ..planning.key_ranges import KeyRange, split_pages, split_range
+from ..planning.pg_types import Declared
 from ..planning.plan import ExportPlan
-from ..sinks.arrow_source import numeric_type
+from . import duckdb_scan
+from .lost import ConnectionLost, is_connection_error
+from .server_copy import CsvCopy
 
-if TYPE_CHECKING:
-    import adbc_driver_postgresql.dbapi as adbc
-
-
-def _dbapi():
-    """ADBC's DB-API, imported by the run that streams, not by every process that loads the code
-    location: it pulls in pyarrow.dataset (~0.6 s)."""
-    import adbc_driver_postgresql.dbapi
-
-    return adbc_driver_postgresql.dbapi
+__all__ = ["ConnectionLost", "GuardedReader", "IncrementalRefused", "PostgresResource", "Snapshot", "is_connection_error"]
 
 
 class StreamClosed(RuntimeError):
     """A batch was asked for after the export's transaction ended."""
 
 
-class ConnectionLost(RuntimeError):
-    """The export's connection to Postgres broke (a restart, a failover, pg_terminate_backend), or
-    the snapshot it was to adopt went with another connection: worth another attempt from a fresh
-    snapshot. Decided from the connection itself and SQLSTATEs, never from message text, which
-    follows the server's (and libpq's) language."""
-
-
-# Class 08 (connection exception); admin shutdown, crash shutdown, cannot connect now.
-_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
-# "invalid snapshot identifier": the transaction that exported the snapshot has ended.
-_INVALID_PARAMETER_VALUE = "22023"
-
-
-def is_connection_error(error: BaseException) -> bool:
-    """Whether a driver error (ADBC or psycopg) carries the SQLSTATE of a lost connection."""
-    state = getattr(error, "sqlstate", None) or ""
-    return state.startswith("08") or state in _LOST_SQLSTATES
-
-
-def _ended(cursor: adbc.Cursor) -> bool:
-    """End the read-only transaction; False when its connection is gone."""
+def _ended(conn: psycopg.Connection) -> bool:
+    """End the control connection's read-only transaction; False when the connection is gone."""
     try:
-        cursor.execute("ROLLBACK")  # read-only: nothing to commit
+        conn.execute("ROLLBACK")  # read-only: nothing to commit
         return True
-    except (_dbapi().Error, OSError):
+    except (psycopg.Error, OSError):
         return False
 
 
@@ -124,10 +105,8 @@ def stream_count(cores: int, pages: int | None, per_query: int, free_connections
 
 # Polars queues the batches its writer has not taken yet, with no backpressure on the source
 # (pola-rs/polars#26432), and two or more page streams decode faster than its writers take them,
-# so that queue, not the batch in hand, sets such an export's memory. 10M `users` rows in no order,
-# through the CLI: csv peaked at 314-561 MB with 4 MiB batches and at 255-263 MB with these, as
-# fast; parquet at 320-331 MB and 293-298 MB, 5-8 % slower (benchmarks/RESULTS.md). One stream
-# never outpaces its writer, and keeps the configured size (smaller batches made it 10-15 % slower).
+# so that queue, not the batch in hand, sets such an export's memory: page streams read smaller
+# batches (benchmarks/RESULTS.md, issue 12). One stream never outpaces its writer.
 PAGE_STREAM_BATCH_BYTES = 1 << 20
 
 
@@ -138,11 +117,26 @@ def batch_bytes(hint: int, plan: ExportPlan, streams: int) -> int:
     return hint
 
 
+# Bytes a value takes in an Arrow batch, to turn the byte hint into DuckDB's rows per batch; text
+# is taken at 24 bytes (an e-mail address and its offset).
+_FIXED_WIDTH = {pg_types.BOOL: 1, pg_types.INT2: 2, pg_types.INT4: 4, pg_types.DATE: 4, pg_types.FLOAT4: 4,
+                pg_types.NUMERIC: 16, pg_types.INTERVAL: 16, pg_types.UUID: 36}
+_VECTOR_ROWS = 2048  # DuckDB's vector: a batch of fewer rows costs as much
+
+
+def batch_rows(hint_bytes: int, columns: list[Declared]) -> int:
+    width = sum(_FIXED_WIDTH.get(c.oid, 8 if c.oid in (pg_types.INT8, pg_types.FLOAT8, pg_types.TIMESTAMP,
+                                                       pg_types.TIMESTAMPTZ, pg_types.TIME) else 24) for c in columns)
+    return max(_VECTOR_ROWS, hint_bytes // max(width, 1))
+
+
 @dataclass
 class Snapshot:
     count: int
     readers: list[GuardedReader]  # one per key range, in key order (or per page range, in no order)
     high_water: str | None
+    copies: list[CsvCopy] = field(default_factory=list)  # the server's CSV instead of readers
+    reading: dict[str, str] = field(default_factory=dict)  # how it is read, for the run's metadata
 
 
 @dataclass(frozen=True)
@@ -176,6 +170,11 @@ class PostgresResource(dg.ConfigurableResource):
         "longer than a writer's backend can be kept off the CPU between reading the clock for its "
         "now() and showing its statement in pg_stat_activity. Rows this recent go to the next run.",
     )
+    server_csv: bool = Field(
+        default=True,
+        description="Let the server write a csv export's rows itself (COPY ... FORMAT csv) whenever its text is "
+        "what the writer would write; off: every csv is formatted by the writer (Polars).",
+    )
 
     def resolved_url(self) -> str:
         return self.url
@@ -193,13 +192,19 @@ class PostgresResource(dg.ConfigurableResource):
         with self.connect(autocommit=True) as conn:
             return len(conn.execute(sql.TERMINATE_SESSION, (session_name,)).fetchall())
 
-    def incremental_bound(self, cursor: adbc.Cursor) -> str:
+    def control(self, session_name: str) -> psycopg.Connection:
+        """An autocommit connection named `session_name` (a cancel finds it by that name), whose
+        statements take $1, $2, ... placeholders."""
+        return self.connect(autocommit=True, application_name=session_name, cursor_factory=psycopg.RawCursor)
+
+    def incremental_bound(self, conn: psycopg.Connection) -> str:
         """The upper bound of an incremental export whose snapshot this connection takes next.
 
         Refuses (IncrementalRefused) where sessions' transaction starts cannot be seen: without
         them a bound can pass rows a transaction in flight will still commit."""
-        cursor.execute(sql.INCREMENTAL_BOUND, parameters=(self.incremental_margin_seconds,))
-        sees_every_session, on_standby, prepared, bound = cursor.fetchone()
+        sees_every_session, on_standby, prepared, bound = conn.execute(
+            sql.INCREMENTAL_BOUND, (self.incremental_margin_seconds,)
+        ).fetchone()
         if not sees_every_session:
             raise IncrementalRefused(
                 "incremental export refused: the database role cannot see other sessions' xact_start in "
@@ -219,119 +224,83 @@ class PostgresResource(dg.ConfigurableResource):
 
     def check_incremental(self) -> None:
         """Raise IncrementalRefused now, before any work, where an incremental bound cannot be fixed."""
-        with _dbapi().connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
-            self.incremental_bound(cursor)
-
-    @contextmanager
-    def _transaction(
-        self, session_name: str, snapshot_id: str | None, fix_bound: bool = False
-    ) -> Iterator[tuple[adbc.Cursor, str | None]]:
-        """A cursor inside one REPEATABLE READ READ ONLY transaction, in the snapshot `snapshot_id`
-        exported by another transaction when given; with `fix_bound`, the incremental bound fixed
-        just before that transaction began.
-
-        `session_name` becomes the connection's application_name, by which a cancel finds the query.
-        """
-        with _dbapi().connect(self.resolved_url(), autocommit=True) as conn, conn.cursor() as cursor:
-            cursor.execute(sql.SET_APPLICATION_NAME, parameters=(session_name,))
-            cursor.fetchall()
-            bound = self.incremental_bound(cursor) if fix_bound else None
-            cursor.execute(sql.BEGIN_SNAPSHOT)
-            try:
-                if snapshot_id is not None:
-                    self._import_snapshot(cursor, snapshot_id)
-                cursor.execute(sql.SET_UTC)
-                yield cursor, bound
-            except Exception as error:
-                if not _ended(cursor) and not isinstance(error, ConnectionLost):
-                    raise ConnectionLost(f"lost the database connection: {error}") from error
-                raise
-            except BaseException:
-                _ended(cursor)
-                raise
-            else:
-                _ended(cursor)
-
-    @staticmethod
-    def _import_snapshot(cursor: adbc.Cursor, snapshot_id: str) -> None:
-        try:
-            cursor.execute(sql.import_snapshot(snapshot_id))
-        except _dbapi().Error as error:
-            if getattr(error, "sqlstate", None) == _INVALID_PARAMETER_VALUE:
-                raise ConnectionLost(f"the connection that exported the snapshot is gone: {error}") from error
-            raise
-
-    @staticmethod
-    def _bind(cursor: adbc.Cursor, plan: ExportPlan, key_range: sql.Range | None = None, upper: str | None = None):
-        bind = sql.bind_statement(plan, key_range, upper)
-        if bind:
-            cursor.execute(bind, parameters=sql.parameters(plan, key_range, upper))
-            cursor.fetchall()
+        with self.control("export_platform:check") as conn:
+            self.incremental_bound(conn)
 
     @contextmanager
     def _snapshot(
-        self,
-        plan: ExportPlan,
-        session_name: str,
-        high_water: str | None = None,
-        snapshot_id: str | None = None,
-        key_range: KeyRange | None = None,
-    ) -> Iterator[tuple[adbc.Cursor, str | None]]:
-        """A snapshot with the plan's parameters and `key_range` bound, and, for an incremental plan,
-        its upper bound: `high_water` when the export was planned elsewhere, else fixed here."""
-        fix_bound = plan.incremental is not None and high_water is None
-        with self._transaction(session_name, snapshot_id, fix_bound) as (cursor, bound):
-            high_water = bound or high_water
-            self._bind(cursor, plan, key_range, upper=high_water if plan.incremental else None)
-            yield cursor, high_water
+        self, plan: ExportPlan, session_name: str, high_water: str | None = None, key_range: KeyRange | None = None
+    ) -> Iterator[tuple[psycopg.Connection, str | None]]:
+        """The control connection inside the export's REPEATABLE READ READ ONLY transaction, the
+        plan's parameters and `key_range` bound, and for an incremental plan its upper bound:
+        `high_water` when the export was planned elsewhere, else fixed here just before the
+        transaction began. A failure whose connection cannot end its transaction is ConnectionLost."""
+        with self.control(session_name) as conn:
+            fix_bound = plan.incremental is not None and high_water is None
+            high_water = self.incremental_bound(conn) if fix_bound else high_water
+            conn.execute(sql.BEGIN_SNAPSHOT)
+            try:
+                conn.execute(sql.SET_UTC)
+                upper = high_water if plan.incremental else None
+                if bind := sql.bind_statement(plan, key_range, upper):
+                    conn.execute(bind, sql.parameters(plan, key_range, upper))
+                yield conn, high_water
+            except Exception as error:
+                if not _ended(conn) and not isinstance(error, ConnectionLost):
+                    raise ConnectionLost(f"lost the database connection: {error}") from error
+                raise
+            except BaseException:
+                _ended(conn)
+                raise
+            else:
+                _ended(conn)
 
     @staticmethod
-    def _count(cursor: adbc.Cursor, plan: ExportPlan, key_range: KeyRange | None = None) -> int:
-        cursor.execute(sql.count_statement(plan, key_range))
-        (count,) = cursor.fetchone()
-        return count
+    def _declared(conn: psycopg.Connection, plan: ExportPlan) -> list[Declared]:
+        """The export's columns as Postgres describes them (no row is read)."""
+        cursor = conn.execute(sql.columns_statement(plan))
+        return [Declared(c.name, c.type_code, c.type_display, c.precision, c.scale) for c in cursor.description]
 
     @staticmethod
-    def _extent(cursor: adbc.Cursor, plan: ExportPlan) -> tuple[int, int | None, int | None]:
-        cursor.execute(sql.extent_statement(plan))
-        return cursor.fetchone()
-
     def _ranges(
-        self, cursor: adbc.Cursor, plan: ExportPlan, streams: int, key_range: KeyRange | None
-    ) -> tuple[int, list[sql.Range | None]]:
-        """The count and the ranges the streams read: key ranges in key order or within a chunk's
+        conn: psycopg.Connection, plan: ExportPlan, streams: int, key_range: KeyRange | None, max_streams: int,
+        decimals: list[str],
+    ) -> tuple[int, list[sql.Range | None], set[str]]:
+        """The count, the ranges the streams read (key ranges in key order or within a chunk's
         `key_range`, else page ranges, as many as asked or, when `streams` is 1, as the machine
-        and the database allow."""
+        and the database allow), and which of the `decimals` hold a NaN, all in one pass."""
         if plan.ordered or key_range is not None:
             if streams == 1:
-                return self._count(cursor, plan, key_range), [key_range]
-            count, low, high = self._extent(cursor, plan)
-            return count, split_range(low, high, streams, closed=False)
-        cursor.execute(sql.stream_limits_statement(plan))
-        pages, per_query, free = cursor.fetchone()
+                count, *nan = conn.execute(sql.count_statement(plan, key_range, decimals)).fetchone()
+                return count, [key_range], {c for c, has in zip(decimals, nan) if has}
+            count, low, high, *nan = conn.execute(sql.extent_statement(plan, decimals)).fetchone()
+            return count, split_range(low, high, streams, closed=False), {c for c, has in zip(decimals, nan) if has}
+        pages, per_query, free = conn.execute(sql.stream_limits_statement(plan)).fetchone()
         if streams == 1:
-            streams = stream_count(len(os.sched_getaffinity(0)), pages, per_query, free, self.max_streams)
-        return self._count(cursor, plan), split_pages(pages, streams) if pages is not None else [None]
+            streams = stream_count(len(os.sched_getaffinity(0)), pages, per_query, free, max_streams)
+        count, *nan = conn.execute(sql.count_statement(plan, None, decimals)).fetchone()
+        ranges = split_pages(pages, streams) if pages is not None else [None]
+        return count, ranges, {c for c, has in zip(decimals, nan) if has}
 
     @staticmethod
-    def _declared(cursor: adbc.Cursor, plan: ExportPlan) -> tuple[pa.Schema, tuple[str, ...]]:
-        """The columns as declared, and those read as text: exact NUMERICs, which Postgres prints
-        as text far faster than the driver turns their binary form into text (10M rows of one
-        NUMERIC(10,2): 6 s of the client's CPU); the text keeps every digit, and the declared
-        type, carried on the reader's schema, still makes each a decimal."""
-        cursor.execute(sql.columns_statement(plan))
-        declared = cursor.fetch_arrow_table().schema
-        as_text = tuple(f.name for f in declared if numeric_type(f) is not None)
-        schema = pa.schema([pa.field(f.name, pa.string(), metadata=f.metadata) if f.name in as_text else f for f in declared])
-        return schema, as_text
+    def _annotated(schema: pa.Schema, columns: list[Declared]) -> pa.Schema:
+        """DuckDB's schema with each column's Postgres type in its metadata (for the preflight's
+        decisions and messages)."""
+        types = {c.name: c.display for c in columns}
+        return pa.schema([f.with_metadata({b"postgres:type": types[f.name].encode()}) for f in schema])
 
-    @staticmethod
-    def _reader(
-        cursor: adbc.Cursor, plan: ExportPlan, key_range: sql.Range | None, as_text: tuple[str, ...], batch: int
+    def _stream(
+        self, stack: ExitStack, alias: str, plan: ExportPlan, snapshot_id: str, key_range: sql.Range | None,
+        upper: str | None, statement: str, rows: int, lost: threading.Event,
     ) -> pa.RecordBatchReader:
-        cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(batch)})
-        cursor.execute(sql.select_statement(plan, key_range, as_text))
-        return cursor.fetch_record_batch()
+        """A DuckDB stream in the snapshot `snapshot_id`, reading `statement` with its range bound;
+        ended when `stack` closes, setting `lost` if its connection is gone by then."""
+        stream = duckdb_scan.Stream(alias)
+        stack.callback(lambda: stream.end() or lost.set())
+        stream.execute(f"{sql.import_snapshot(snapshot_id)}; {sql.SET_UTC}")
+        if bind := sql.bind_statement(plan, key_range, upper):
+            stream.bind(bind, sql.parameters(plan, key_range, upper))
+        return stream.reader(statement, rows)
 
     @contextmanager
     def snapshot_stream(
@@ -342,54 +311,84 @@ class PostgresResource(dg.ConfigurableResource):
         key_range: KeyRange | None = None,
         high_water: str | None = None,
         on_exported: Callable[[], None] | None = None,
+        server_csv: bool = False,
     ) -> Iterator[Snapshot]:
         """Count the plan's rows (within `key_range`) and stream them from one snapshot, as up to
         `streams` readers over consecutive key ranges (page ranges for a plan in no order, see
-        `_ranges`), each on its own connection.
+        `_ranges`), each on its own connection; with `server_csv`, as the server's CSV instead
+        (`Snapshot.copies`) when it is what the writer would write (sinks/server_csv.py).
 
         The count and the readers see the same snapshot, so the count is exactly the number of rows
-        the readers will produce: the first transaction exports its snapshot and the others import
-        it before they read (`on_exported` runs in between; tests use it to commit a concurrent
-        write). `high_water` is the incremental bound this export reaches.
+        the readers will produce: the control transaction exports its snapshot and every stream
+        imports it before it reads (`on_exported` runs in between; tests use it to commit a
+        concurrent write). `high_water` is the incremental bound this export reaches.
         """
-        with self._snapshot(plan, session_name, high_water, key_range=key_range) as (cursor, high_water):
-            snapshot_id = None
-            if streams > 1 or not plan.ordered:
-                cursor.execute(sql.EXPORT_SNAPSHOT)
-                (snapshot_id,) = cursor.fetchone()
-            count, ranges = self._ranges(cursor, plan, streams, key_range)
-            schema, as_text = self._declared(cursor, plan)
-            if len(ranges) > 1:
-                self._bind(cursor, plan, ranges[0])
-                if on_exported is not None:
-                    on_exported()
-            with ExitStack() as others:
-                # Every connection adopts the snapshot before any starts streaming.
-                cursors = [cursor] + [
-                    others.enter_context(self._snapshot(plan, session_name, high_water, snapshot_id, r))[0]
-                    for r in ranges[1:]
+        from ..sinks import server_csv as server
+
+        with self._snapshot(plan, session_name, high_water, key_range) as (conn, high_water):
+            (snapshot_id,) = conn.execute(sql.EXPORT_SNAPSHOT).fetchone()
+            columns = self._declared(conn, plan)
+            decimals = [c.name for c in columns if c.exact_decimal]
+            count, ranges, nan = self._ranges(conn, plan, streams, key_range, self.max_streams, decimals)
+            if on_exported is not None:
+                on_exported()
+            upper = high_water if plan.incremental else None
+            kind = f"{len(ranges)} {'key' if plan.ordered or key_range is not None else 'page'} range stream(s)"
+            refused = server.refusal(plan, columns) if server_csv and plan.format.is_csv else "not asked"
+            if server_csv and refused is None:
+                texts = server.texts(columns)
+                copies = [
+                    CsvCopy(self.resolved_url(), session_name, snapshot_id, sql.bind_statement(plan, r, upper),
+                            sql.parameters(plan, r, upper), plan.options.time_zone, sql.csv_statement(plan, texts, r),
+                            plan.csv.delimiter, plan.csv.quote_char)
+                    for r in ranges
                 ]
-                batch = batch_bytes(self.batch_size_hint_bytes, plan, len(ranges))
-                readers = [
-                    GuardedReader(self._reader(c, plan, r, as_text, batch), schema) for c, r in zip(cursors, ranges)
-                ]
+                yield Snapshot(count, [], high_water, copies, {"reader": f"the server's CSV (COPY), {kind}"})
+                return
+            reads = pg_types.reads(columns, nan)
+            reading = {"reader": f"{duckdb_scan.version()}, {kind}", "columns": pg_types.described(reads, columns)}
+            if plan.format.is_csv and server_csv:
+                reading["server_csv"] = f"not used: {refused}"
+            rows = batch_rows(batch_bytes(self.batch_size_hint_bytes, plan, len(ranges)), columns)
+            lost = threading.Event()
+            with ExitStack() as stack:
+                alias = stack.enter_context(duckdb_scan.attached(self.resolved_url(), session_name))
                 try:
-                    yield Snapshot(count, readers, high_water)
-                finally:
-                    for reader in readers:
-                        reader.close()
+                    # Every stream adopts the snapshot before any starts streaming.
+                    drivers = [
+                        self._stream(stack, alias, plan, snapshot_id, r, upper, sql.select_statement(plan, r, reads), rows, lost)
+                        for r in ranges
+                    ]
+                    schema = self._annotated(drivers[0].schema, columns)
+                    readers = [GuardedReader(d, schema) for d in drivers]
+                    try:
+                        yield Snapshot(count, readers, high_water, reading=reading)
+                    finally:
+                        for reader in readers:
+                            reader.close()
+                except Exception as error:
+                    stack.close()  # ends every stream, noting any whose connection is gone
+                    if lost.is_set() and not isinstance(error, ConnectionLost):
+                        raise ConnectionLost(f"lost the database connection: {error}") from error
+                    raise
 
     def split(self, plan: ExportPlan, session_name: str) -> Split:
         """The plan's row count and `plan.chunks` closed key ranges over its key's extent, with the
         incremental bound, all fixed in one snapshot."""
-        with self._snapshot(plan, session_name) as (cursor, high_water):
-            count, low, high = self._extent(cursor, plan)
+        with self._snapshot(plan, session_name) as (conn, high_water):
+            count, low, high = conn.execute(sql.extent_statement(plan)).fetchone()
             return Split(count, split_range(low, high, plan.chunks, closed=True), high_water)
 
     def preflight_facts(self, plan: ExportPlan, session_name: str, count: bool) -> tuple[int | None, pa.Schema]:
         """What a format check needs before any row is read: the row count (when `count`) and
-        the columns' Arrow types as the export will see them."""
-        with self._snapshot(plan, session_name) as (cursor, _):
-            rows = self._count(cursor, plan) if count else None
-            cursor.execute(sql.columns_statement(plan))
-            return rows, cursor.fetch_arrow_table().schema
+        the columns' Arrow types as the export will see them (as DuckDB reads them, no rows)."""
+        with self._snapshot(plan, session_name) as (conn, _):
+            rows = conn.execute(sql.count_statement(plan)).fetchone()[0] if count else None
+            columns = self._declared(conn, plan)
+        with duckdb_scan.attached(self.resolved_url(), session_name) as alias:
+            stream = duckdb_scan.Stream(alias)
+            try:
+                schema = stream.reader(sql.columns_statement(plan, pg_types.reads(columns)), _VECTOR_ROWS).schema
+            finally:
+                stream.end()
+        return rows, self._annotated(schema, columns)

@@ -10,6 +10,7 @@ import psycopg
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
+from ..requests import api_keys
 from ..requests import table as rt
 
 
@@ -49,9 +50,11 @@ class RequestStore(dg.ConfigurableResource):
         return engine
 
     def migrate(self) -> int:
-        """Create or upgrade export_requests (an explicit deploy step); returns the schema version."""
+        """Create or upgrade export_requests and the HTTP API's tables beside it (an explicit deploy
+        step); returns export_requests' schema version."""
         with self._pool().begin() as conn:
             version = rt.migrate(conn)
+            api_keys.migrate(conn)
         self._checked = True
         return version
 

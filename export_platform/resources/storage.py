@@ -3,6 +3,12 @@
 Every export is first written to a local temp file; `publish` then makes it visible under its
 final key in one step (a rename on one filesystem, or an S3 upload that only appears once it is
 complete), so nobody ever reads a partial file.
+
+Files are named by their key relative to the storage root (resources/storage_keys.py), which the
+request row keeps as `file_key`. `file_uri` names the same file absolutely, for people and
+applications: a `file://` URI (percent-encoded, as RFC 8089 has it) or `s3://bucket/key` (as the
+AWS CLI takes it). The platform reads a URI back only for rows written before keys, in one place
+(`key_of`).
 """
 
 from __future__ import annotations
@@ -15,20 +21,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..delivery.links import Signer, file_url, public_url
 from ..tooling.embedded_postgres import platform_home
+from .storage_keys import valid_key
 
 STORAGE_URL_ENV = "EXPORT_PLATFORM_STORAGE_URL"
+# Folders a run's `output_path` may write into, separated by os.pathsep (as PATH is).
+OUTPUT_FOLDERS_ENV = "EXPORT_PLATFORM_OUTPUT_FOLDERS"
 TEMP_FOLDER = ".tmp"
 
 
 class StorageError(RuntimeError):
     pass
+
+
+class OutputRefused(StorageError):
+    """An `output_path` outside the folders this host lets runs write into."""
+
+
+def file_uri_path(uri: str) -> Path | None:
+    """The local path a `file://` URI names, percent-decoded; None for any other URI."""
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
 
 
 def _mtimes(path: Path) -> list[float]:
@@ -46,9 +65,15 @@ def remove_tree(path: Path) -> None:
 
 @dataclass(frozen=True)
 class StoredFile:
-    uri: str
+    key: str
     bytes: int
     modified: datetime
+
+
+def _checked(key: str) -> str:
+    if not valid_key(key):
+        raise StorageError(f"{key!r} is not a storage key")
+    return key
 
 
 class ExportStorage(dg.ConfigurableResource, ABC):
@@ -57,6 +82,12 @@ class ExportStorage(dg.ConfigurableResource, ABC):
     )
     download_url_seconds: int = Field(
         default=24 * 3600, description="How long a signed download URL stays valid (where the storage can sign)."
+    )
+    output_folders: str | None = Field(
+        default=None,
+        description="Local folders a run's output_path may write into, separated by ':'. Unset: "
+        "EXPORT_PLATFORM_OUTPUT_FOLDERS, else none, and output_path is refused (`export-platform run --output` "
+        "allows its own target).",
     )
 
     @abstractmethod
@@ -84,12 +115,32 @@ class ExportStorage(dg.ConfigurableResource, ABC):
         entries = list(folder.iterdir()) if folder.exists() else []
         return [p for p in entries if max(_mtimes(p)) < cutoff]
 
+    def output_target(self, output_path: str) -> Path:
+        """Where a run's `output_path` writes, symlinks followed, if that lies inside an allowed
+        folder: a Launchpad user must not write or replace files anywhere the worker can."""
+        listed = self.output_folders if self.output_folders is not None else os.environ.get(OUTPUT_FOLDERS_ENV, "")
+        folders = [Path(f).resolve() for f in listed.split(os.pathsep) if f.strip()]
+        target = Path(output_path).resolve()
+        if not any(target.parent.is_relative_to(folder) for folder in folders):
+            allowed = ", ".join(map(str, folders)) or f"none ({OUTPUT_FOLDERS_ENV} is not set)"
+            raise OutputRefused(f"{target} is not in a folder runs may write into (allowed: {allowed})")
+        return target
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """The file's URI, as the request row's `file_uri` shows it."""
+
+    @abstractmethod
+    def key_of(self, uri: str) -> str:
+        """The key a URI of this storage names (rows written before keys); StorageError if the URI
+        names no file of this storage."""
+
     @abstractmethod
     def publish(self, temp_path: Path, key: str) -> str:
         """Move a finished temp file to `key` atomically; return its URI."""
 
     @abstractmethod
-    def delete(self, uri: str) -> int:
+    def delete(self, key: str) -> int:
         """Delete a published file; returns the bytes freed (0 if it was already gone). Raises
         StorageError when it cannot tell: the file may still be there."""
 
@@ -97,9 +148,27 @@ class ExportStorage(dg.ConfigurableResource, ABC):
     def files_under(self, prefix: str) -> Iterator[StoredFile]:
         """Every published file whose key starts with `prefix/`."""
 
-    def signed_url(self, uri: str, seconds: int) -> str | None:
+    def signed_url(self, key: str, seconds: int) -> str | None:
         """A URL anyone can GET for `seconds`, or None where the storage cannot sign."""
         return None
+
+    def recorded_key(self, file_key: str | None, file_uri: str | None) -> str:
+        """The key of the file a request row records. Its `file_key`, if the row's `file_uri` says
+        it was published to this storage (a row of a former storage root or bucket is refused,
+        never taken for a file that is gone); rows from before keys have only the URI."""
+        if file_key is None:
+            if file_uri is None:
+                raise StorageError("the request records no file")
+            return _checked(self.key_of(file_uri))
+        if file_uri is not None and self.uri(_checked(file_key)) != file_uri:
+            self.key_of(file_uri)  # raises, naming this storage, for a row of another one
+            raise StorageError(f"the row's file_key {file_key!r} and file_uri {file_uri} name different files")
+        return _checked(file_key)
+
+    def delete_request_file(self, file_key: str | None, file_uri: str | None) -> int:
+        """Delete the file a request row records (by its `file_key` and `file_uri`): what retention
+        and an application's delete share. Returns the bytes freed."""
+        return self.delete(self.recorded_key(file_key, file_uri))
 
 
 class LocalStorage(ExportStorage):
@@ -116,37 +185,50 @@ class LocalStorage(ExportStorage):
         # Inside the storage folder, so that publishing is a rename on one filesystem.
         return self.folder() / TEMP_FOLDER
 
-    def publish(self, temp_path: Path, key: str) -> str:
-        target = self.folder() / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temp_path, target)
-        return target.as_uri()
-
-    def _path(self, uri: str) -> Path:
-        path = Path(urlparse(uri).path).resolve()
-        if not path.is_relative_to(self.folder()):
-            raise StorageError(f"{uri} is not in the storage folder {self.folder()}")
+    def _path(self, key: str) -> Path:
+        """The file of `key`, whose folders (symlinks followed) lie inside the storage folder."""
+        root = self.folder()
+        path = root / _checked(key)
+        if not path.parent.resolve().is_relative_to(root):
+            raise StorageError(f"{key} leads out of the storage folder {root}")
         return path
 
-    def delete(self, uri: str) -> int:
-        path = self._path(uri)
-        size = path.stat().st_size if path.exists() else 0
+    def uri(self, key: str) -> str:
+        return (self.folder() / key).as_uri()
+
+    def key_of(self, uri: str) -> str:
+        path, root = file_uri_path(uri), self.folder()
+        if path is None or not path.is_relative_to(root):
+            raise StorageError(f"{uri} is not in the storage folder {root}")
+        return path.relative_to(root).as_posix()
+
+    def publish(self, temp_path: Path, key: str) -> str:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp_path, target)
+        return self.uri(key)
+
+    def delete(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            size = path.lstat().st_size
+        except FileNotFoundError:
+            return 0
         path.unlink(missing_ok=True)
         return size
 
-    def signed_url(self, uri: str, seconds: int) -> str | None:
+    def signed_url(self, key: str, seconds: int) -> str | None:
         """A link to `export-platform serve` where EXPORT_PLATFORM_PUBLIC_URL says where it runs."""
         base = public_url()
-        path = Path(urlparse(uri).path).resolve()
-        if base is None or not path.is_relative_to(self.folder()):  # --output files are not served
-            return None
-        return file_url(base, Signer.from_env(), path.relative_to(self.folder()).as_posix(), seconds)
+        return None if base is None else file_url(base, Signer.from_env(), _checked(key), seconds)
 
     def files_under(self, prefix: str) -> Iterator[StoredFile]:
-        for path in sorted((self.folder() / prefix).rglob("*")):
+        root = self.folder()
+        for path in sorted((root / prefix).rglob("*")):
             if path.is_file():
                 stat = path.stat()
-                yield StoredFile(path.as_uri(), stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+                key = path.relative_to(root).as_posix()
+                yield StoredFile(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
 
 class S3Storage(ExportStorage):
@@ -174,29 +256,37 @@ class S3Storage(ExportStorage):
             raise StorageError(f"expected s3://bucket/prefix, got {self.url!r}")
         return parsed.netloc, parsed.path.strip("/")
 
-    def _location(self, uri: str) -> tuple[str, str]:
-        parsed = urlparse(uri)
+    def _object_key(self, key: str) -> str:
+        _, prefix = self._bucket_and_prefix()
+        return f"{prefix}/{_checked(key)}" if prefix else _checked(key)
+
+    def uri(self, key: str) -> str:
+        bucket, _ = self._bucket_and_prefix()
+        return f"s3://{bucket}/{self._object_key(key)}"
+
+    def key_of(self, uri: str) -> str:
+        # s3:// URIs hold the object key as it is (no percent-encoding): nothing to decode.
         bucket, prefix = self._bucket_and_prefix()
-        if parsed.netloc != bucket or not parsed.path.lstrip("/").startswith(prefix):
+        start = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+        if not uri.startswith(start):
             raise StorageError(f"{uri} is not under {self.url}")
-        return bucket, parsed.path.lstrip("/")
+        return uri.removeprefix(start)
 
     def temp_folder(self) -> Path:
         return Path(self.staging_folder or platform_home() / "staging").resolve()
 
     def publish(self, temp_path: Path, key: str) -> str:
-        bucket, prefix = self._bucket_and_prefix()
-        object_key = f"{prefix}/{key}" if prefix else key
+        bucket, _ = self._bucket_and_prefix()
         # upload_file streams the file in multipart chunks: memory stays flat, and the object
         # becomes visible only when the upload completes.
-        self.client().upload_file(str(temp_path), bucket, object_key)
+        self.client().upload_file(str(temp_path), bucket, self._object_key(key))
         temp_path.unlink()
-        return f"s3://{bucket}/{object_key}"
+        return self.uri(key)
 
-    def delete(self, uri: str) -> int:
+    def delete(self, key: str) -> int:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        bucket, key = self._location(uri)
+        bucket, key = self._bucket_and_prefix()[0], self._object_key(key)
         try:
             try:
                 size = self.client().head_object(Bucket=bucket, Key=key)["ContentLength"]
@@ -209,7 +299,7 @@ class S3Storage(ExportStorage):
                 return 0
             self.client().delete_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as error:  # denied, bad credentials, unreachable: it may be there
-            raise StorageError(f"could not delete {uri}: {error}") from error
+            raise StorageError(f"could not delete s3://{bucket}/{key}: {error}") from error
         return size
 
     def files_under(self, prefix: str) -> Iterator[StoredFile]:
@@ -219,19 +309,21 @@ class S3Storage(ExportStorage):
         )
         for page in pages:
             for item in page.get("Contents", []):
-                yield StoredFile(f"s3://{bucket}/{item['Key']}", item["Size"], item["LastModified"])
+                key = item["Key"].removeprefix(f"{root}/") if root else item["Key"]
+                yield StoredFile(key, item["Size"], item["LastModified"])
 
-    def signed_url(self, uri: str, seconds: int) -> str | None:
-        bucket, key = self._location(uri)
+    def signed_url(self, key: str, seconds: int) -> str | None:
+        bucket, _ = self._bucket_and_prefix()
         return self.client().generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+            "get_object", Params={"Bucket": bucket, "Key": self._object_key(key)}, ExpiresIn=seconds
         )
 
 
-def storage_for(url: str | None) -> ExportStorage:
-    """The storage resource for EXPORT_PLATFORM_STORAGE_URL: s3://… or a local folder."""
+def storage_for(url: str | None, **fields) -> ExportStorage:
+    """The storage resource for EXPORT_PLATFORM_STORAGE_URL: s3://… or a local folder; `fields`
+    are the resource's own (e.g. output_folders)."""
     if url and url.startswith("s3://"):
-        return S3Storage(url=url)
+        return S3Storage(url=url, **fields)
     if public_url() is not None:
         Signer.from_env()  # a missing signing key is an error when the code location loads, not at publish
-    return LocalStorage()
+    return LocalStorage(**fields)

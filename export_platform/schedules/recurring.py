@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..jobs import run_config_for
 from ..catalog.export_types import REGISTRY
-from ..naming import EXPORT_TYPE_TAG, INCREMENTAL_TAG, SCHEDULE_TAG
-from ..planning.plan import Incremental, RequestError, plan_request
+from ..naming import EXPORT_TYPE_TAG, FORMAT_TAG, INCREMENTAL_TAG, SCHEDULE_TAG
+from ..planning.plan import ExportPlan, Incremental, RequestError, plan_request
 
 RECURRING_EXPORTS = Path(__file__).with_name("recurring_exports.yaml")
 
@@ -44,15 +44,15 @@ class RecurringExportError(ValueError):
     pass
 
 
-def _run_config(entry: RecurringExport) -> dict:
+def _plan(entry: RecurringExport) -> ExportPlan:
     # The key is the entry's name; the lower mark is read by each run's plan op.
     incremental = Incremental(entry.incremental.column, entry.name, None) if entry.incremental else None
-    return run_config_for(plan_request(entry.export_type, entry.format, entry.params, incremental=incremental))
+    return plan_request(entry.export_type, entry.format, entry.params, incremental=incremental)
 
 
 def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
     try:
-        run_config = _run_config(entry)
+        plan = _plan(entry)
         ZoneInfo(entry.timezone)
     except (RequestError, ZoneInfoNotFoundError, ValueError) as error:
         raise RecurringExportError(f"recurring export {entry.name!r}: {error}") from None
@@ -63,10 +63,11 @@ def build_recurring_schedule(entry: RecurringExport) -> dg.ScheduleDefinition:
         job_name=REGISTRY.get(entry.export_type).job_name,
         cron_schedule=entry.cron,
         execution_timezone=entry.timezone,
-        run_config=run_config,
+        run_config=run_config_for(plan),
         tags={
             SCHEDULE_TAG: entry.name,
             EXPORT_TYPE_TAG: entry.export_type,
+            FORMAT_TAG: plan.format.value,
             **({INCREMENTAL_TAG: entry.name} if entry.incremental else {}),
         },
         description=entry.description or f"{entry.export_type} as {entry.format}, {entry.cron} ({entry.timezone})",

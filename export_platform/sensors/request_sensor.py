@@ -21,6 +21,7 @@ from ..requests.table import Status
 from ..resources.postgres import PostgresResource
 from ..naming import (
     EXPORT_TYPE_TAG,
+    FORMAT_TAG,
     REQUEST_ID_TAG,
     REQUEST_KEY_TAG,
     REQUEST_SENSOR,
@@ -53,6 +54,7 @@ def run_request_for(request_id: int, run_key: str, plan: ExportPlan, requested_b
             REQUEST_ID_TAG: str(request_id),
             REQUEST_KEY_TAG: run_key,
             EXPORT_TYPE_TAG: plan.export_type,
+            FORMAT_TAG: plan.format.value,
             REQUESTED_BY_TAG: user_tag(requested_by),
         },
     )
@@ -133,7 +135,9 @@ def _claim(conn, row) -> dg.RunRequest:
 
 
 def _reject(context, conn, request_id: int, error: str) -> None:
-    context.log.info(f"request {request_id} rejected: {error}")
+    # The row carries the error for whoever asked: refusing bad input is the sensor's normal work,
+    # not an event for the daemon's log (an application sending bad rows would flood it).
+    context.log.debug(f"request {request_id} rejected: {error}")
     try:
         with conn.begin_nested():
             conn.execute(rt.mark_failed(request_id, error))
@@ -152,6 +156,7 @@ def _claim_pending(context, requests: RequestStore) -> list[dg.RunRequest]:
             except RequestError as error:
                 _reject(context, conn, row.id, str(error))
             except Exception as error:  # whatever else one row holds, it fails alone
+                context.log.warning(f"request {row.id}: unexpected {type(error).__name__} while checking it; failed alone")
                 _reject(context, conn, row.id, f"params: could not be processed ({type(error).__name__}: {error})")
     return run_requests
 

@@ -1,7 +1,9 @@
 """Arrow record batches from Postgres → a lazy Polars scan, with NUMERIC mapped exactly.
 
-Nothing here collects a frame: `scan_batches` wraps the driver's batch reader as a Polars IO
-source that the writers stream from, so memory stays flat whatever the row count.
+Nothing here collects a frame: `scan_batches` wraps the reader's batches as a Polars IO source
+that the writers stream from, so memory stays flat whatever the row count. The reader (DuckDB's
+scanner, resources/duckdb_scan.py) delivers NUMERIC(p, s) as decimal128(p, s) and every NUMERIC
+it cannot hold exactly as Postgres's text; each field carries its Postgres type in its metadata.
 """
 
 from __future__ import annotations
@@ -14,58 +16,40 @@ from typing import Protocol
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from polars.io.plugins import register_io_source
 
-_MAX_DECIMAL_PRECISION = 38
+_POSTGRES_TYPE = b"postgres:type"
+
+
+def postgres_type(field: pa.Field) -> str:
+    return (field.metadata or {}).get(_POSTGRES_TYPE, b"").decode()
 
 
 def is_numeric(field: pa.Field) -> bool:
-    return (field.metadata or {}).get(b"ADBC:postgresql:typname") == b"numeric"
-
-
-def _precision_scale(field: pa.Field) -> tuple[int, int] | None:
-    """The declared (precision, scale) of a NUMERIC column; None when unconstrained."""
-    typmod = int((field.metadata or {}).get(b"POSTGRESQL:typmod", b"-1"))
-    if not is_numeric(field) or typmod < 4:
-        return None
-    return ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+    return postgres_type(field).startswith("numeric")
 
 
 def numeric_declaration(field: pa.Field) -> str:
     """How the column is declared in Postgres, e.g. NUMERIC(10,2); for messages."""
-    declared = _precision_scale(field)
-    return f"NUMERIC({declared[0]},{declared[1]})" if declared else "NUMERIC"
+    return postgres_type(field).upper()
 
 
 def numeric_type(field: pa.Field) -> pa.DataType | None:
-    """The exact decimal for a Postgres NUMERIC(p, s), or None when unconstrained (kept as text).
-
-    The ADBC driver hands NUMERIC over as an opaque extension type with string storage.
-    """
-    declared = _precision_scale(field)
-    if declared is None or declared[0] > _MAX_DECIMAL_PRECISION:
-        return None
-    return pa.decimal128(*declared)
+    """The exact decimal a NUMERIC column is read as, or None when it is kept as text (no declared
+    precision, more than 38 digits, or a NaN among its values)."""
+    return field.type if is_numeric(field) and pa.types.is_decimal(field.type) else None
 
 
 def _column_converter(field: pa.Field) -> Callable[[pa.Array], pa.Array] | None:
-    """How a column's arrays become what the writers take. A NUMERIC arrives as the driver's
-    extension type with string storage, or as text read by the query (its declaration in the
-    field's metadata either way); an exact one becomes its decimal, any other stays text."""
-    extension = isinstance(field.type, pa.BaseExtensionType)
-    decimal = numeric_type(field)
-    if decimal is not None:
-        return (lambda array: pc.cast(array.storage, decimal)) if extension else (lambda array: pc.cast(array, decimal))
-    return (lambda array: array.storage) if extension else None
+    """How a column's arrays become what the writers take: timestamptz instants are tagged UTC
+    (DuckDB may name the zone Etc/UTC; the instants are the same)."""
+    target = _target_type(field)
+    return None if target == field.type else (lambda array: array.cast(target))
 
 
 def _target_type(field: pa.Field) -> pa.DataType:
-    decimal = numeric_type(field)
-    if decimal is not None:
-        return decimal
-    if isinstance(field.type, pa.BaseExtensionType):
-        return field.type.storage_type
+    if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+        return pa.timestamp(field.type.unit, "UTC")
     return field.type
 
 

@@ -21,8 +21,11 @@ import pyarrow as pa
 from ..planning.config import FormulaProtection
 from ..planning.plan import ExportPlan
 from . import pacer_for, scan_batches, sink
-from .arrow_source import BatchSource, Interleaved
-from .polars_writers import sink_parquet_as_is, write_parquet_part
+from .arrow_source import BatchSource, Interleaved, Pacer
+from .polars_writers import sink_parquet_as_is, write_parquet_part, write_text_paced
+
+# Written batch by batch, paced, when page streams are interleaved into them (see write_text_paced).
+PACED_TEXT = ("csv", "ndjson")
 
 
 class StreamStopped(RuntimeError):
@@ -123,7 +126,11 @@ def sink_streams(
     if not plan.ordered:
         interleaved = Interleaved(readers)
         try:
-            _sink_one(interleaved, plan, path, on_rows(0))
+            if plan.format.family in PACED_TEXT:
+                pacer = Pacer(on_written=on_rows(0))
+                write_text_paced(scan_batches(interleaved, lambda rows: None, pacer), plan, path, pacer)
+            else:
+                _sink_one(interleaved, plan, path, on_rows(0))
         finally:
             interleaved.close()
         return
@@ -139,15 +146,21 @@ def sink_streams(
 
         return on_rows_unless_stopped
 
-    with ThreadPoolExecutor(len(readers), thread_name_prefix="export-chunk") as pool:
-        futures = [
-            pool.submit(write_part, scan_batches(reader, stoppable(i)), plan, parts[i], i)
-            for i, reader in enumerate(readers)
-        ]
+    run_streams(
+        [lambda i=i, r=r: write_part(scan_batches(r, stoppable(i)), plan, parts[i], i) for i, r in enumerate(readers)],
+        stop,
+    )
+    join_parts(plan, parts, path)
+
+
+def run_streams(jobs: list[Callable[[], object]], stop: threading.Event) -> None:
+    """Run each stream's job on a thread of its own. When one fails, `stop` is set (the others stop
+    at their next batch), the others are waited for, and the first error is raised."""
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="export-stream") as pool:
+        futures = [pool.submit(job) for job in jobs]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in futures if f in done and f.exception() is not None), None)
         if failed is not None:
             stop.set()
             wait(futures)
             raise failed.exception()
-    join_parts(plan, parts, path)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 
 from ..planning.plan import ExportPlan
 from .arrow_source import Pacer, paced_batches
@@ -20,7 +26,8 @@ from .columns import (
 )
 
 
-def write_csv(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
+def _csv_frame(frame: pl.LazyFrame, plan: ExportPlan) -> pl.LazyFrame:
+    """The rows as the csv writes them: zoned, formulas neutralised, temporals formatted, labelled."""
     csv, labels = plan.csv, plan.options.labels
     frame = in_time_zone(frame, plan.options.time_zone)
     if plan.protects_formulas:
@@ -32,18 +39,72 @@ def write_csv(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
         csv.timestamp_format or ISO_TIMESTAMPTZ,
         csv.timestamp_format or ISO_TIMESTAMP,
     )
-    relabel(frame, labels).sink_csv(
+    return relabel(frame, labels)
+
+
+def _csv_options(plan: ExportPlan) -> dict:
+    csv = plan.csv
+    return {
+        "separator": csv.delimiter,
+        "quote_char": csv.quote_char,
+        "quote_style": csv.quote_style.value,
+        "null_value": csv.null_value,
+        "line_terminator": csv.line_terminator.text,
+    }
+
+
+def write_csv(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
+    _csv_frame(frame, plan).sink_csv(
         path,
-        separator=csv.delimiter,
-        quote_char=csv.quote_char,
-        quote_style=csv.quote_style.value,
-        include_header=csv.header,
-        include_bom=csv.bom,
-        null_value=csv.null_value,
-        line_terminator=csv.line_terminator.text,
+        include_header=plan.csv.header,
+        include_bom=plan.csv.bom,
         compression=plan.format.compression,
         check_extension=False,
+        **_csv_options(plan),
     )
+
+
+def _compressor(codec: str) -> Callable[[bytes], bytes] | None:
+    """Each batch's text compressed on its own: gzip members and zstd frames concatenate into one
+    valid stream, so batches compress in parallel (zlib and Arrow release the GIL). gzip at zlib's
+    level 6 and zstd at Arrow's level 1, as Polars' sinks."""
+    if codec == "gzip":
+        return lambda data: gzip.compress(data, compresslevel=6)
+    if codec == "zstd":
+        zstd = pa.Codec("zstd")
+        return lambda data: zstd.compress(data, asbytes=True)
+    return None
+
+
+def write_text_paced(frame: pl.LazyFrame, plan: ExportPlan, path: Path, pacer: Pacer) -> None:
+    """csv or ndjson (plain, gzip or zstd) written batch by batch, each batch reported to `pacer`:
+    for interleaved page streams, which decode faster than Polars' sinks write and would otherwise
+    queue their batches in front of them (Polars gives an IO source no backpressure,
+    pola-rs/polars#26432). The same text as the sinks write; compressed batches are compressed on
+    the cores' threads, at most one per core in flight."""
+    is_csv = plan.format.is_csv
+    frame = _csv_frame(frame, plan) if is_csv else _zoned_and_labelled(frame, plan)
+    compress = _compressor(plan.format.compression) or (lambda data: data)
+    cores = len(os.sched_getaffinity(0))
+
+    def text(batch: pl.DataFrame, first: bool) -> bytes:
+        if not is_csv:
+            return batch.write_ndjson().encode()
+        return batch.write_csv(include_header=first and plan.csv.header, include_bom=first and plan.csv.bom,
+                               **_csv_options(plan)).encode()
+
+    with path.open("wb") as out, ThreadPoolExecutor(cores, thread_name_prefix="export-compress") as pool:
+        pending: deque = deque()
+        first = True
+        for batch in paced_batches(frame, pacer):
+            pending.append(pool.submit(compress, text(batch, first)))
+            first = False
+            while len(pending) >= cores:
+                out.write(pending.popleft().result())
+        if first and is_csv:  # no batch at all: the header alone
+            pending.append(pool.submit(compress, text(frame.clear().collect(), True)))
+        while pending:
+            out.write(pending.popleft().result())
 
 
 def _zoned_and_labelled(frame: pl.LazyFrame, plan: ExportPlan) -> pl.LazyFrame:
@@ -79,4 +140,4 @@ def write_parquet_part(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> Non
 
 def sink_parquet_as_is(frame: pl.LazyFrame, plan: ExportPlan, path: Path) -> None:
     options = plan.options.parquet
-    frame.sink_parquet(path, compression=options.compression.value, compression_level=options.compression_level)
+    frame.sink_parquet(path, compression=options.compression.value, compression_level=options.compression_level, row_group_size=65536)

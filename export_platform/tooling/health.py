@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import dagster as dg
@@ -10,7 +9,7 @@ from ..dagster_compat import InstigatorStatus, InstigatorType, TickStatus
 
 from ..naming import REQUEST_SENSOR
 from ..requests import table as rt
-from .instance import prepare_dagster_home
+from .instance import use_deployed_instance
 from ..resources.database_url import require_database_url
 from ..resources.requests import RequestStore
 
@@ -22,6 +21,8 @@ REQUIRED_DAEMONS = ("SENSOR", "QUEUED_RUN_COORDINATOR", "MONITORING")
 def _database(lines: list[str]) -> list[str]:
     try:
         depth = RequestStore(url=require_database_url()).run(rt.queue_depth()).scalar()
+    except rt.SchemaMismatch as error:  # reached, but not ready for requests
+        return [f"database: {error}"]
     except Exception as error:  # any failure to reach it is the finding
         return [f"database unreachable: {error}"]
     lines.append(f"ok    database reachable; {depth} request(s) pending or queued")
@@ -61,7 +62,8 @@ def _request_sensor(instance: dg.DagsterInstance, lines: list[str]) -> list[str]
 
 def check() -> tuple[list[str], list[str]]:
     """(problems, report lines); the report lists the problems too."""
-    os.environ.update(prepare_dagster_home())
+    require_database_url()
+    use_deployed_instance()
     lines: list[str] = []
     problems = _database(lines)
     with dg.DagsterInstance.get() as instance:

@@ -32,6 +32,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..run_failures import worker_gone
+from . import log_to_stderr
 from .launcher import NOT_STARTED, WORKER_MODULE, WarmPoolRunLauncher, worker_process
 from .queue import RETIRE_SLOT_SECONDS, Holder
 
@@ -226,7 +227,7 @@ class Supervisor:
 def serve(count: int | None = None, max_runs: int | None = None, grace_seconds: float | None = None) -> None:
     """`export-platform workers`: the pool in the foreground until SIGTERM or Ctrl-C (a drain);
     its size and limits come from the instance's `run_launcher` config (dagster.yaml)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     with dg.DagsterInstance.get() as instance:
         launcher = instance.run_launcher
         if not isinstance(launcher, WarmPoolRunLauncher):

@@ -40,6 +40,7 @@ from ..naming import session_name
 from ..resources.database_url import require_database_url
 from ..resources.postgres import PostgresResource
 from ..run_failures import LOST_DATABASE, POOL_EVENT, drained
+from . import log_to_stderr
 from .launcher import NOT_STARTED, WarmPoolRunLauncher
 from .lease import WORKER_ENV, publishing, run_ended
 from .queue import CHANNEL, LaunchQueue
@@ -301,7 +302,7 @@ def main() -> None:
     parser.add_argument("--max-runs", type=int, help="retire after this many runs (default: the launcher's)")
     parser.add_argument("--grace-period", type=float, help="seconds a drain lets the current run finish (default: the launcher's)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_stderr()
     import adbc_driver_postgresql.dbapi  # noqa: F401  (every export streams through it; the code location imports it lazily)
 
     from .. import definitions

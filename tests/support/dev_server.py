@@ -57,6 +57,7 @@ def get(url: str) -> str | None:
 class Dev:
     process: subprocess.Popen
     url: str
+    serve_url: str
     out: Path
     err: Path
     children: list[psutil.Process]
@@ -73,12 +74,12 @@ class Dev:
 def running_dev(env: dict[str, str], tmp: Path) -> Iterator[Dev]:
     """Start `dev` and wait until the UI answers and dev has printed its address; whatever happens,
     end every process it started."""
-    port = free_port()
+    port, serve_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     out, err = tmp / "dev.out", tmp / "dev.err"
     with out.open("w") as stdout, err.open("w") as stderr:
         # Its own session, so that a failed test can still end every process it started.
-        process = subprocess.Popen([SCRIPT, "dev", "--port", str(port)], env=env, cwd=tmp,
+        process = subprocess.Popen([SCRIPT, "dev", "--port", str(port), "--serve", str(serve_port)], env=env, cwd=tmp,
                                    stdout=stdout, stderr=stderr, start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -87,7 +88,7 @@ def running_dev(env: dict[str, str], tmp: Path) -> Iterator[Dev]:
             assert process.poll() is None, err.read_text()
             assert time.monotonic() < deadline, "the UI never answered"
             time.sleep(0.5)
-        yield Dev(process, url, out, err, psutil.Process(process.pid).children(recursive=True))
+        yield Dev(process, url, f"http://127.0.0.1:{serve_port}", out, err, psutil.Process(process.pid).children(recursive=True))
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

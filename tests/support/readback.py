@@ -25,6 +25,7 @@ from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_export_job
 from export_platform.naming import INCREMENTAL_TAG
 from export_platform.ops.export import plan_op_name
+from export_platform.resources.storage import file_uri_path
 from export_platform.tooling.sample_data import seed
 
 
@@ -45,7 +46,7 @@ def run_incremental(config: dict, resources: dict, export_type: str = "users") -
 
 
 def published_path(result: dg.ExecuteInProcessResult) -> Path:
-    return Path(result.output_for_node("publish_export").uri.removeprefix("file://"))
+    return file_uri_path(result.output_for_node("publish_export").uri)
 
 
 def db_rows(conn: psycopg.Connection, relation: str, columns: list[str], where: str = "", params=()) -> list[tuple]:

@@ -46,8 +46,11 @@ class Server:
 
 
 @contextmanager
-def serve_process(storage_root: Path, log: Path, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
-    port = free_port()
+def serve_process(
+    storage_root: Path, log: Path, extra_env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[Server]:
+    """`serve` over `storage_root` on `port` (default: a free one), with the test signing key."""
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, SIGNING_KEY_ENV: TEST_KEY, PUBLIC_URL_ENV: base, STORAGE_URL_ENV: str(storage_root),
            **(extra_env or {})}
