@@ -17,7 +17,7 @@ from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, stat
 from export_platform.ops import export as export_ops
 from export_platform.resources.postgres import PostgresResource
 from export_platform.naming import REQUEST_ID_TAG, REQUESTED_BY_TAG
-from support.readback import run_job
+from support.readback import run_job, seeded_beside
 from support.serve_stack import TEST_KEY, serve_process
 from support.request_rows import insert, row
 
@@ -69,8 +69,10 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
     reported, go_on = paced
     request_id = insert(db, "users", "csv.gz", user="grace")
     db.execute("UPDATE export_requests SET status = 'QUEUED' WHERE id = %s", (request_id,))
-    # Small batches: many progress reports from the 3,000 seeded users.
-    small_batches = {**resources, "postgres": PostgresResource(url=db.info.dsn, batch_size_hint_bytes=32 * 1024)}
+    # Many progress reports: 10,000 users (DuckDB reads at least 2,048 rows a batch) in small batches,
+    # from a database beside the session's (whose request row the page shows).
+    users = seeded_beside(db.info.dsn, "status_page_users", 10_000, ("users",))
+    small_batches = {**resources, "postgres": PostgresResource(url=users, batch_size_hint_bytes=32 * 1024)}
     outcome: list = []
 
     def export() -> None:
@@ -118,6 +120,7 @@ def test_the_page_follows_a_running_export_and_downloads_its_file(db, resources,
     assert fetched.count("events") == 1 and "status" not in fetched  # pushed over one stream, never polled
     body = saved.read_bytes()
     assert hashlib.sha256(body).hexdigest() == final["sha256"] and len(body) == final["file_bytes"]
+    assert final["row_count"] == 10_000
     assert body == Path(final["file_uri"].removeprefix("file://")).read_bytes()
 
 
