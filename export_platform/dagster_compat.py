@@ -10,13 +10,15 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Callable
 
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.events import EngineEventData
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
 from dagster._serdes import ConfigurableClassData
 from dagster._utils.error import SerializableErrorInfo
-from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
+from dagster._utils.interrupts import capture_interrupts
 from dagster._utils.schedules import is_valid_cron_string
 
 # Log text the project reads back. The tests check each against the code that writes it.
@@ -34,6 +36,12 @@ INTERRUPTED_ERROR = "dagster._core.errors.DagsterExecutionInterruptedError"
 WORKER_EXITED_CLEANLY = "unexpectedly exited with code 0."
 # Run monitoring's failure reason (RunFailureReason) for a run that never started in time:
 START_TIMEOUT_REASON = "START_TIMEOUT"
+# The queued-run daemon's engine events when it gives up launching a run (the second after
+# `max_user_code_failure_retries` re-queues; dagster/_daemon/run_coordinator/queued_run_coordinator_daemon.py):
+DEQUEUE_FAILED_MESSAGES = (
+    "Caught an unrecoverable error while dequeuing the run",
+    "Run dequeue failed to reach the user code server after",
+)
 # The start of run monitoring's RUN_CANCELING message for a run past its `dagster/max_runtime`:
 MAX_RUNTIME_MESSAGE = "Canceling due to exceeding maximum runtime"
 
@@ -49,6 +57,14 @@ def execute_run_body() -> Callable[..., int]:
     return _execute_run_command_body
 
 
+def keep_sigterm() -> None:
+    """Leave this process's SIGTERM handler alone during runs. Dagster maps SIGTERM to its SIGINT
+    handler whenever it swaps that handler (`_replace_interrupt_signal` calls
+    `setup_interrupt_handlers`, at every run and step), which would turn a run worker's SIGTERM
+    (drain: finish the run, then exit) into an interrupt of the run."""
+    from dagster._utils import interrupts
+
+    interrupts.setup_interrupt_handlers = lambda: None
 def failure_without_traceback(message: str) -> Exception:
     """An exception that fails its step with `message` alone. Dagster records any exception that
     ends a step with its stack trace (and an interrupt with the frames of wherever it landed: ~70
@@ -88,6 +104,9 @@ def set_sensor_loop_seconds(seconds: float) -> None:
 
 
 __all__ = [
+    "DEQUEUE_FAILED_MESSAGES",
+    "DagsterUserCodeUnreachableError",
+    "EngineEventData",
     "FAILURE_ERROR",
     "INTERRUPTED_ERROR",
     "MAX_RUNTIME_MESSAGE",
@@ -110,8 +129,8 @@ __all__ = [
     "execute_run_body",
     "failure_without_traceback",
     "is_valid_cron_string",
+    "keep_sigterm",
     "sensor_daemon",
     "set_sensor_loop_seconds",
     "set_storage_engine",
-    "setup_interrupt_handlers",
 ]

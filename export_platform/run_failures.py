@@ -11,6 +11,7 @@ from __future__ import annotations
 import dagster as dg
 
 from .dagster_compat import (
+    DEQUEUE_FAILED_MESSAGES,
     FAILURE_ERROR,
     INTERRUPTED_ERROR,
     START_TIMEOUT_REASON,
@@ -47,20 +48,61 @@ NEVER_STARTED = (
     "the platform restarted before the export began: its run never started, nothing was read or written. "
     "Request the export again."
 )
+# The queue's launch of the run failed (e.g. the code server did not answer in time), on every try.
+NOT_LAUNCHED = "the platform could not start the export's run ({}): nothing was read or written. Request the export again."
+
+# What the warm run-worker pool observed about a run it lost: engine events carrying this prefix,
+# the first of which is the run's cause (later ones, and steps failing after it, are its consequences).
+POOL_EVENT = "Run worker: "
+_AGAIN = "Request the export again."
+
+
+def worker_gone(pid: int | str, observed: str) -> str:
+    """A worker process seen to end (its supervisor's wait status, or its pid gone on this host)."""
+    return f"the run worker process (pid {pid}) is gone: {observed}; nothing was published. {_AGAIN}"
+
+
+def worker_silent(pid: int | str, host: str, seconds: float, stopped: bool = False) -> str:
+    """A worker that stopped beating: frozen, stopped, or cut off from Dagster's database."""
+    why = "its process is stopped (SIGSTOP)" if stopped else "stopped, frozen, or cut off from Dagster's database"
+    return (
+        f"the run worker (pid {pid} on {host}) sent no heartbeat for {seconds:.0f} s ({why}): the platform "
+        f"failed its run and took the run from it, so it cannot publish. {_AGAIN}"
+    )
+
+
+def drained(grace_seconds: float) -> str:
+    return (
+        "the platform stopped the export: its run worker was shut down (a deploy or restart) and the export did "
+        f"not finish within the {grace_seconds:g} s grace period; nothing was published. {_AGAIN}"
+    )
+
+
+def lost_lease(reason: str) -> str:
+    return f"the run worker no longer holds this run ({reason}): the export was stopped before publishing. {_AGAIN}"
 
 
 def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
-    """Why a run failed, for a person reading the request row: its steps' root errors, else why its
-    worker died, else why it was stopped (e.g. its maximum runtime), else the run's own message."""
+    """Why a run failed, for a person reading the request row: its steps' root errors, else what
+    the pool saw happen to its worker, else why its worker died, else why it was stopped (e.g. its
+    maximum runtime), else why it could not be launched, else the run's own message."""
     events = [r.dagster_event for r in instance.all_logs(run_id, of_type=_WHY) if r.dagster_event]
+    pool = [m for e in events if (m := _pool_observation(e)) is not None]
     # A step that fails once its run is being stopped fails of the stop: at its maximum runtime,
     # the canceling sensor's cancel of the query can reach the step before the run's interrupt does
-    # ("canceling statement due to user request"), and the reason is the run's.
-    stopping = next((i for i, e in enumerate(events) if e.event_type is dg.DagsterEventType.RUN_CANCELING), len(events))
+    # ("canceling statement due to user request"), and the reason is the run's. Likewise once the
+    # pool has given up on the run's worker (a drain past its grace period interrupts the export).
+    stopping = next(
+        (i for i, e in enumerate(events)
+         if e.event_type is dg.DagsterEventType.RUN_CANCELING or _pool_observation(e) is not None),
+        len(events),
+    )
     steps = [e.step_failure_data.error for e in events[:stopping] if e.is_step_failure and e.step_failure_data.error]
     causes = [m for m in map(root_message, steps) if not m.startswith(_INTERRUPTED)]
     if causes:
         return "; ".join(causes)
+    if pool:
+        return pool[0]
     crashes = [m[m.index(_WORKER_CRASH) :] for e in events if e.is_engine_event and _WORKER_CRASH in (m := e.message or "")]
     if crashes and crashes[-1].endswith(_EXITED_CLEANLY):
         return f"{LOST_DATABASE} ({crashes[-1]})"
@@ -68,14 +110,30 @@ def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
     run_failures = [e for e in events if e.event_type is dg.DagsterEventType.RUN_FAILURE]
     if any(_failure_reason(e) == _START_TIMEOUT for e in run_failures):
         return NEVER_STARTED
+    launches = [e for e in events if e.is_engine_event and (e.message or "").startswith(DEQUEUE_FAILED_MESSAGES)]
+    if launches and not (crashes or stopped):
+        error = launches[-1].engine_event_data.error
+        return NOT_LAUNCHED.format(_without_class(root_message(error)) if error else launches[-1].message)
     failures = [e.message for e in run_failures if e.message]
     # The first request to stop a run carries the reason; later ones are the termination itself.
     return (crashes[-1:] or stopped[:1] or failures[-1:] or ["the run failed"])[0]
 
 
+def _pool_observation(event: dg.DagsterEvent) -> str | None:
+    """The observation in a pool event (the writer's class name may come first: "[Launcher] Run worker: …")."""
+    message = event.message or ""
+    return message[message.index(POOL_EVENT) + len(POOL_EVENT) :] if event.is_engine_event and POOL_EVENT in message else None
+
+
 def _failure_reason(event: dg.DagsterEvent) -> str | None:
     reason = getattr(event.event_specific_data, "failure_reason", None)
     return getattr(reason, "value", None)
+
+
+def _without_class(message: str) -> str:
+    """An error's message without the qualified name of its class in front."""
+    name, _, rest = message.partition(": ")
+    return rest.strip() if rest and " " not in name and "." in name else message
 
 
 def root_message(error: SerializableErrorInfo) -> str:

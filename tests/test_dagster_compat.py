@@ -86,6 +86,38 @@ def test_dagster_postgres_storages_keep_their_engine_where_the_pooled_storage_re
         assert "self._engine" in inspect.getsource(storage.__init__), storage
 
 
+def test_a_worker_keeps_its_sigterm_handler_through_dagsters_interrupt_handling():
+    """Dagster re-points SIGTERM at its SIGINT handler whenever it swaps that handler (at every run);
+    after `keep_sigterm` a worker's own SIGTERM handler (drain) survives a run's interrupt capture."""
+    import signal
+
+    interrupts = importlib.import_module("dagster._utils.interrupts")
+    assert "setup_interrupt_handlers()" in inspect.getsource(interrupts._replace_interrupt_signal)
+    original, setup = signal.getsignal(signal.SIGTERM), interrupts.setup_interrupt_handlers
+
+    def drain(*_):
+        pass
+
+    try:
+        signal.signal(signal.SIGTERM, drain)
+        compat.keep_sigterm()
+        with compat.capture_interrupts():
+            assert signal.getsignal(signal.SIGTERM) is drain
+        assert signal.getsignal(signal.SIGTERM) is drain
+    finally:
+        interrupts.setup_interrupt_handlers = setup
+        signal.signal(signal.SIGTERM, original)
+
+
+def test_the_dequeue_failures_read_back_are_what_the_queue_daemon_writes():
+    daemon = inspect.getsource(importlib.import_module("dagster._daemon.run_coordinator.queued_run_coordinator_daemon"))
+    for message in compat.DEQUEUE_FAILED_MESSAGES:
+        assert message in daemon
+    client = inspect.getsource(importlib.import_module("dagster._grpc.client"))
+    assert "raise DagsterUserCodeUnreachableError(" in client
+    assert "metadata" in inspect.signature(compat.EngineEventData).parameters
+
+
 def test_a_failure_without_traceback_is_recorded_as_its_message_alone():
     import dagster as dg
 

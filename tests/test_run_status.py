@@ -63,3 +63,24 @@ def test_a_step_that_failed_before_its_run_was_stopped_is_the_cause(instance, ru
     instance.report_run_canceling(run, message="Canceling due to exceeding maximum runtime of 1 seconds.")
     instance.report_run_failed(run, "Exceeded maximum runtime of 1 seconds.")
     assert failure_message(instance, run.run_id) == "disk full"
+
+
+def test_what_the_pool_saw_happen_to_its_worker_is_the_cause(instance, run):
+    from export_platform.run_failures import POOL_EVENT, drained
+
+    instance.report_engine_event(f"{POOL_EVENT}{drained(30)}", run)
+    # The drain's interrupt makes a step fail afterwards with whatever the interrupt broke.
+    _step_failed(instance, run, "server closed the connection unexpectedly")
+    instance.report_run_failed(run)
+    assert failure_message(instance, run.run_id) == drained(30)
+
+
+def test_a_run_the_queue_could_not_launch_names_the_code_server(instance, run):
+    from export_platform.dagster_compat import DEQUEUE_FAILED_MESSAGES, EngineEventData
+    from export_platform.run_failures import NOT_LAUNCHED
+
+    reason = "User code server request timed out due to taking longer than 60 seconds to complete."
+    error = SerializableErrorInfo(f"dagster._core.errors.DagsterUserCodeUnreachableError: {reason}\n", stack=[], cls_name="X")
+    instance.report_engine_event(f"{DEQUEUE_FAILED_MESSAGES[1]} 3 attempts, failing run", run, EngineEventData.engine_error(error))
+    instance.report_run_failed(run)
+    assert failure_message(instance, run.run_id) == NOT_LAUNCHED.format(reason)

@@ -138,20 +138,20 @@ def test_cancelling_a_run_that_no_worker_has_taken_yet(stack, app):
         with queue.connect() as conn:
             LaunchQueue.register(conn, stalled, "elsewhere", 1, 50)
             while not stop.wait(0.5):
-                LaunchQueue.beat(conn, stalled)
-            LaunchQueue.deregister(conn, stalled)
+                LaunchQueue.beat(conn, stalled, None, False)
+        queue.deregister(stalled)
 
     beating = threading.Thread(target=beat)
     beating.start()
     try:
         request_id = ledger_request(app, 10)
         run_id = wait_for(lambda: (runs := runs_for(stack.instance, request_id)) and runs[0].dagster_run.run_id, what="the run")
-        entry = wait_for(lambda: queue.entry(run_id, 5), what="the run in the launch queue")
+        entry = wait_for(lambda: queue.holder(run_id), what="the run in the launch queue")
         assert entry.worker_id is None
         app.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
         assert wait_status(app, request_id, {"CANCELLED", "COMPLETED", "FAILED"}, timeout=60)["status"] == "CANCELLED"
         assert finished_run(stack, run_id).status is dg.DagsterRunStatus.CANCELED
-        assert queue.entry(run_id, 5) is None
+        assert queue.holder(run_id) is None
         assert not stack.instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START)
     finally:
         stop.set()

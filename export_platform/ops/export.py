@@ -31,6 +31,7 @@ from ..sinks import digest_of
 from ..sinks.parts import sink_streams
 from ..sinks.server_csv import write_server_csv
 from ..units import human_bytes
+from ..workers.lease import check_lease
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 EXTRACT_RETRIES = 2
@@ -340,13 +341,16 @@ def _record(
     staged: StagedFile,
     run_id: str,
     completed: sa.Update | None,
+    fence: Callable[[sa.Connection], None],
 ) -> None:
     """The request row's COMPLETED and the incremental mark, in one transaction, decided under the
-    row's lock: a cancel that got there first wins. With neither (a Launchpad run, `export-platform
-    run`), nothing is written: the database need not have the request table at all."""
+    row's lock: a cancel that got there first wins, and so does a fence (`fence(conn)` raises). With
+    neither a request nor a mark (a Launchpad run, `export-platform run`), nothing is written: the
+    database need not have the request table at all."""
     if request_id is None and plan.incremental is None:
         return
     with requests.transaction() as conn:
+        fence(conn)
         if request_id is not None:
             _check_wanted(request_id, conn.execute(rt.status_for_publish(request_id)).scalar())
             conn.execute(completed)
@@ -378,13 +382,14 @@ def publish_export(
             _check_wanted(request_id, requests.run(rt.status_of(request_id)).scalar())
         sha256, size = staged.sha256, staged.bytes
         now = datetime.now(timezone.utc)
+        check_lease(context)  # a worker the pool gave up on must not publish
         placed = _place(context, plan, path, storage, now)
         try:
             link = link_for(storage, placed.key, now)
             completed = None if request_id is None else rt.mark_completed(
                 request_id, rows=staged.rows, uri=placed.uri, key=placed.key, size=size, sha256=sha256, link=link
             )
-            _record(requests, request_id, plan, staged, context.run_id, completed)
+            _record(requests, request_id, plan, staged, context.run_id, completed, lambda conn: check_lease(context, conn))
         except BaseException:
             _unpublish(context, placed, storage)
             raise

@@ -331,3 +331,6 @@ CANCEL_SESSION = (
     "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
     "WHERE application_name = %s AND pid <> pg_backend_pid()"
 )
+# Ends the sessions themselves: a cancel does not reach a backend blocked writing to a client that
+# does not read (a frozen worker), nor a transaction waiting for its client's COMMIT.
+TERMINATE_SESSION = CANCEL_SESSION.replace("pg_cancel_backend", "pg_terminate_backend")

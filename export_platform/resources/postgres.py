@@ -187,6 +187,11 @@ class PostgresResource(dg.ConfigurableResource):
         with self.connect(autocommit=True) as conn:
             return len(conn.execute(sql.CANCEL_SESSION, (session_name,)).fetchall())
 
+    def end_sessions(self, session_name: str) -> int:
+        """End an export's sessions, whatever they are doing (its run has ended); returns how many."""
+        with self.connect(autocommit=True) as conn:
+            return len(conn.execute(sql.TERMINATE_SESSION, (session_name,)).fetchall())
+
     def control(self, session_name: str) -> psycopg.Connection:
         """An autocommit connection named `session_name` (a cancel finds it by that name), whose
         statements take $1, $2, ... placeholders."""

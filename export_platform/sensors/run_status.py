@@ -1,7 +1,9 @@
 """Run outcomes written back to the request row, whatever ended the run.
 
 A run can fail before its first op, be terminated from the UI, or have its worker killed; the
-ops cannot report any of that themselves, so these sensors do.
+ops cannot report any of that themselves, so these sensors do. A run can also fail after its file
+was delivered (its worker lost between publishing and Dagster recording the step): the row then
+stays COMPLETED and the run says that the file was delivered.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 import dagster as dg
 import sqlalchemy as sa
 
+from ..dagster_compat import EngineEventData
 from ..requests import table as rt
 from ..naming import request_id_of, session_name
 from ..resources.postgres import PostgresResource
@@ -28,13 +31,33 @@ def _end_request(
     storage: ExportStorage,
     mark: Callable[[int], sa.Update],
 ) -> None:
-    """Stop the run's query and remove its temp file, then mark its request (if any) with `mark`."""
-    # A killed worker's query runs on until the server next writes to the dead socket.
-    postgres.cancel_queries(session_name(run.run_id))
+    """End the run's sessions and remove its temp file, then mark its request (if any) with `mark`."""
+    # A killed worker's query runs on until the server next writes to the dead socket; a frozen
+    # one's blocks writing to a client that does not read, where a cancel never reaches it; and a
+    # worker lost while recording its result holds the row's lock until this ends its transaction
+    # (workers/lease.py). So no snapshot or connection outlives its run: terminate, then mark.
+    postgres.end_sessions(session_name(run.run_id))
     storage.discard_temp(run.run_id)
     request_id = request_id_of(run.tags)
     if request_id is not None:
         requests.run(mark(request_id))
+
+
+def _say_if_delivered(instance: dg.DagsterInstance, run: dg.DagsterRun, request) -> None:
+    """A failed run whose request is COMPLETED published its file before it was lost: say so on
+    the run, so that nobody re-executes it."""
+    if request is None or request["status"] != rt.Status.COMPLETED.value or request["run_id"] != run.run_id:
+        return
+    instance.report_engine_event(
+        f"The export was delivered before the run failed: request {request['id']} is COMPLETED with "
+        f"{request['file_uri']} ({request['row_count']:,} rows). Only Dagster's record of the last step was lost "
+        "with the run's worker; do not re-execute this run.",
+        run,
+        EngineEventData(metadata={
+            "request_id": request["id"], "file": dg.MetadataValue.path(request["file_uri"]),
+            "rows": request["row_count"], "sha256": request["sha256"],
+        }),
+    )
 
 
 def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefinition]:
@@ -56,6 +79,8 @@ def build_run_status_sensors(jobs: list[dg.JobDefinition]) -> list[dg.SensorDefi
             return rt.mark_failed(request_id, failure_message(context.instance, context.dagster_run.run_id))
 
         _end_request(context.dagster_run, requests, postgres, storage, failed)
+        if (request_id := request_id_of(context.dagster_run.tags)) is not None:
+            _say_if_delivered(context.instance, context.dagster_run, requests.run(rt.by_id(request_id)).mappings().first())
 
     @dg.run_status_sensor(
         name="export_canceling_sensor",

@@ -550,7 +550,7 @@ def _cmd_workers(args: argparse.Namespace) -> int:
 
     require_database_url()  # every worker loads the code location, which needs it
     use_deployed_instance()
-    serve(args.count, args.max_runs)
+    serve(args.count, args.max_runs, args.grace_period)
     return 0
 
 
@@ -737,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="workers to keep alive (default: dagster.yaml's run_launcher workers)")
     workers.add_argument("--max-runs", type=int, metavar="K",
                          help="replace each worker after this many runs (default: dagster.yaml's)")
+    workers.add_argument("--grace-period", type=float, metavar="S",
+                         help="on SIGTERM or Ctrl-C, seconds each worker may take to finish its export "
+                              "(default: dagster.yaml's run_launcher grace_period_seconds)")
     workers.set_defaults(handler=_cmd_workers)
 
     dev = command("dev", "start the Dagster UI, the daemon, the warm run workers and serve on this project's instance; "

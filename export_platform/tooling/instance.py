@@ -112,9 +112,15 @@ def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-def start_workers(env: dict[str, str], log: Path, count: int | None = None, max_runs: int | None = None) -> subprocess.Popen:
+def start_workers(
+    env: dict[str, str], log: Path, count: int | None = None, max_runs: int | None = None, grace_seconds: float | None = None
+) -> subprocess.Popen:
     """The warm run-worker pool (`export-platform workers`) as a child process logging to `log`."""
-    options = [*(["--count", str(count)] if count else []), *(["--max-runs", str(max_runs)] if max_runs else [])]
+    options = [
+        *(["--count", str(count)] if count else []),
+        *(["--max-runs", str(max_runs)] if max_runs else []),
+        *(["--grace-period", str(grace_seconds)] if grace_seconds is not None else []),
+    ]
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "export_platform.workers", *options],

@@ -18,6 +18,7 @@ from dagster import DagsterEventType, DagsterInstance, DefaultRunLauncher
 from dagster import DagsterRun
 
 from ..dagster_compat import GRPC_INFO_TAG, WORKER_STARTED_MESSAGE, CheckRunHealthResult, WorkerStatus
+from ..run_failures import worker_gone
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 # The pid is logged just after the process starts; a process created later than this after the
@@ -39,10 +40,6 @@ def run_worker(instance: DagsterInstance, run_id: str) -> tuple[int, float] | No
             if pid is not None:
                 return int(pid.value), record.timestamp
     return None
-
-
-def worker_gone(pid) -> str:
-    return f"the run worker process (pid {pid}) is gone: killed (e.g. out of memory) or its host restarted"
 
 
 class LocalWorkerRunLauncher(DefaultRunLauncher):
@@ -69,4 +66,5 @@ class LocalWorkerRunLauncher(DefaultRunLauncher):
             alive = False
         if alive:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
-        return CheckRunHealthResult(WorkerStatus.FAILED, worker_gone(pid), run_worker_id=str(pid))
+        gone = worker_gone(pid, "killed (e.g. out of memory) or its host restarted")
+        return CheckRunHealthResult(WorkerStatus.FAILED, gone, run_worker_id=str(pid))

@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
-from export_platform.tooling.embedded_postgres import ensure_database
+from export_platform.tooling.embedded_postgres import ensure_database, start_embedded
 from export_platform.tooling.instance import (
     DAGSTER_DATABASE_URL_ENV,
     prepare_dagster_home,
@@ -34,6 +34,7 @@ from export_platform.naming import REQUEST_ID_TAG, session_name
 from export_platform.resources.requests import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.tooling.sample_data import seed
+from export_platform.workers.supervisor import STOP_MARGIN_SECONDS
 
 from .ports import free_port
 from .request_rows import row
@@ -57,6 +58,7 @@ class Stack:
     tmp: Path
     daemon: subprocess.Popen | None = None
     workers: subprocess.Popen | None = None
+    postgres: object | None = None  # the pgserver a test may restart (restartable_daemon_stack)
 
     def start_daemon(self) -> None:
         self.daemon = start_daemon(self.env, self.tmp / "daemon.log")
@@ -68,26 +70,27 @@ class Stack:
             self.daemon.wait(timeout=60)
         self.daemon = None
 
-    def start_workers(self, count: int | None = None, max_runs: int | None = None) -> None:
+    def start_workers(self, count: int | None = None, max_runs: int | None = None, grace_seconds: float | None = None) -> None:
         """`count` workers, by default dagster.yaml's (one per run the queue lets through at once)."""
         count = count or self.instance.run_launcher.workers
-        self.workers = start_workers(self.env, self.tmp / "workers.log", count, max_runs)
+        self.workers = start_workers(self.env, self.tmp / "workers.log", count, max_runs, grace_seconds)
         wait_for_workers(self.instance, self.workers, count)
 
     def stop_workers(self) -> None:
-        """Stops the pool; its workers finish their runs first."""
+        """Stops the pool (a drain: its workers finish their runs first, within the grace period)."""
         if self.workers is not None and self.workers.poll() is None:
             self.workers.terminate()
-            self.workers.wait(timeout=60)
+            self.workers.wait(timeout=self.instance.run_launcher.grace_period_seconds + STOP_MARGIN_SECONDS + 30)
         self.workers = None
 
 
 @contextmanager
 def daemon_stack(
-    server_url: str, tmp: Path, seeds: dict[str, int], dagster_server_url: str | None = None
+    server_url: str, tmp: Path, seeds: dict[str, int], dagster_server_url: str | None = None, workers: int | None = None
 ) -> Iterator[Stack]:
     """`seeds` maps sample export types to their row counts. Dagster's storage goes on
-    `dagster_server_url` if given, else beside the app database."""
+    `dagster_server_url` if given, else beside the app database. `workers`: the pool's size
+    (default dagster.yaml's)."""
     app_url = fresh_database(server_url, "daemon_app")
     with psycopg.connect(app_url, autocommit=True) as conn:
         for export_type, rows in seeds.items():
@@ -100,13 +103,24 @@ def daemon_stack(
         env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", app_url), STORAGE_URL_ENV: str(tmp / "exports")}
         stack = Stack(env, dg.DagsterInstance.from_config(env["DAGSTER_HOME"]), app_url, tmp / "exports", tmp)
         try:
-            stack.start_workers()
+            stack.start_workers(workers)
             stack.start_daemon()
             yield stack
         finally:
             stack.stop_daemon()
             stack.stop_workers()
             stack.instance.dispose()
+
+
+@contextmanager
+def restartable_daemon_stack(tmp: Path, seeds: dict[str, int], workers: int | None = None) -> Iterator[Stack]:
+    """A daemon stack whose app database and Dagster's storage share one private embedded Postgres
+    (one server, as in most deployments), which its tests may restart (`restart_postgres(stack.postgres)`)
+    without disturbing any other module's."""
+    server, url = restartable_postgres(tmp / "pgdata")
+    with daemon_stack(url, tmp, seeds, url, workers) as stack:
+        stack.postgres = server
+        yield stack
 
 
 @contextmanager
@@ -136,6 +150,25 @@ def running_webserver(stack: Stack) -> Iterator:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def restartable_postgres(pgdata: Path) -> tuple[object, str]:
+    """A private embedded Postgres (removed with the test session) that a test may restart
+    without disturbing the session's server; returns the server and its admin URL."""
+    import pgserver
+
+    start_embedded(pgdata, cleanup_mode="delete")
+    server = pgserver.get_server(pgdata)
+    return server, server.get_uri()
+
+
+def restart_postgres(server) -> None:
+    """Stop an embedded Postgres (pgserver) as an operator's restart does (fast shutdown: sessions
+    are ended) and start it again on the same data and address."""
+    from pgserver.postgres_server import pg_ctl
+
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    server.ensure_postgres_running()
 
 
 def wait_for(predicate: Callable, timeout: float = TIMEOUT, what: str = "condition"):
