@@ -9,6 +9,7 @@ naming the field (or `params`) and the other rows of the tick are served as if i
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -22,6 +23,7 @@ from ..resources.postgres import PostgresResource
 from ..naming import (
     EXPORT_TYPE_TAG,
     FORMAT_TAG,
+    INTERRUPTED_TAG,
     REQUEST_ID_TAG,
     REQUEST_KEY_TAG,
     REQUEST_SENSOR,
@@ -43,6 +45,9 @@ MAX_OFFERS = 3
 NEVER_LAUNCHED_AFTER = timedelta(minutes=1)
 _NOT_STARTED = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
 _IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+# A cancelled run whose steps have not stopped this long after its query was cancelled gets the
+# interrupt (a step busy outside the database: a writer, a slow upload).
+INTERRUPT_AFTER_SECONDS = 10
 
 
 def run_request_for(request_id: int, run_key: str, plan: ExportPlan, requested_by: str | None) -> dg.RunRequest:
@@ -73,14 +78,27 @@ def _cancel(context, requests: RequestStore, postgres: PostgresResource, request
             context.instance.run_coordinator.cancel_run(run.run_id)
         requests.run(rt.mark_cancelled(request_id))
     elif run.status in _IN_FLIGHT:
-        if run.status is not dg.DagsterRunStatus.CANCELING:
+        if run.status is dg.DagsterRunStatus.STARTED:
+            # Stopping its query stops a streaming step promptly, at a point the step handles: it
+            # sees the run CANCELING and ends with "stopped … (cancelled)". An interrupt sent at the
+            # same moment can land between steps, and Dagster ends the run with its traceback.
+            context.instance.report_run_canceling(run, message="Canceling on its request's cancel.")
+        elif INTERRUPTED_TAG not in run.tags and (
+            run.status is dg.DagsterRunStatus.STARTING or _canceling_for(context.instance, run) > INTERRUPT_AFTER_SECONDS
+        ):
+            context.instance.add_run_tags(run.run_id, {INTERRUPTED_TAG: "1"})
             context.instance.run_launcher.terminate(run.run_id)
-        # The worker may be deep inside a sink: stopping its query is what stops it promptly.
+        # Every tick: a step may have begun its query after the last cancel.
         postgres.cancel_queries(session_name(run.run_id))
     else:
         # CANCELED, or FAILURE caused by the cancelled query. (Not SUCCESS: a successful run's publish
         # completed the row under a lock, and the database ignores a cancel of a completed row.)
         requests.run(rt.mark_cancelled(request_id))
+
+
+def _canceling_for(instance: dg.DagsterInstance, run: dg.DagsterRun) -> float:
+    records = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELING)
+    return time.time() - records[0].timestamp if records else 0.0
 
 
 def _reconcile(context, requests: RequestStore, request_id: int, run: dg.DagsterRun) -> None:
