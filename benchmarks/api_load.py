@@ -35,7 +35,7 @@ from psycopg import sql
 
 from export_platform.requests import api_keys
 from export_platform.requests.client import ExportClient
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.tooling.embedded_postgres import ensure_database, local_database_url
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 

@@ -53,7 +53,7 @@ from psycopg import sql
 
 from export_platform.planning.plan import ExportPlan, plan_export
 from export_platform.planning.sql import count_statement, select_statement
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.tooling.embedded_postgres import local_database_url
 from export_platform.tooling.sample_data import seed
 

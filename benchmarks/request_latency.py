@@ -46,7 +46,7 @@ from export_platform.tooling.instance import (
     wait_for_daemon,
     wait_for_workers,
 )
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.tooling.sample_data import create_schema, seed
 
 BENCH_DAGSTER_DATABASE = "dagster_latency_bench"

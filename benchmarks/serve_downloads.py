@@ -26,7 +26,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.serve_stack import serve_process  # noqa: E402 - the tests' way of starting it
 
-from export_platform.delivery.links import file_url  # noqa: E402
+from export_platform.links import file_url  # noqa: E402
 from export_platform.resources.database_url import DATABASE_URL_ENV  # noqa: E402
 from export_platform.tooling.embedded_postgres import start_embedded  # noqa: E402
 

@@ -9,7 +9,7 @@ from .jobs import CHUNKED_JOBS, EXPORT_JOBS
 from .ops.retention import retention_cleanup
 from .resources.database_url import DATABASE_URL_ENV, require_database_url
 from .resources.postgres import PostgresResource
-from .resources.requests import RequestStore
+from .requests.store import RequestStore
 from .resources.storage import STORAGE_URL_ENV, storage_for
 from .sensors.request_sensor import build_request_sensor
 from .schedules.recurring import build_recurring_schedules

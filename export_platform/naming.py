@@ -30,6 +30,8 @@ SCHEDULE_TAG = "export_platform/schedule"
 ISOLATED_TAG = "export_platform/isolated"
 # Set by the launcher: which path a run took ("pool" or "process").
 POOL_TAG = "export_platform/run_worker"
+# POOL_TAG's value on runs handed to the warm pool: its health check, terminate and lease take the pool's path.
+POOL = "pool"
 # Set on a cancelled run once the request sensor has interrupted it (it interrupts only once).
 INTERRUPTED_TAG = "export_platform/interrupted"
 # Dagster's own: run monitoring ends a run older than this many seconds.

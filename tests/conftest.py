@@ -19,7 +19,7 @@ import pytest
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.tooling.embedded_postgres import start_embedded
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV, LocalStorage
 from export_platform.tooling.sample_data import seed
 from support.daemon_stack import running_webserver

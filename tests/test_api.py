@@ -25,7 +25,7 @@ from export_platform.delivery.api import MAX_BODY_BYTES
 from export_platform.delivery.tokens import token_secret
 from export_platform.requests import table as rt
 from export_platform.requests.client import request_params
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import LocalStorage
 from support.api_calls import Answer, Key, call, new_key, user_token
 from support.request_rows import insert, row, tick

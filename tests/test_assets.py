@@ -14,7 +14,7 @@ from export_platform import assets
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.registry import ExportType, Filter, Registry, ValueType
 from export_platform.definitions import defs
-from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV
+from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV
 from export_platform.naming import FORMAT_TAG, REQUEST_ID_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG
 from support.readback import db_rows, run_job
 from support.request_rows import insert, row

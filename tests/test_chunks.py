@@ -22,7 +22,7 @@ from export_platform.naming import INCREMENTAL_TAG, REQUEST_ID_TAG, session_name
 from export_platform.ops.export import plan_op_name
 from export_platform.planning.plan import MAX_CHUNKS, plan_export
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import LocalStorage
 from export_platform.tooling.sample_data import seed
 from support.readback import database_beside, db_rows, file_bytes, file_rows, published_path, run_job

@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from export_platform.delivery.links import SIGNING_KEY_ENV
+from export_platform.links import SIGNING_KEY_ENV
 from export_platform.tooling.cli import PENDING_HINT_SECONDS, PROGRESS_LINE_SECONDS, build_parser
 from export_platform.tooling.dev import dev_workers
 from export_platform.tooling.sample_data import seed
 from export_platform.resources.database_url import DATABASE_URL_ENV
-from export_platform.tooling.embedded_postgres import HOME_ENV
+from export_platform.home import HOME_ENV
 from export_platform.catalog.formats import ExportFormat
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home
 from export_platform.resources.storage import STORAGE_URL_ENV
@@ -141,7 +141,7 @@ def test_delete_that_cannot_reach_the_file_fails_and_leaves_the_row(db, database
 def test_cleanup_reports_a_file_it_could_not_delete_and_exits_1(database_url, tmp_path):
     from sqlalchemy.engine import make_url
 
-    from export_platform.resources.requests import RequestStore
+    from export_platform.requests.store import RequestStore
 
     database_beside(database_url, "cleanup_cli")
     url = make_url(database_url).set(database="cleanup_cli").render_as_string(hide_password=False)  # Dagster needs a URL

@@ -14,7 +14,7 @@ from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.registry import ExportType, Filter, Registry, ValueType
 from export_platform.naming import MAX_RUNTIME_TAG
 from export_platform.resources.database_url import DATABASE_URL_ENV
-from export_platform.tooling.embedded_postgres import HOME_ENV
+from export_platform.home import HOME_ENV
 
 import pytest
 

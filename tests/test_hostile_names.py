@@ -17,10 +17,10 @@ import dagster as dg
 import pytest
 
 from export_platform.catalog.export_types import REGISTRY
-from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, status_page_url
+from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, status_page_url
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.run_failures import failure_message
-from export_platform.tooling.embedded_postgres import HOME_ENV
+from export_platform.home import HOME_ENV
 from support.daemon_stack import daemon_stack, wait_for, wait_status
 from support.ports import free_port
 from support.readback import db_rows, file_rows

@@ -18,7 +18,7 @@ import pytest
 from dagster._daemon.types import DaemonHeartbeat
 
 from export_platform.resources.database_url import DATABASE_URL_ENV
-from export_platform.tooling.embedded_postgres import HOME_ENV
+from export_platform.home import HOME_ENV
 from export_platform.tooling.instance import prepare_dagster_home, wait_for_workers
 from support.daemon_stack import fresh_database
 from support.readback import database_beside
@@ -39,7 +39,7 @@ def given(database_url, tmp_path, monkeypatch):
     app_url = database_beside(database_url, "given_instance_app")
     env = {**os.environ, **prepare_dagster_home(tmp_path / "given", app_url), HOME_ENV: str(tmp_path / "home"),
            DATABASE_URL_ENV: app_url, "EXPORT_PLATFORM_STORAGE_URL": str(tmp_path / "exports")}
-    from export_platform.resources.requests import RequestStore
+    from export_platform.requests.store import RequestStore
 
     RequestStore(url=app_url).migrate()
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:

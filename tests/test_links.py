@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from export_platform.delivery.links import SIGNING_KEY_ENV, Kind, LinkError, Signer
+from export_platform.links import SIGNING_KEY_ENV, Kind, LinkError, Signer
 from export_platform.resources.storage_keys import path_part, valid_key
 from support.serve_stack import TEST_KEY
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from export_platform.requests import table as rt
 from export_platform.requests.client import ExportClient
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from support.readback import database_beside
 from support.request_rows import insert
 

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from export_platform.resources.postgres import PostgresResource
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import LocalStorage
 from export_platform.sinks import xlsx
 from support.readback import published_path, run_job, seeded_beside

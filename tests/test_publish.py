@@ -12,7 +12,7 @@ import pytest
 from export_platform.run_failures import root_message
 from export_platform.resources.postgres import PostgresResource
 from export_platform.naming import REQUEST_ID_TAG
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import OUTPUT_FOLDERS_ENV, LocalStorage
 from support.readback import run_job
 from support.readback import run_incremental

@@ -34,7 +34,7 @@ from export_platform.resources.postgres import (
 )
 from export_platform.sinks.arrow_source import Interleaved
 from export_platform.sinks.digest import WrittenDigest, file_digest
-from export_platform.tooling.embedded_postgres import HOME_ENV
+from export_platform.home import HOME_ENV
 from support.readback import database_beside, db_rows, file_rows, published_path, run_job, xlsx_mismatches, xlsx_rows
 
 USERS = list(REGISTRY.get("users").columns)

@@ -20,8 +20,8 @@ from psycopg import sql as pgsql
 from export_platform.requests import table as rt
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.requests.client import ExportClient
-from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Kind, LinkError, file_url, status_page_url
-from export_platform.resources.requests import RequestStore
+from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Kind, LinkError, file_url, status_page_url
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import LocalStorage, storage_for
 from support.readback import database_beside
 from support.serve_stack import TEST_KEY, serve_process

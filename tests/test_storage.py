@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from export_platform.requests import table as rt
 from export_platform.requests.client import ExportClient, Refused
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import LocalStorage, S3Storage, StorageError, file_uri_path
 from support.readback import database_beside, db_rows, file_rows
 from support.request_rows import LEDGER_COLUMNS as COLUMNS

@@ -24,7 +24,7 @@ import pytest
 from support.daemon_stack import files_in, restart_postgres, restartable_daemon_stack, wait_for, wait_status
 from support.request_rows import insert, row
 from export_platform.naming import POOL_TAG, REQUEST_ID_TAG
-from export_platform.workers.launcher import POOL
+from export_platform.naming import POOL
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,7 @@ from support.daemon_stack import (
 )
 from support.request_rows import insert, row
 from export_platform.naming import POOL_TAG
-from export_platform.workers.launcher import POOL
+from export_platform.naming import POOL
 from export_platform.workers.process_launcher import run_worker
 from export_platform.workers.queue import LaunchQueue
 

@@ -20,7 +20,7 @@ from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_export_job
 from export_platform.naming import ISOLATED_TAG, POOL_TAG, REQUEST_ID_TAG
 from export_platform.workers.process_launcher import run_worker
-from export_platform.workers.launcher import POOL
+from export_platform.naming import POOL
 from export_platform.workers.queue import LaunchQueue
 from support.readback import db_rows, file_rows
 

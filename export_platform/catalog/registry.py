@@ -67,7 +67,7 @@ class ExportType:
     # Run monitoring ends a run that takes longer (a hung export); its request ends FAILED.
     max_runtime_seconds: int = 3600
     # Run each export in a process of its own instead of a warm run worker (docs/deploy.md): for
-    # types whose exports are huge, or that need a pod per run (K8sRunLauncher).
+    # types whose exports are huge, or that should not share a warm process with others.
     isolated: bool = False
     # The row order of an export that does not choose one (its `order` option).
     order: RowOrder = RowOrder.key

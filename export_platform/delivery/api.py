@@ -39,11 +39,11 @@ from ..requests import api_keys
 from ..requests import table as rt
 from ..requests.client import ExportClient, Refused, request_params
 from ..requests.table import Status
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..resources.storage import ExportStorage, StorageError
 from . import openapi
 from .auth import ApiError, Authenticator, Caller, RateLimiter, check_user
-from .links import Signer, public_url, status_page_url
+from ..links import Signer, public_url, status_page_url
 
 PREFIX = "/api/v1"
 CORS_ORIGINS_ENV = "EXPORT_PLATFORM_CORS_ORIGINS"

@@ -21,7 +21,7 @@ from ..planning.plan import RequestError
 from ..requests import api_keys
 from ..requests.api_keys import ApiKey
 from . import tokens
-from .links import Signer
+from ..links import Signer
 
 BEARER = {"www-authenticate": 'Bearer realm="export_platform"'}
 

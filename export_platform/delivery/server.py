@@ -47,11 +47,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..planning.config import ExportOptions
 from ..requests import table as rt
 from ..resources.database_url import require_database_url
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage, StorageError
 from ..resources.storage_keys import valid_key
 from . import api
-from .links import Kind, Signer, file_url, friendly_name, seconds_left
+from ..links import Kind, Signer, file_url, friendly_name, seconds_left
 from .push import Notifications
 
 # Links the status page hands out for its download button.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jwt
 
 from ..requests import api_keys
-from .links import Signer
+from ..links import Signer
 
 ALGORITHM = "HS256"
 MAX_TOKEN_SECONDS = 3600

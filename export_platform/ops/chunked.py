@@ -21,7 +21,7 @@ from ..planning.key_ranges import KeyRange
 from ..planning.plan import ExportPlan
 from ..resources.postgres import PostgresResource
 from ..naming import request_id_of, session_name
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..resources.storage import ExportStorage
 from ..sinks import digest_of, scan_batches
 from ..sinks.parts import join_parts, part_path, write_part

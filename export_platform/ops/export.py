@@ -14,24 +14,24 @@ import dagster as dg
 import sqlalchemy as sa
 
 from .. import assets
-from ..delivery.links import LinkError, public_url, status_page_url
+from ..links import LinkError, public_url, status_page_url
 from ..requests import table as rt
 from ..planning.config import ExportConfig, options_of
 from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
-from ..planning.preflight import preflight
+from .preflight import preflight
 from ..catalog.registry import ExportType
 from ..dagster_compat import MAX_RUNTIME_MESSAGE, failure_without_traceback
 from ..requests.table import Status
 from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
 from ..naming import FORMAT_TAG, INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..resources.storage import ExportStorage, OutputRefused, file_uri_path
 from ..resources.storage_keys import path_part
 from ..sinks import digest_of
 from ..sinks.parts import sink_streams
 from ..sinks.server_csv import write_server_csv
 from ..units import human_bytes
-from ..workers.lease import check_lease
+from .lease import check_lease
 
 PROGRESS_INTERVAL_SECONDS = 1.0
 EXTRACT_RETRIES = 2

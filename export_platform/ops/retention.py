@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ..requests import table as rt
 from ..catalog.export_types import REGISTRY
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..resources.storage import ExportStorage, StorageError, remove_tree, tree_size
 
 BATCH = 500

@@ -21,11 +21,11 @@ import psycopg
 from psycopg import sql as pgsql
 
 from . import table as rt
-from ..delivery import links
+from .. import links
 from ..planning.plan import RequestError, plan_request, shown
 from .table import TERMINAL, Status
 from ..resources.database_url import require_database_url
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
 
 

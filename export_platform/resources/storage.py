@@ -26,8 +26,8 @@ from urllib.parse import unquote, urlparse
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ..delivery.links import Signer, file_url, public_url
-from ..tooling.embedded_postgres import platform_home
+from ..links import Signer, file_url, public_url
+from ..home import platform_home
 from .storage_keys import valid_key
 
 STORAGE_URL_ENV = "EXPORT_PLATFORM_STORAGE_URL"

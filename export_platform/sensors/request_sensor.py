@@ -31,7 +31,7 @@ from ..naming import (
     session_name,
     user_tag,
 )
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..run_failures import failure_message
 
 ROWS_PER_TICK = 50

@@ -17,7 +17,7 @@ from ..dagster_compat import EngineEventData
 from ..requests import table as rt
 from ..naming import request_id_of, session_name
 from ..resources.postgres import PostgresResource
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 from ..resources.storage import ExportStorage
 from ..run_failures import failure_message
 
@@ -35,7 +35,7 @@ def _end_request(
     # A killed worker's query runs on until the server next writes to the dead socket; a frozen
     # one's blocks writing to a client that does not read, where a cancel never reaches it; and a
     # worker lost while recording its result holds the row's lock until this ends its transaction
-    # (workers/lease.py). So no snapshot or connection outlives its run: terminate, then mark.
+    # (ops/lease.py). So no snapshot or connection outlives its run: terminate, then mark.
     postgres.end_sessions(session_name(run.run_id))
     storage.discard_temp(run.run_id)
     request_id = request_id_of(run.tags)

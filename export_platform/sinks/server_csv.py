@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
@@ -28,10 +29,17 @@ from ..planning.config import LineTerminator, QuoteStyle
 from ..planning.pg_types import Declared
 from ..planning.plan import ExportPlan
 from ..planning.sql import CsvText
-from ..resources.server_copy import CsvCopy
 from .parts import StreamStopped, join_parts, part_path, run_streams
 
 _WRITE_BUFFER = 1 << 20
+
+
+class CsvCopy(Protocol):
+    """One stream of the export as the server's CSV, without a header (resources/server_copy.py's
+    `CsvCopy`; the sink only writes what it is given)."""
+
+    def run(self, write: Callable[[bytes], None]) -> int:
+        """Writes whole rows through `write`; returns the stream's row count."""
 
 
 def refusal(plan: ExportPlan, columns: list[Declared]) -> str | None:

@@ -203,7 +203,7 @@ def _cmd_db_stop(args: argparse.Namespace) -> int:
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from ..resources.database_url import require_database_url
-    from ..resources.requests import RequestStore
+    from ..requests.store import RequestStore
 
     # A deploy step: the configured database only, never the embedded one.
     print(f"export_requests is at schema version {RequestStore(url=require_database_url()).migrate()}")
@@ -257,7 +257,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .instance import prepare_dagster_home
     from ..planning.plan import plan_export
     from ..units import human_bytes
-    from ..resources.requests import RequestStore
+    from ..requests.store import RequestStore
 
     url = _local_database()
     print(f"database: {url}")
@@ -417,7 +417,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _api_key_store():
-    from ..resources.requests import RequestStore
+    from ..requests.store import RequestStore
 
     store = RequestStore(url=_local_database())
     store.migrate()  # the key table, where this database has none yet
@@ -425,7 +425,7 @@ def _api_key_store():
 
 
 def _token_secret_line(key_id: str, name: str) -> str:
-    from ..delivery.links import LinkError, Signer
+    from ..links import LinkError, Signer
     from ..delivery.tokens import token_secret
 
     try:
@@ -488,7 +488,7 @@ def _cmd_api_key_revoke(args: argparse.Namespace) -> int:
 def _cmd_api_key_token_secret(args: argparse.Namespace) -> int:
     from ..requests import api_keys
 
-    from ..delivery.links import Signer
+    from ..links import Signer
     from ..delivery.tokens import token_secret
 
     row = _api_key_store().run(api_keys.by_name(args.name)).first()
@@ -772,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import psycopg
 
         from ..requests.client import Refused
-        from ..delivery.links import LinkError
+        from ..links import LinkError
         from ..planning.plan import RequestError
         from ..requests.api_keys import ApiKeyError
         from ..requests.table import SchemaMismatch

@@ -122,7 +122,7 @@ def dev_workers() -> int:
 def _serve_env(env: dict[str, str], host: str, port: int) -> None:
     """A development signing key kept under the platform home (production sets
     EXPORT_PLATFORM_SIGNING_KEY itself), and the public URL the runs then put on the rows."""
-    from ..delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, dev_signing_key
+    from ..links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, dev_signing_key
 
     env.setdefault(SIGNING_KEY_ENV, dev_signing_key())
     env.setdefault(PUBLIC_URL_ENV, browser_url(host, port))
@@ -147,9 +147,10 @@ def _wait_for(services: Services, name: str, ready, seconds: float) -> None:
 
 
 def run_dev(host: str, port: int, log_level: str, serve_port: int | None = 8080, workers: int | None = None) -> int:
-    from .embedded_postgres import HOME_ENV, local_database_url, platform_home
+    from ..home import HOME_ENV, platform_home
+    from .embedded_postgres import local_database_url
     from .instance import prepare_dagster_home
-    from ..resources.requests import RequestStore
+    from ..requests.store import RequestStore
 
     # The embedded Postgres unless one is configured; `env` hands the choice to every service.
     app_url = local_database_url()

@@ -20,14 +20,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from ..home import platform_home
 from ..resources.database_url import DATABASE_URL_ENV
 
-HOME_ENV = "EXPORT_PLATFORM_HOME"
 APP_DATABASE = "export_platform"
 
-
-def platform_home() -> Path:
-    return Path(os.environ.get(HOME_ENV, ".export_platform")).resolve()
 
 
 def start_embedded(pgdata: Path, *, cleanup_mode: str | None = None, database: str = APP_DATABASE) -> str:

@@ -11,7 +11,7 @@ from ..naming import REQUEST_SENSOR
 from ..requests import table as rt
 from .instance import use_deployed_instance
 from ..resources.database_url import require_database_url
-from ..resources.requests import RequestStore
+from ..requests.store import RequestStore
 
 HEARTBEAT_TOLERANCE_SECONDS = 60  # daemons beat every 30 s
 TICK_TOLERANCE_SECONDS = 60

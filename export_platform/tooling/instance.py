@@ -25,7 +25,8 @@ import psutil
 from sqlalchemy.engine import make_url
 
 from ..resources.database_url import DATABASE_URL_ENV, require_database_url
-from .embedded_postgres import ensure_database, platform_home
+from ..home import platform_home
+from .embedded_postgres import ensure_database
 
 DAGSTER_DATABASE_URL_ENV = "EXPORT_PLATFORM_DAGSTER_DATABASE_URL"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"

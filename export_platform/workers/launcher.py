@@ -22,13 +22,11 @@ import psutil
 import psycopg
 
 from ..dagster_compat import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
-from ..naming import ISOLATED_TAG, POOL_TAG
+from ..naming import ISOLATED_TAG, POOL, POOL_TAG
 from ..run_failures import POOL_EVENT, worker_gone, worker_silent
 from .process_launcher import LocalWorkerRunLauncher
 from .queue import Holder, LaunchQueue
 
-# POOL_TAG's value on runs handed to the pool: the health check and terminate take the pool's path for them.
-POOL = "pool"
 # A run in these states has not begun executing: a worker lost now may hand it to another.
 NOT_STARTED = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
 WORKER_MODULE = "export_platform.workers.worker"
@@ -188,6 +186,10 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
         # interrupts its run process.
         self.queue.request_cancel(run_id)
         return True
+
+    def holds_lease(self, run_id: str, worker_id: str | None) -> bool:
+        """The fence publish checks (ops/lease.py)."""
+        return self.queue.holds(run_id, worker_id, self.heartbeat_timeout_seconds)
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         if run.tags.get(POOL_TAG) != POOL:

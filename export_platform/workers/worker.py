@@ -15,7 +15,7 @@ maximum runtime) works as in a run process.
   queries, so that the interrupt lands), having written on it that the platform stopped it.
 - It rides out a restart of Dagster's Postgres: its connections reconnect, it stays registered.
 - It stops a run whose lease it has lost (the pool gave up on it, e.g. after a freeze), and
-  publish checks the lease too (workers/lease.py). A run that is already publishing is not
+  publish checks the lease too (ops/lease.py). A run that is already publishing is not
   interrupted for its lease: the fence decides from there.
 """
 
@@ -42,7 +42,7 @@ from ..resources.postgres import PostgresResource
 from ..run_failures import LOST_DATABASE, POOL_EVENT, drained
 from . import log_to_stderr
 from .launcher import NOT_STARTED, WarmPoolRunLauncher
-from .lease import WORKER_ENV, publishing, run_ended
+from ..ops.lease import WORKER_ENV, publishing, run_ended
 from .queue import CHANNEL, LaunchQueue
 
 log = logging.getLogger("export_platform.workers")

@@ -8,10 +8,10 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from export_platform.delivery.links import Signer
+from export_platform.links import Signer
 from export_platform.delivery.tokens import mint
 from export_platform.requests import api_keys
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from export_platform.tooling.instance import (
     wait_for_workers,
 )
 from export_platform.naming import REQUEST_ID_TAG, session_name
-from export_platform.resources.requests import RequestStore
+from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.tooling.sample_data import seed
 from export_platform.workers.supervisor import STOP_MARGIN_SECONDS

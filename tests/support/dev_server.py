@@ -19,7 +19,8 @@ import psutil
 from sqlalchemy.engine import make_url
 
 from export_platform.resources.database_url import DATABASE_URL_ENV
-from export_platform.tooling.embedded_postgres import HOME_ENV, ensure_database
+from export_platform.home import HOME_ENV
+from export_platform.tooling.embedded_postgres import ensure_database
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
 from export_platform.resources.storage import STORAGE_URL_ENV
 

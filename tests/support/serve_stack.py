@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from export_platform.delivery.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Signer
+from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Signer
 from export_platform.resources.storage import STORAGE_URL_ENV
 
 from .ports import free_port

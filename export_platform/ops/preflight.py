@@ -13,7 +13,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ..catalog.formats import ExportFormat
-from .plan import ExportPlan, RequestError
+from ..planning.plan import ExportPlan, RequestError
 from ..resources.postgres import PostgresResource
 from ..sinks import polars_schema
 from ..sinks.arrow_source import is_numeric, numeric_declaration, numeric_type

@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from ..tooling.embedded_postgres import platform_home
+from .home import platform_home
 
 PUBLIC_URL_ENV = "EXPORT_PLATFORM_PUBLIC_URL"
 SIGNING_KEY_ENV = "EXPORT_PLATFORM_SIGNING_KEY"

@@ -10,8 +10,8 @@ import psycopg
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 
-from ..requests import api_keys
-from ..requests import table as rt
+from . import api_keys
+from . import table as rt
 
 
 class RequestStore(dg.ConfigurableResource):

@@ -13,14 +13,14 @@ sessions also ends it, uncommitted, if the worker is lost in between. See docs/d
 from __future__ import annotations
 
 import os
+from typing import Protocol, runtime_checkable
 
 import dagster as dg
 import psycopg
 import sqlalchemy as sa
 
-from ..naming import POOL_TAG, session_name
+from ..naming import POOL, POOL_TAG, session_name
 from ..run_failures import lost_lease
-from .launcher import POOL, WarmPoolRunLauncher
 
 # Set by each worker for itself and the step processes it starts: whose lease a publish checks.
 WORKER_ENV = "EXPORT_PLATFORM_RUN_WORKER"
@@ -29,6 +29,14 @@ WORKER_ENV = "EXPORT_PLATFORM_RUN_WORKER"
 # could leave the file behind, and from here the fence decides (a cancel or a maximum runtime still
 # interrupts them, as before: a cancel that gets there first takes the file back).
 _publishing: set[str] = set()
+
+
+@runtime_checkable
+class LeaseKeeper(Protocol):
+    """The warm pool's run launcher (workers/launcher.py), as the instance holds it."""
+
+    def holds_lease(self, run_id: str, worker_id: str | None) -> bool:
+        """Whether `worker_id` (any worker, for None) holds the run's lease with a fresh heartbeat."""
 
 
 def publishing(run_id: str) -> bool:
@@ -49,10 +57,10 @@ def check_lease(context: dg.OpExecutionContext, record: sa.Connection | None = N
     if context.run.tags.get(POOL_TAG) != POOL:
         return
     launcher = context.instance.run_launcher
-    if not isinstance(launcher, WarmPoolRunLauncher):
+    if not isinstance(launcher, LeaseKeeper):
         return
     try:
-        held = launcher.queue.holds(context.run_id, os.environ.get(WORKER_ENV), launcher.heartbeat_timeout_seconds)
+        held = launcher.holds_lease(context.run_id, os.environ.get(WORKER_ENV))
     except psycopg.Error as error:
         raise dg.Failure(lost_lease(f"Dagster's database could not confirm it: {error}".strip()), allow_retries=False) from None
     if not held:
