@@ -23,13 +23,13 @@ import psycopg
 
 from ..dagster_compat import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
 from ..naming import ISOLATED_TAG, POOL, POOL_TAG
+from ..processes import WORKER_MODULE
 from ..run_failures import POOL_EVENT, worker_gone, worker_silent
 from .process_launcher import LocalWorkerRunLauncher
 from .queue import Holder, LaunchQueue
 
 # A run in these states has not begun executing: a worker lost now may hand it to another.
 NOT_STARTED = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
-WORKER_MODULE = "export_platform.workers.worker"
 
 
 def worker_process(pid: int) -> psutil.Process | None:
@@ -93,6 +93,11 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
         if not self._migrated:
             self.queue.migrate()
             self._migrated = True
+
+    def fresh_workers(self) -> int:
+        """Workers with a fresh heartbeat, not retiring: those that take runs now."""
+        self._ensure_tables()
+        return self.queue.fresh_workers(self.heartbeat_timeout_seconds)
 
     def _succeeded(self, run_ids: list[str]) -> list[str]:
         records = self._instance.get_run_records(dg.RunsFilter(run_ids=run_ids, statuses=[dg.DagsterRunStatus.SUCCESS]))
