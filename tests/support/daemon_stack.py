@@ -143,6 +143,11 @@ def restartable_daemon_stack(tmp: Path, seeds: dict[str, int], workers: int | No
         yield stack
 
 
+def webserver_spec(env: dict[str, str], code_port: int, port: int) -> ProcessSpec:
+    """`dev`'s webserver on the stack's code server."""
+    return processes.webserver(env, processes.workspace(env, code_port), "127.0.0.1", port)
+
+
 @contextmanager
 def running_webserver(stack: Stack) -> Iterator:
     """`dev`'s `dagster-webserver` on the stack's code server; yields a GraphQL client of it (the Launchpad's API)."""
@@ -150,7 +155,7 @@ def running_webserver(stack: Stack) -> Iterator:
 
     port = free_port()
     try:
-        stack.start_process(processes.webserver(stack.env, stack.workspace(), "127.0.0.1", port))
+        stack.start_process(webserver_spec(stack.env, stack.code_port, port))
         yield DagsterGraphQLClient("127.0.0.1", port_number=port)
     finally:
         stack.processes.stop("dagster-webserver")

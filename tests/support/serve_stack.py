@@ -14,7 +14,7 @@ from pathlib import Path
 
 from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Signer
 from export_platform import processes
-from export_platform.processes import Processes, free_port
+from export_platform.processes import ProcessSpec, Processes, free_port
 from export_platform.resources.storage import STORAGE_URL_ENV
 
 TEST_KEY = "test-signing-key-not-for-production"
@@ -43,6 +43,15 @@ class Server:
             conn.close()
 
 
+def serve_env(storage_root: Path, port: int, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, SIGNING_KEY_ENV: TEST_KEY, PUBLIC_URL_ENV: f"http://127.0.0.1:{port}",
+            STORAGE_URL_ENV: str(storage_root), **(extra_env or {})}
+
+
+def serve_spec(env: dict[str, str], port: int, log: Path) -> ProcessSpec:
+    return dataclasses.replace(processes.serve(env, "127.0.0.1", port), log=log)
+
+
 @contextmanager
 def serve_process(
     storage_root: Path, log: Path, extra_env: dict[str, str] | None = None, port: int | None = None
@@ -50,16 +59,14 @@ def serve_process(
     """`dev`'s `serve` (export_platform/processes.py) over `storage_root` on `port` (default: a free
     one), with the test signing key."""
     port = port or free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, SIGNING_KEY_ENV: TEST_KEY, PUBLIC_URL_ENV: base, STORAGE_URL_ENV: str(storage_root),
-           **(extra_env or {})}
+    env = serve_env(storage_root, port, extra_env)
     running = Processes()
     try:
-        process = running.start(dataclasses.replace(processes.serve(env, "127.0.0.1", port), log=log))
+        process = running.start(serve_spec(env, port, log))
         try:
             running.wait_ready("serve", START_TIMEOUT)
         except RuntimeError as error:
             raise AssertionError(f"{error}: {log.read_text()}") from error
-        yield Server(base, port, process, Signer(TEST_KEY.encode()), env)
+        yield Server(env[PUBLIC_URL_ENV], port, process, Signer(TEST_KEY.encode()), env)
     finally:
         running.stop()
