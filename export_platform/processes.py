@@ -287,19 +287,19 @@ class Processes:
         for spec in specs:
             self.start(spec)
 
-    def exited(self) -> tuple[str, int] | None:
-        """The first process that has ended, with its exit code."""
+    def exited(self, *names: str) -> tuple[str, int] | None:
+        """The first process (of `names`, default all) that has ended, with its exit code."""
         for name, (_, process) in self.running.items():
-            if process.poll() is not None:
+            if (not names or name in names) and process.poll() is not None:
                 return name, process.returncode
         return None
 
     def wait_ready(self, name: str, seconds: float = START_SECONDS) -> None:
-        """Poll until `name` is up; raises if any process ends first, or after `seconds`."""
+        """Poll until `name` is up; raises if it or one it comes after ends first, or after `seconds`."""
         spec, process = self.running[name]
         deadline = time.monotonic() + seconds
         while not spec.ready(process, self.instance):
-            if ended := self.exited():
+            if ended := self.exited(name, *spec.after):
                 raise RuntimeError(f"`{ended[0]}` exited with code {ended[1]} before {name} was ready")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} was not ready after {seconds:.0f} s")
