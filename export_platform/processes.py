@@ -31,15 +31,14 @@ import psutil
 import yaml
 
 CODE_LOCATION = "export_platform.definitions"
-# Dagster's level for the processes `dev` shows in the terminal (`dev --log-level`); the tests run it too.
+# `dev --log-level`'s default (tooling/cli.py, which imports nothing but the standard library before parsing): the tests run it too.
 LOG_LEVEL = "warning"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 START_SECONDS = 180  # loading the code location on a busy 2-core machine
 POLL_SECONDS = 0.2
 STOP_SECONDS = 90  # `dagster dev` itself gives its processes 60 s
 # A worker that overran the grace period gets this long to end its interrupted run before SIGKILL.
 STOP_MARGIN_SECONDS = 30.0
-# The pool's drain: dagster.yaml's grace period (the run launcher's default) unless it is given.
+# The run launcher's default grace period (dagster.yaml sets it too): how long the pool's drain may take, unless given.
 DEFAULT_GRACE_SECONDS = 60.0
 WORKER_MODULE = "export_platform.workers.worker"
 

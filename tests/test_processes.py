@@ -16,6 +16,7 @@ import yaml
 from export_platform import processes
 from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV
 from export_platform.processes import PortOpen, ProcessSpec, Processes, Stop, free_port
+from export_platform.tooling.cli import build_parser
 from export_platform.tooling.dev import dev_specs
 from support.daemon_stack import daemon_stack_specs, webserver_spec
 from support.serve_stack import serve_env, serve_spec
@@ -82,6 +83,7 @@ def test_without_serve_dev_starts_the_rest(env):
 def test_the_daemon_stack_of_the_tests_is_devs(env):
     """The tests run dev's processes: the same command, folder, environment, log level, readiness and
     stop; only what dev shows in the terminal goes to a file."""
+    assert build_parser().parse_args(["dev"]).log_level == processes.LOG_LEVEL  # what `make dev` runs at
     code_port = free_port()
     dev = by_name(dev_specs(env, "127.0.0.1", 3555, processes.LOG_LEVEL, 3556, 5, code_port))
     tests = daemon_stack_specs(env, code_port, 5)

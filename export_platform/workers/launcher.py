@@ -23,7 +23,7 @@ import psycopg
 
 from ..dagster_compat import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
 from ..naming import ISOLATED_TAG, POOL, POOL_TAG
-from ..processes import WORKER_MODULE
+from ..processes import DEFAULT_GRACE_SECONDS, WORKER_MODULE
 from ..run_failures import POOL_EVENT, worker_gone, worker_silent
 from .process_launcher import LocalWorkerRunLauncher
 from .queue import Holder, LaunchQueue
@@ -52,7 +52,7 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
         max_runs_per_worker: int = 50,
         max_rss_mb: int = 1024,
         heartbeat_timeout_seconds: float = 5.0,
-        grace_period_seconds: float = 60.0,
+        grace_period_seconds: float = DEFAULT_GRACE_SECONDS,
         inst_data: ConfigurableClassData | None = None,
     ):
         self.queue = LaunchQueue(postgres_url)
@@ -79,7 +79,7 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
                 description="A worker silent this long is dead: no run is handed to it and its run fails.",
             ),
             "grace_period_seconds": dg.Field(
-                float, default_value=60.0, is_required=False,
+                float, default_value=DEFAULT_GRACE_SECONDS, is_required=False,
                 description="On SIGTERM a worker stops taking runs and has this long to finish the one it runs; "
                 "past it the export is stopped and its request says so.",
             ),
