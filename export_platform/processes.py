@@ -109,6 +109,8 @@ class Stop:
 
 @dataclass(frozen=True)
 class ProcessSpec:
+    """One process of the stack, as data: two equal specs start the same process."""
+
     name: str
     argv: tuple[str, ...]
     env: Mapping[str, str] | None = None  # None: this process's own
