@@ -2,8 +2,9 @@
 
 Each worker is a new interpreter (`python -m export_platform.workers.worker`, as
 export_platform/processes.py's `worker` declares it) in a session of its own, never a fork of this
-process: a Ctrl-C in the terminal reaches the supervisor only, which then drains its workers. One supervisor per host; scale across hosts by running more (e.g. a
-Kubernetes Deployment's replicas). The supervisor
+process: a Ctrl-C in the terminal reaches the supervisor only, which then drains its workers. One
+supervisor per host; scale across hosts by running more (e.g. a Kubernetes Deployment's replicas).
+The supervisor
 
 - replaces a worker that exits (retired after its runs, or killed), and for one that did not
   retire, fails or re-offers the run it held, saying on the run how it ended (its wait status);

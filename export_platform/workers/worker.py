@@ -227,6 +227,7 @@ class Worker:
             conn.close()
             raise
         self._registered = True
+        log.info("run worker %s ready", self.worker_id)  # what `dev`'s workers.log shows (tests/test_cli.py waits for it)
         return conn
 
     def _stopping(self) -> str | None:
