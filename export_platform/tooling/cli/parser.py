@@ -43,6 +43,14 @@ def _id(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", type=int, metavar="ID", help="the request's id, as `request` printed it")
 
 
+def _listen_on(parser: argparse.ArgumentParser, port: int, host_help: str, port_help: str, log_level: str,
+               log_help: str) -> None:
+    """--host, --port and --log-level of a command that serves (serve, dev)."""
+    parser.add_argument("--host", default="127.0.0.1", help=f"{host_help} (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"{port_help} (default {port})")
+    parser.add_argument("--log-level", default=log_level, choices=["debug", "info", "warning", "error"], help=log_help)
+
+
 def _show_help(parser: argparse.ArgumentParser):
     """A handler for a command group given no subcommand: its help, not an error."""
 
@@ -161,10 +169,8 @@ def _delivery(command: Command) -> None:
                     "The code location needs the same key and EXPORT_PLATFORM_PUBLIC_URL (where this is reached) for "
                     "local exports to get a download_url (`export-platform dev` starts serve and sets both). See "
                     "docs/delivery.md.")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                       help="uvicorn's log level (default info: its start and stop; warning: problems only)")
+    _listen_on(serve, 8080, "address to listen on", "port to listen on", "info",
+               "uvicorn's log level (default info: its start and stop; warning: problems only)")
     serve.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     serve.set_defaults(handler=operate.cmd_serve)
 
@@ -228,10 +234,8 @@ def _operations(command: Command) -> None:
                   "Prints the UI's address once it answers. The daemon's request sensor launches a run for each "
                   "new export_requests row; serve delivers the files (signed links on the rows and the run pages). "
                   "The database keeps running: `export-platform db stop`.")
-    dev.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
-    dev.add_argument("--port", type=int, default=3000, help="port of the UI (default 3000)")
-    dev.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                     help="Dagster's log level in this terminal (default warning; info shows every sensor tick)")
+    _listen_on(dev, 3000, "address the UI listens on", "port of the UI", "warning",
+               "Dagster's log level in this terminal (default warning; info shows every sensor tick)")
     dev.add_argument("--serve", type=int, default=8080, metavar="PORT",
                      help="the port of `serve` (default 8080), started with a development signing key")
     dev.add_argument("--no-serve", action="store_true", help="do not start `serve` (files then have no download link)")
