@@ -1,10 +1,11 @@
 """The one error family: every error a person can see from this project is an `ExportPlatformError`.
 
-A class says what went wrong by its meaning (bad input, configuration, refused, storage, database,
-export failed) and carries what the CLI does with it: `exit_code` and `label` (the word before the
-message). `str(error)` is the message a person reads, naming the field or setting at fault; `hint`,
-where given, says what to do next. A caller catches one base (or one meaning); the CLI prints
-`error.shown()` and exits with `error.exit_code`, whatever the class (docs/reference.md's exit-code table).
+A class says what went wrong by its meaning (bad input, configuration, refused, not found, timed
+out, database, export failed; storage's is resources/storage.py's StorageError) and carries what the
+CLI does with it: `exit_code` and `label` (the word before the message). `str(error)` is the
+message a person reads, naming the field or setting at fault; `hint`, where given, says what to do
+next. A caller catches one base (or one meaning); the CLI prints `error.shown()` and exits with
+`error.exit_code`, whatever the class (docs/reference.md's exit-code table).
 
 Each concrete class lives beside the code that raises it (RequestError in planning/plan.py,
 StorageError in resources/storage.py, ...), where its callers look for it, and derives from one
