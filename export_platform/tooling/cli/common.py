@@ -25,9 +25,9 @@ def plain(message: str) -> str:
     return rest if match["name"] in ("Failure", "DagsterError") else f"{match['name']}: {rest}"
 
 
-def bad_option(field: str, message: str) -> BadInput:
+def bad_option(field: str, message: str, hint: str | None = None) -> BadInput:
     """A command-line value that cannot be used, named as a request's field is (`field: message`)."""
-    return BadInput(f"{field}: {message}")
+    return BadInput(f"{field}: {message}", hint=hint)
 
 
 def quiet_dagster_warnings() -> None:

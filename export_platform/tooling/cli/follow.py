@@ -61,7 +61,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         row = client.status(args.id)
         if row is None:
-            raise bad_option("id", f"no export request {args.id}")
+            raise bad_option("id", f"no export request {args.id}", hint="`export-platform list` shows the requests")
     print(_describe(row))
     return 0 if row["status"] != "FAILED" else 1
 

@@ -40,7 +40,8 @@ def cmd_api_key_create(args: argparse.Namespace) -> int:
     try:
         store.run(statement)
     except sa.exc.IntegrityError:
-        raise api_keys.ApiKeyError(f"a key named {args.name!r} exists already (`export-platform api-key list`)") from None
+        raise api_keys.ApiKeyError(f"a key named {args.name!r} exists already",
+                                   hint="`export-platform api-key list` shows the keys") from None
     acts_for = f"acts for {user}" if user else "trusted to name the user of each request"
     print(f"created API key {args.name} (id {key.key_id}): {acts_for}, {args.rate_per_minute} requests a minute\n"
           f"API key, for the application's back-end (shown once: the database keeps only its hash):\n"
