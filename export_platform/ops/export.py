@@ -284,7 +284,8 @@ def link_for(storage: ExportStorage, key: str | None, now: datetime) -> rt.Link:
 
 
 class Superseded(Exception):
-    """The request stopped wanting this file (cancelled, failed) before it was recorded."""
+    """The request stopped wanting this file (cancelled, failed) before it was recorded: a signal that
+    publish handles by standing down, never shown to a person, so outside errors.ExportPlatformError."""
 
     def __init__(self, request_id: int, status: str | None):
         super().__init__(f"request {request_id} is {status or 'gone'}")

@@ -22,6 +22,7 @@ from psycopg import sql as pgsql
 
 from . import table as rt
 from .. import links
+from ..errors import NotFound, Refused, TimedOut
 from ..planning.plan import RequestError, plan_request, shown
 from .table import TERMINAL, Status
 from ..resources.database_url import require_database_url
@@ -38,10 +39,6 @@ def request_params(filters: Any = None, columns: Any = None, options: Any = None
         if part in (options or {}):
             raise RequestError(f"options.{part}", f"{part} is a field of the request, not an option")
     return {k: v for k, v in {"filters": filters, "columns": columns, **(options or {})}.items() if v is not None}
-
-
-class Refused(RuntimeError):
-    """The request is not in a state that allows the call; the message says why."""
 
 
 class ExportClient:
@@ -93,14 +90,14 @@ class ExportClient:
             while True:
                 row = self.status(request_id)  # read after LISTEN: no change can fall in between
                 if row is None:
-                    raise LookupError(f"no export request {request_id}")
+                    raise NotFound(f"no export request {request_id}")
                 if on_update:
                     on_update(row)
                 if Status(row["status"]) in TERMINAL:
                     return row
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"request {request_id} still {row['status']} after {timeout} s")
+                    raise TimedOut(f"request {request_id} still {row['status']} after {timeout} s")
                 for notice in listener.notifies(timeout=min(poll_seconds, left or poll_seconds)):
                     if rt.notified_id(notice.payload) == request_id:
                         break

@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from ..errors import DatabaseError
+
 
 class Status(str, Enum):
     PENDING = "PENDING"
@@ -210,7 +212,7 @@ UPGRADES: list[Callable[[sa.Connection], None]] = [
 SCHEMA_VERSION = 1 + len(UPGRADES)
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(DatabaseError):
     """The request table's recorded schema is not the one this release reads and writes."""
 
 
