@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..planning.config import ExportOptions
 from ..requests import table as rt
+from ..requests.status import Status
 from ..resources.database_url import require_database_url
 from ..requests.store import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage, StorageError
@@ -59,7 +60,6 @@ PAGE_LINK_SECONDS = 3600
 MAX_BIGINT = 2**63 - 1
 # An open event stream reads its row at least this often, and proxies see traffic.
 HEARTBEAT_SECONDS = 15
-FINISHED = {s.value for s in rt.TERMINAL}
 MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "gz": "application/gzip",
@@ -249,7 +249,7 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
                     shown = json.dumps(_public_status(current, storage, signer))
                     yield f"data: {shown}\n\n" if shown != sent else ": still here\n\n"
                     sent = shown
-                    if current["status"] in FINISHED:
+                    if Status(current["status"]).meaning.finished:
                         return
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS)
@@ -285,7 +285,7 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
 
 def _download(row: dict, storage: LocalStorage, signer: Signer) -> dict | None:
     """The status page's download button: a fresh link, while the row's file is there."""
-    if row["status"] != rt.Status.COMPLETED.value:
+    if not Status(row["status"]).meaning.delivered:
         return None
     try:
         key = storage.recorded_key(row["file_key"], row["file_uri"])
@@ -315,7 +315,7 @@ def _public_status(row: dict, storage: LocalStorage, signer: Signer) -> dict:
         "id": row["id"],
         "export_type": row["export_type"],
         "format": row["format"],
-        "status": row["status"],
+        **Status(row["status"]).shown(),
         "progress_pct": float(row["progress_pct"]) if row["progress_pct"] is not None else None,
         "progress_rows": row["progress_rows"],
         "total_rows": row["total_rows"],
