@@ -154,11 +154,19 @@ def status_rules_fingerprint() -> dict:
     return {"statuses": Status.values(), "sha256": hashlib.sha256(ddl.encode()).hexdigest()}
 
 
+_RULES_IN_PLACE = sa.text(
+    "SELECT obj_description(to_regprocedure(:function), 'pg_proc'), "
+    "EXISTS (SELECT FROM pg_trigger WHERE tgname = :trigger AND tgrelid = to_regclass('export_requests')) "
+    "AND EXISTS (SELECT FROM pg_constraint WHERE conname = :check AND conrelid = to_regclass('export_requests')) "
+    "AND to_regclass(:index) IS NOT NULL"
+).bindparams(function=f"{STATUS_RULES}()", trigger=STATUS_RULES, check=STATUS_CHECK.name, index=OPEN_ROWS.name)
+
+
 def _recorded_rules(conn: sa.Connection) -> dict | None:
-    comment = conn.execute(
-        sa.select(sa.func.obj_description(sa.func.to_regprocedure(f"{STATUS_RULES}()"), "pg_proc"))
-    ).scalar()
-    return json.loads(comment) if comment else None
+    """The fingerprint recorded with the status rules; None when one of them is missing (say, a
+    trigger dropped by hand), so that migrate puts them all back."""
+    comment, in_place = conn.execute(_RULES_IN_PLACE).one()
+    return json.loads(comment) if comment and in_place else None
 
 
 def _refuse_unknown_statuses(recorded: dict | None) -> None:
