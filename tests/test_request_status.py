@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -29,6 +30,16 @@ FORBIDDEN = [
 
 
 def test_the_declaration_answers_what_the_platform_asks():
+    assert {s.value: set(s.meaning.becomes) for s in Status} == {  # as docs/reference.md lists them
+        "PENDING": {"QUEUED", "RUNNING", "FAILED", "CANCEL_REQUESTED", "CANCELLED"},
+        "QUEUED": {"PENDING", "RUNNING", "FAILED", "CANCEL_REQUESTED", "CANCELLED"},
+        "RUNNING": {"COMPLETED", "FAILED", "CANCEL_REQUESTED", "CANCELLED"},
+        "COMPLETED": {"EXPIRED"},
+        "FAILED": set(),
+        "CANCEL_REQUESTED": {"CANCELLED"},
+        "CANCELLED": set(),
+        "EXPIRED": set(),
+    }
     assert Status.values(finished=True) == ["COMPLETED", "FAILED", "CANCELLED", "EXPIRED"]
     assert Status.the(initial=True) is Status.PENDING
     assert Status.the(stopping=True).value == "CANCEL_REQUESTED"
@@ -70,13 +81,29 @@ def test_a_late_cancel_of_a_finished_row_is_ignored(db, finished):
     assert db.execute("SELECT status FROM export_requests WHERE id = %s", (request_id,)).fetchone()[0] == finished
 
 
-def test_the_statements_guards_are_the_declared_moves(store, db):
-    """A statement that moves a row leaves only from the statuses the declaration lets into its target."""
+LINK = rt.Link("https://exports.example.com/f.csv", None, datetime(2030, 1, 1, tzinfo=timezone.utc))
+STATEMENTS = {  # each statement that moves a row, and where to
+    Status.QUEUED: rt.mark_queued,
+    Status.PENDING: rt.requeue,
+    Status.RUNNING: lambda request_id: rt.mark_running(request_id, "run-1"),
+    Status.COMPLETED: lambda request_id: rt.mark_completed(
+        request_id, rows=1, uri="file:///Données/f.csv", key="f.csv", size=1, sha256="0" * 64, link=LINK),
+    Status.FAILED: lambda request_id: rt.mark_failed(request_id, "stopped by the test"),
+    Status.CANCEL_REQUESTED: rt.request_cancel,
+    Status.CANCELLED: rt.mark_cancelled,
+    Status.EXPIRED: lambda request_id: rt.mark_expired(request_id, "deleted"),
+}
+
+
+@pytest.mark.parametrize("target", list(STATEMENTS), ids=str)
+def test_each_statement_moves_a_row_from_the_declared_sources_only(store, db, target):
+    """The statements' guards are the declaration's moves: from any other status a statement
+    changes nothing (0 rows), and never meets the trigger's refusal."""
     for status in Status:
-        request_id = insert(db, status=status.value)
-        store.run(rt.request_cancel(request_id))
+        request_id = insert(db, user="alice@example.com", status=status.value)
+        moved = store.run(STATEMENTS[target](request_id)).rowcount
         after = db.execute("SELECT status FROM export_requests WHERE id = %s", (request_id,)).fetchone()[0]
-        assert after == ("CANCEL_REQUESTED" if Status.CANCEL_REQUESTED in status.becomes else status.value)
+        assert (moved, after) == ((1, target.value) if status in target.sources else (0, status.value)), status
 
 
 # The schema of version 5 as its release created it: the table with its literal CHECK, index and

@@ -9,6 +9,7 @@ requests/status.py declares whenever they differ.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -148,6 +149,7 @@ def status_rules_ddl() -> list[sa.ExecutableDDLElement]:
     ]
 
 
+@functools.cache  # the declaration is fixed once imported; check_version asks on every new pool
 def status_rules_fingerprint() -> dict:
     """What the database records of the rules it holds: their statuses, and a digest of their DDL."""
     ddl = "\n".join(str(statement.compile(dialect=postgresql.dialect())) for statement in status_rules_ddl())
