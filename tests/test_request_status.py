@@ -16,7 +16,7 @@ import pytest
 
 import export_platform
 from export_platform.requests import table as rt
-from export_platform.requests.status import Status
+from export_platform.requests.status import Meaning, Status, check_declaration
 from export_platform.requests.store import RequestStore
 from support.readback import database_beside
 from support.request_rows import insert
@@ -46,6 +46,17 @@ def test_the_declaration_answers_what_the_platform_asks():
     assert Status.CANCELLED.sources == (Status.PENDING, Status.QUEUED, Status.RUNNING, Status.CANCEL_REQUESTED)
     assert Status("RUNNING") is Status.RUNNING and Status.RUNNING == "RUNNING"
     assert not any(s.becomes for s in Status if s.meaning.finished and not s.meaning.delivered)
+
+
+@pytest.mark.parametrize(("member", "meaning", "refusal"), [
+    ("RUNNING", Meaning("Exporting", exporting=True, becomes=("PAUSED",)), "RUNNING becomes unknown statuses"),
+    ("FAILED", Meaning("Failed", finished=True, becomes=("PENDING",)), "FAILED is finished"),
+    ("QUEUED", Meaning("Queued", initial=True), "exactly one request status must be initial"),
+])
+def test_a_declaration_the_rules_cannot_follow_is_refused(monkeypatch, member, meaning, refusal):
+    monkeypatch.setattr(Status[member], "meaning", meaning)
+    with pytest.raises(TypeError, match=refusal):
+        check_declaration()
 
 
 def test_the_check_constraint_refuses_an_unknown_status(db):

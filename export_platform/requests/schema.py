@@ -180,18 +180,17 @@ def _refuse_unknown_statuses(recorded: dict | None) -> None:
         )
 
 
-def sync_status_rules(conn: sa.Connection) -> bool:
-    """Replace the status rules when they differ from the declaration; True when it did. Refuses
-    to drop statuses a newer release added (its rows may hold them)."""
+def sync_status_rules(conn: sa.Connection) -> None:
+    """Replace the status rules when they differ from the declaration. Refuses to drop statuses a
+    newer release added (its rows may hold them)."""
     recorded = _recorded_rules(conn)
     if recorded == status_rules_fingerprint():
-        return False
+        return
     _refuse_unknown_statuses(recorded)
     for statement in status_rules_ddl():
         conn.execute(statement)
     fingerprint = sa.literal(json.dumps(status_rules_fingerprint()))
     conn.execute(sa.DDL(f"COMMENT ON FUNCTION {STATUS_RULES}() IS {_sql(fingerprint)}"))
-    return True
 
 
 # --- Push: each change of a request's status or progress is announced on this channel with

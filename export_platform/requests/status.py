@@ -56,7 +56,9 @@ class Status(str, Enum):
     )
     COMPLETED = "COMPLETED", Meaning("Ready", finished=True, delivered=True, becomes=("EXPIRED",))
     FAILED = "FAILED", Meaning("Failed", finished=True, failed=True)
-    CANCEL_REQUESTED = "CANCEL_REQUESTED", Meaning("Cancelling", stopping=True, ignored_once_finished=True, becomes=("CANCELLED",))
+    CANCEL_REQUESTED = "CANCEL_REQUESTED", Meaning(
+        "Cancelling", stopping=True, ignored_once_finished=True, becomes=("CANCELLED",)
+    )
     CANCELLED = "CANCELLED", Meaning("Cancelled", finished=True)
     EXPIRED = "EXPIRED", Meaning("No longer available", finished=True, note="The file has been deleted.")
 
