@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from ...requests.status import Status
 from .common import bad_option, request_client
 
 # `status --wait` says where to look when nothing has picked a request up after this long.
@@ -42,10 +43,10 @@ class _Follower:
         elif row["status"] != self.last_status or now - self.last_line >= PROGRESS_LINE_SECONDS:
             self.last_line, self.last_status = now, row["status"]
             print(_progress_line(row), flush=True)
-        if row["status"] == "PENDING" and not self.hinted and time.monotonic() - self.since >= PENDING_HINT_SECONDS:
+        if Status(row["status"]).meaning.initial and not self.hinted and time.monotonic() - self.since >= PENDING_HINT_SECONDS:
             self.hinted = True
             print(("\n" if self.interactive else "") +
-                  f"hint: request {row['id']} is still PENDING after {PENDING_HINT_SECONDS} s, so no sensor has "
+                  f"hint: request {row['id']} is still {row['status']} after {PENDING_HINT_SECONDS} s, so no sensor has "
                   "picked it up: is the Dagster daemon running? Start it with `export-platform dev` (or see "
                   "`export-platform health`).", file=sys.stderr, flush=True)
 
@@ -63,7 +64,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if row is None:
             raise bad_option("id", f"no export request {args.id}", hint="`export-platform list` shows the requests")
     print(_describe(row))
-    return 0 if row["status"] != "FAILED" else 1
+    return 1 if Status(row["status"]).meaning.failed else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
