@@ -200,12 +200,14 @@ def worker_pool(
     )
 
 
-def worker(grace_seconds: float, max_runs: int | None = None, env: Mapping[str, str] | None = None,
+def worker(supervisor: int, grace_seconds: float, max_runs: int | None = None, env: Mapping[str, str] | None = None,
            log: Path | None = None) -> ProcessSpec:
-    """One warm run worker, as its supervisor starts it: a new interpreter in a session of its own, so
-    that a Ctrl-C in the terminal reaches the supervisor only, which then drains it (SIGTERM: it
-    finishes its run within the grace period, and is killed past it and a margin)."""
-    options = (*(("--max-runs", str(max_runs)) if max_runs else ()), "--grace-period", str(grace_seconds))
+    """One warm run worker, as its supervisor (pid `supervisor`: the worker retires when it is gone)
+    starts it: a new interpreter in a session of its own, so that a Ctrl-C in the terminal reaches the
+    supervisor only, which then drains it (SIGTERM: it finishes its run within the grace period, and
+    is killed past it and a margin)."""
+    options = (*(("--max-runs", str(max_runs)) if max_runs else ()), "--grace-period", str(grace_seconds),
+               "--supervisor", str(supervisor))
     return ProcessSpec(
         "worker", _python(WORKER_MODULE, *options), env, None, None, log,
         stop=Stop(grace_seconds=grace_seconds + STOP_MARGIN_SECONDS), new_session=True,

@@ -102,11 +102,12 @@ def test_the_serve_of_the_tests_is_devs(tmp_path, env):
 
 
 def test_a_warm_worker_is_started_in_a_session_of_its_own_and_drained_with_sigterm():
-    spec = processes.worker(20.0, 2)
-    assert spec.argv == (PYTHON, "-m", "export_platform.workers.worker", "--max-runs", "2", "--grace-period", "20.0")
+    spec = processes.worker(4242, 20.0, 2)
+    assert spec.argv == (PYTHON, "-m", "export_platform.workers.worker", "--max-runs", "2", "--grace-period", "20.0",
+                         "--supervisor", "4242")
     assert spec.new_session and spec.env is None and spec.cwd is None  # the supervisor's own
     assert spec.stop == Stop(signal.SIGTERM, 20.0 + processes.STOP_MARGIN_SECONDS)
-    assert processes.worker(60.0).argv[-2:] == ("--grace-period", "60.0")
+    assert processes.worker(4242, 60.0).argv[3:] == ("--grace-period", "60.0", "--supervisor", "4242")
 
 
 def listener(name: str, port: int, before: str = "", **fields) -> ProcessSpec:

@@ -20,6 +20,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from .config import CsvOptions, ExportOptions, FormulaProtection, ParquetCompression
+from ..errors import BadInput
 from ..catalog.export_types import REGISTRY
 from ..catalog.formats import ExportFormat
 from ..catalog.registry import ExportType, Filter, Operator, RowOrder, ValueType
@@ -37,7 +38,7 @@ MAX_NUMBER_DIGITS = 100
 _SHOWN = 60
 
 
-class RequestError(ValueError):
+class RequestError(BadInput, ValueError):
     """A request that cannot be exported as asked; `field` says which part is wrong."""
 
     def __init__(self, field: str, message: str):

@@ -30,6 +30,7 @@ import psycopg
 import pyarrow as pa
 from pydantic import Field
 
+from ..errors import ExportFailed, Refused
 from ..planning import pg_types, sql
 from ..planning.key_ranges import KeyRange, split_pages, split_range
 from ..planning.pg_types import Declared
@@ -41,7 +42,7 @@ from .server_copy import CsvCopy
 __all__ = ["ConnectionLost", "GuardedReader", "IncrementalRefused", "PostgresResource", "Snapshot", "is_connection_error"]
 
 
-class StreamClosed(RuntimeError):
+class StreamClosed(ExportFailed):
     """A batch was asked for after the export's transaction ended."""
 
 
@@ -54,7 +55,7 @@ def _ended(conn: psycopg.Connection) -> bool:
         return False
 
 
-class IncrementalRefused(RuntimeError):
+class IncrementalRefused(Refused):
     """The database does not show what the incremental bound needs, so no safe bound exists."""
 
 

@@ -40,7 +40,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Stopped(Exception):
-    """SIGTERM or SIGINT reached `dev`."""
+    """SIGTERM or SIGINT reached `dev`: a signal that ends it with 0, not an error, so outside
+    errors.ExportPlatformError."""
 
 
 def _raise_stopped(signum, frame) -> None:

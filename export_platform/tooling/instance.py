@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from ..errors import ConfigurationError
 from ..resources.database_url import DATABASE_URL_ENV, require_database_url
 from ..home import platform_home
 from .embedded_postgres import ensure_database
@@ -31,7 +32,7 @@ DAGSTER_DATABASE = "dagster"
 INSTANCE_YAML = files(__package__).joinpath("dagster.yaml")
 
 
-class InstanceMissing(RuntimeError):
+class InstanceMissing(ConfigurationError):
     """DAGSTER_HOME does not name a Dagster instance for a deployed command."""
 
 

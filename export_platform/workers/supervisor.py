@@ -21,6 +21,7 @@ The supervisor
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -76,7 +77,7 @@ class Supervisor:
         self.queue = launcher.queue
         self.count = count
         self.grace_seconds = launcher.grace_period_seconds if grace_seconds is None else grace_seconds
-        self.worker = processes.worker(self.grace_seconds, max_runs, env, log_path)
+        self.worker = processes.worker(os.getpid(), self.grace_seconds, max_runs, env, log_path)
         self.host = socket.gethostname()
         self.stopping = threading.Event()
         self._slots: list[Slot] = []
