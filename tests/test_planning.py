@@ -10,7 +10,8 @@ from export_platform.planning.config import CsvOptions, ExportOptions
 from export_platform.definitions import defs
 from export_platform.catalog.formats import ExportFormat
 from export_platform.jobs import run_config_for
-from export_platform.planning.plan import RequestError, decode_params, plan_export, plan_request
+from export_platform.planning.plan import RequestError, plan_export, plan_request
+from export_platform.planning.values import decode_params
 from export_platform.catalog.registry import Operator
 
 INJECTION = "x'); DROP TABLE users;--"

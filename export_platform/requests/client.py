@@ -22,7 +22,8 @@ from psycopg import sql as pgsql
 
 from . import table as rt
 from .. import links
-from ..planning.plan import RequestError, plan_request, shown
+from ..planning.plan import RequestError, plan_request
+from ..planning.values import shown
 from .table import TERMINAL, Status
 from ..resources.database_url import require_database_url
 from ..requests.store import RequestStore

@@ -29,7 +29,7 @@ from ..catalog.formats import ExportFormat
 from ..catalog.registry import RowOrder
 
 if TYPE_CHECKING:
-    from ..ops.export import PublishedExport
+    from ..ops.publish import PublishedExport
     from ..planning.plan import ExportPlan
 
 # The command prints its own result or error; Dagster's event log stays in the run record.
