@@ -56,7 +56,7 @@ class ExportClient:
         format: str = "csv",
         *,
         filters: dict | None = None,
-        columns: list[str] | None = None,
+        columns: list[str] | str | None = None,
         options: dict | None = None,
         requested_by: str | None = None,
         idempotency_key: str | None = None,

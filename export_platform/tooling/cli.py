@@ -255,7 +255,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from .instance import prepare_dagster_home
-    from ..planning.plan import plan_export
+    from ..planning.plan import plan_request
     from ..units import human_bytes
     from ..requests.store import RequestStore
 
@@ -276,7 +276,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 filters = DEMO_PDF_FILTERS.get(export_type.name) if fmt is ExportFormat.pdf else None
                 runs += 1
                 try:
-                    published = run_export(plan_export(export_type.name, fmt, filters), instance)
+                    published = run_export(plan_request(export_type.name, fmt, {"filters": filters}), instance)
                 except ExportFailed as refused:  # e.g. pdf above its row limit: the preflight says why
                     print(f"{export_type.name:<20} {fmt.value:<10} refused: {refused}")
                     continue
@@ -291,15 +291,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_request(args: argparse.Namespace) -> int:
-    from ..planning.plan import plan_request
-
     params = _params(args)
-    plan = plan_request(args.type, args.format, params)
-    request_id = _client().request(
+    request_id = _client().request(  # planned there, once, as the sensor will plan the row
         args.type,
         args.format,
         filters=params.pop("filters"),
-        columns=list(plan.columns) if params.pop("columns") else None,
+        columns=params.pop("columns"),
         options=params,
         requested_by=args.user,
         idempotency_key=args.idempotency_key,
