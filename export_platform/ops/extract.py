@@ -138,5 +138,3 @@ def extract_export(
     return StagedFile(
         str(path), progress.rows, snapshot.count, started, digest.sha256, digest.size, snapshot.high_water
     )
-
-

@@ -71,5 +71,3 @@ def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> 
         return result
 
     return plan
-
-

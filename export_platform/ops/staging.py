@@ -47,5 +47,3 @@ def discard_staging(path: Path, run_id: str) -> None:
     """Remove a run's file being written and everything beside it in its folder (the run's own)."""
     if run_id in path.parent.name:
         shutil.rmtree(path.parent, ignore_errors=True)
-
-

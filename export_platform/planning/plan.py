@@ -214,7 +214,7 @@ def plan_export(
     incremental: Incremental | None = None,
     chunks: Any = 1,
 ) -> ExportPlan:
-    """The checks every plan passes, from its parts (tests and the CLI's demo build plans this way)."""
+    """The checks every plan passes, from its parts (tests and benchmarks build plans this way)."""
     export_type = export_type_named(export_type_name)
     if incremental is not None and incremental.column not in export_type.columns:
         raise RequestError("incremental.column", f"unknown column {incremental.column!r} for {export_type.name}")

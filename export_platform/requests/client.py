@@ -63,8 +63,10 @@ class ExportClient:
     ) -> int:
         """Insert a request; with an idempotency_key already used by requested_by, return that id.
 
-        `options` are the export options of a request's params: labels, time_zone,
-        formula_protection, csv, parquet, xlsx, pdf (e.g. `{"csv": {"delimiter": ";"}}`).
+        `columns` is a list or comma-separated text, as in a request row. `options` are the export
+        options of a request's params: labels, time_zone, formula_protection, csv, parquet, xlsx, pdf
+        (e.g. `{"csv": {"delimiter": ";"}}`). The row is planned here as the sensor will plan it
+        (`plan_request`), so that a bad request fails at once, naming the field.
         """
         params = request_params(filters, columns, options)
         plan_request(export_type, format, params)
