@@ -58,7 +58,8 @@ def _export(postgres: PostgresResource, fmt: str | None, folder: Path, server_cs
     plan = plan_request("users", fmt or "parquet", {"order": "none"})
 
     def run() -> None:
-        with postgres.snapshot_stream(plan, "decode-floor", Reading.of(plan), server_csv=server_csv) as snapshot:
+        reading = Reading.of(plan, cap=postgres.max_streams)  # as the extract op decides it
+        with postgres.snapshot_stream(plan, "decode-floor", reading, server_csv=server_csv) as snapshot:
             if snapshot.copies:
                 write_server_csv(snapshot.copies, plan, folder / "users.csv", lambda stream: lambda rows: None)
                 return

@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
+from .errors import ConfigurationError
 from .home import platform_home
 
 PUBLIC_URL_ENV = "EXPORT_PLATFORM_PUBLIC_URL"
@@ -35,8 +36,8 @@ _EXPIRES = re.compile(r"[0-9]{1,12}")
 _STORED_NAME = re.compile(r"(?P<type>.+)-(?P<y>\d{4})(?P<m>\d\d)(?P<d>\d\d)T\d{6}Z-[0-9a-f]{8}\.(?P<ext>.+)")
 
 
-class LinkError(RuntimeError):
-    pass
+class LinkError(ConfigurationError):
+    """No usable signing key or public URL for a signed link; the message says what to set."""
 
 
 class Kind(str, Enum):

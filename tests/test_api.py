@@ -109,6 +109,7 @@ def test_a_request_becomes_one_row_as_the_table_takes_it(server, db, alice, docu
                             "csv": {"delimiter": ";"}}, ALICE)
     assert (stored["status"], stored["idempotency_key"], counts(db)[0]) == ("PENDING", None, before + 1)
     assert (created["status"], created["filters"], created["options"]) == ("PENDING", body["filters"], body["options"])
+    assert (created["status_label"], created["finished"], created["delivered"]) == ("Waiting to start", False, False)
 
     fetched = call(server.port, "GET", created["status_url"].removeprefix(server.base), key=alice)
     assert fetched.status == 200 and fetched.json["id"] == created["id"]
@@ -365,7 +366,7 @@ def test_cancel_and_delete_follow_the_tables_rules(server, db, database_url, ali
     store.run(rt.mark_running(done, "run-api"))
     store.run(rt.mark_failed(done, "stopped by the test"))
     answer = call(server.port, "POST", f"/api/v1/exports/{done}/cancel", key=alice)
-    assert answer.status == 409 and "FAILED" in answer.error
+    assert answer.status == 409 and "is FAILED: only a PENDING, QUEUED or RUNNING export can be cancelled" in answer.error
     assert row(db, done)["status"] == "FAILED"  # the trigger and the transition both keep it
     assert call(server.port, "DELETE", f"/api/v1/exports/{done}", key=alice).status == 409
 

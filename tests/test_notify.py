@@ -10,6 +10,7 @@ import threading
 import psycopg
 import sqlalchemy as sa
 
+from export_platform.requests import schema
 from export_platform.requests import table as rt
 from export_platform.requests.client import ExportClient
 from export_platform.requests.store import RequestStore
@@ -93,7 +94,7 @@ def test_an_older_table_gets_the_trigger_on_upgrade(database_url):
         conn.execute("DROP TABLE IF EXISTS export_api_requests, export_requests, export_platform_schema, export_watermarks")
     store = RequestStore(url=url)
     store.migrate()
-    before = rt.UPGRADES.index(rt._v4_notify_and_file_index) + 1  # the version that step upgrades from
+    before = rt.UPGRADES.index(schema._v4_notify_and_file_index) + 1  # the version that step upgrades from
     with store.transaction() as conn:  # as the release before the trigger left it
         conn.execute(sa.text("DROP TRIGGER export_requests_notify ON export_requests"))
         conn.execute(sa.text("ALTER TABLE export_requests DROP COLUMN file_key"))  # and its index

@@ -148,11 +148,8 @@ def test_a_poison_row_between_good_rows_delays_none(db, store, instance, databas
 
 @pytest.mark.parametrize("finished", ["COMPLETED", "FAILED", "CANCELLED", "EXPIRED"])
 def test_a_cancel_of_a_finished_row_is_ignored_by_the_database(db, store, finished):
-    request_id = insert(db)
-    db.execute(
-        "UPDATE export_requests SET status = %s, file_uri = 'file:///x.csv', error = 'e' WHERE id = %s",
-        (finished, request_id),
-    )
+    request_id = insert(db, status=finished)  # the status trigger allows no move from PENDING to each of these
+    db.execute("UPDATE export_requests SET file_uri = 'file:///x.csv', error = 'e' WHERE id = %s", (request_id,))
     before = row(db, request_id)
     cancel = db.execute("UPDATE export_requests SET status = 'CANCEL_REQUESTED' WHERE id = %s", (request_id,))
     assert cancel.rowcount == 0

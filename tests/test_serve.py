@@ -222,6 +222,10 @@ def test_unknown_requests_are_404_and_deleted_files_410(server, storage_root, db
     page = status_page_url(final["id"], 60, "", server.signer)
     shown = json.loads(server.get(page.replace("?", "/status?"))[2])
     assert (shown["status"], shown["download"]) == ("EXPIRED", None)
+    # What the page shows of it comes from the declaration (requests/status.py), not the page.
+    assert (shown["status_label"], shown["status_note"], shown["finished"], shown["delivered"]) == (
+        "No longer available", "The file has been deleted.", True, False
+    )
 
 
 def test_no_signing_key_is_a_clear_error(server, storage_root, monkeypatch):
@@ -253,9 +257,11 @@ def test_the_status_shows_progress_and_errors_and_no_download_before_completion(
     assert (shown["status"], shown["progress_pct"], shown["progress_rows"], shown["total_rows"], shown["download"]) == (
         "RUNNING", 25.0, 100, 400, None
     )
+    assert (shown["status_label"], shown["finished"], shown["failed"]) == ("Exporting", False, False)
     store.run(rt.mark_failed(request_id, "filters.country_code: expected text"))
     shown = json.loads(server.get(page)[2])
     assert (shown["status"], shown["error"], shown["download"]) == ("FAILED", "filters.country_code: expected text", None)
+    assert (shown["status_label"], shown["finished"], shown["failed"], shown["status_note"]) == ("Failed", True, True, None)
 
 
 def test_the_etag_is_the_checksum_publish_recorded(server, db, storage_root):

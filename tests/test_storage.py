@@ -95,7 +95,7 @@ def test_migration_upgrades_a_version_1_table_in_place(database_url):
     store = RequestStore(url=url)
     store.migrate()
     with psycopg.connect(url, autocommit=True) as conn:  # make it look like a release-1 table
-        conn.execute("DROP TRIGGER export_requests_keep_finished ON export_requests")
+        conn.execute("DROP TRIGGER export_requests_status_rules ON export_requests")
         conn.execute(
             "ALTER TABLE export_requests DROP COLUMN download_url_expires_at, DROP COLUMN expired_reason, "
             "DROP COLUMN run_key, DROP COLUMN offers, DROP COLUMN file_key"
@@ -103,7 +103,7 @@ def test_migration_upgrades_a_version_1_table_in_place(database_url):
         conn.execute("UPDATE export_platform_schema SET version = 1 WHERE component = 'export_requests'")
         conn.execute("INSERT INTO export_requests (export_type, requested_by, status) VALUES ('users', 'old', 'COMPLETED')")
         conn.execute("INSERT INTO export_requests (export_type, requested_by) VALUES ('users', 'old2')")
-    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION == 5
+    assert RequestStore(url=url).migrate() == rt.SCHEMA_VERSION == 6
     with RequestStore(url=url).transaction() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("export_requests")}
         assert {"download_url_expires_at", "expired_reason", "run_key", "offers", "file_key"} <= columns

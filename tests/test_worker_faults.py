@@ -204,6 +204,26 @@ def test_cancelling_a_run_claimed_by_a_dead_worker_ends_it_at_once(stack, app):
     assert run_id not in queued_runs(stack)
 
 
+def test_a_worker_whose_supervisor_died_while_it_was_starting_retires_without_taking_a_run(stack, tmp_path):
+    """A supervisor SIGKILLed right after spawning a worker: the worker, still loading, must not
+    take the parent it is left with (pid 1) for its supervisor and serve on with nobody to stop it
+    (in CI one did, and took the next stack's runs)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    log = tmp_path / "orphan.log"
+    with log.open("wb") as out:
+        orphan = subprocess.Popen(
+            [sys.executable, "-m", "export_platform.workers.worker", "--supervisor", str(gone.pid)],
+            env=stack.env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        assert orphan.wait(timeout=120) == 0, log.read_text()
+    finally:
+        orphan.kill()
+    assert "retires: its supervisor is gone" in log.read_text()
+    assert orphan.pid not in {pid for _, _, pid, *_ in registry(stack)}
+
+
 # --- points 5 and 9: a frozen worker ---
 
 def test_a_frozen_worker_fails_its_run_saying_so_and_its_session_ends(stack, app):
@@ -384,11 +404,11 @@ def test_recycling_retires_one_worker_at_a_time(stack, app):
 
 def test_a_launch_that_cannot_reach_the_code_server_is_retried(stack, app):
     """With the pool stopped runs start as processes through the daemon's code server; while that
-    server is frozen, a launch times out (DAGSTER_GRPC_TIMEOUT_SECONDS, 60 s by default, here 8 s)
+    server is frozen, a launch times out (DAGSTER_GRPC_TIMEOUT_SECONDS, 60 s by default, here 20 s)
     and the run goes back to the queue instead of failing; once the server answers it runs."""
     stack.stop_workers()
     stack.stop_daemon()
-    stack.env["DAGSTER_GRPC_TIMEOUT_SECONDS"] = "8"
+    stack.env["DAGSTER_GRPC_TIMEOUT_SECONDS"] = "20"  # long enough for a loaded machine to start a run
     stack.start_daemon()
     user = "launch@example.com"  # two runs per user at once (dagster.yaml): a third waits in the queue
     code_server = None

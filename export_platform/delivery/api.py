@@ -39,7 +39,7 @@ from ..planning.values import decode_params
 from ..requests import api_keys
 from ..requests import table as rt
 from ..requests.client import ExportClient, Refused, request_params
-from ..requests.table import Status
+from ..requests.status import Status, spoken
 from ..requests.store import RequestStore
 from ..resources.storage import ExportStorage, StorageError
 from . import openapi
@@ -181,7 +181,7 @@ class Api:
         params = row["params"] if isinstance(row["params"], dict) else {}
         page = status_page_url(row["id"], LINK_SECONDS, base, self.signer)
         download = None
-        if row["status"] == Status.COMPLETED.value:
+        if Status(row["status"]).meaning.delivered:
             try:
                 download = self.storage.signed_url(self.storage.recorded_key(row["file_key"], row["file_uri"]), LINK_SECONDS)
             except StorageError:  # no file, or one of another storage
@@ -195,7 +195,7 @@ class Api:
             "options": {k: v for k, v in params.items() if k not in ("filters", "columns")},
             "requested_by": row["requested_by"],
             "idempotency_key": api_keys.client_idempotency_key(caller.key.key_id, row["idempotency_key"]),
-            "status": row["status"],
+            **Status(row["status"]).shown(),
             "progress_pct": float(row["progress_pct"]) if row["progress_pct"] is not None else None,
             "progress_rows": row["progress_rows"],
             "total_rows": row["total_rows"],
@@ -273,13 +273,14 @@ class Api:
     def cancel(self, conn: sa.Connection, caller: Caller, call: Call) -> JSONResponse:
         request_id = call.request_id
         self._row(conn, caller, request_id)
-        conn.execute(rt.request_cancel(request_id))  # the table's transition: a PENDING, QUEUED or RUNNING row
+        conn.execute(rt.request_cancel(request_id))  # the table's move, from the statuses that may be cancelled
         row = self._row(conn, caller, request_id)
-        if row["status"] == Status.CANCEL_REQUESTED.value:
+        status, stopping = Status(row["status"]), Status.the(stopping=True)
+        if status is stopping:
             return _json(self.shown(caller, row, call.base), 202)
-        if row["status"] == Status.CANCELLED.value:
+        if status in stopping.becomes:
             return _json(self.shown(caller, row, call.base))
-        raise ApiError(409, f"export {request_id} is {row['status']}: only a pending, queued or running export can be "
+        raise ApiError(409, f"export {request_id} is {status.value}: only a {spoken(stopping.sources)} export can be "
                        "cancelled", "status")
 
     def delete(self, conn: sa.Connection, caller: Caller, call: Call) -> JSONResponse:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ..errors import ExportPlatformError
 from ..planning.plan import RequestError
 from ..requests import api_keys
 from ..requests.api_keys import ApiKey
@@ -26,7 +27,7 @@ from ..links import Signer
 BEARER = {"www-authenticate": 'Bearer realm="export_platform"'}
 
 
-class ApiError(Exception):
+class ApiError(ExportPlatformError):
     """An answer other than success: its HTTP status, what to do, and the field at fault if any."""
 
     def __init__(self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None):

@@ -13,7 +13,7 @@ from ..catalog.export_types import REGISTRY
 from ..catalog.formats import ExportFormat
 from ..catalog.registry import ExportType, Filter, ValueType
 from ..planning.config import ExportOptions
-from ..requests.table import Status
+from ..requests.status import Status, spoken
 
 _REF = "#/components/schemas/{model}"
 _VALUES: dict[ValueType, dict] = {
@@ -61,6 +61,7 @@ def _new_export(t: ExportType) -> dict:
     }
 
 
+_STOPPING = Status.the(stopping=True)
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_TEXT = {"type": ["string", "null"]}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -76,14 +77,19 @@ _EXPORT = {
         "options": {"type": "object"},
         "requested_by": _NULLABLE_TEXT,
         "idempotency_key": _NULLABLE_TEXT,
-        "status": {"enum": [s.value for s in Status]},
+        "status": {"enum": Status.values(), "description": "; ".join(f"{s.value}: {s.meaning.label}" for s in Status)},
+        "status_label": {"type": "string", "description": "the status as the end user's status page says it"},
+        "finished": {"type": "boolean", "description": "the status is final: stop following the export"},
+        "delivered": {"type": "boolean", "description": "the file can be downloaded (download_url)"},
+        "failed": {"type": "boolean", "description": "the export ended on an error (error)"},
+        "status_note": {**_NULLABLE_TEXT, "description": "what the status page says besides status_label"},
         "progress_pct": {"type": ["number", "null"]},
         "progress_rows": _NULLABLE_INT,
         "total_rows": _NULLABLE_INT,
         "row_count": _NULLABLE_INT,
         "file_bytes": _NULLABLE_INT,
         "sha256": _NULLABLE_TEXT,
-        "download_url": {**_NULLABLE_TEXT, "description": "signed, valid 1 h from this answer; COMPLETED only"},
+        "download_url": {**_NULLABLE_TEXT, "description": "signed, valid 1 h from this answer; while `delivered`"},
         "expires_at": {**_NULLABLE_TIME, "description": "when retention deletes the file"},
         "error": _NULLABLE_TEXT,
         "created_at": _NULLABLE_TIME,
@@ -191,7 +197,7 @@ def document(prefix: str) -> dict[str, Any]:
                     "operationId": "deleteExport",
                     "responses": {
                         "200": _answer("deleted, or already EXPIRED", "Export"), **_AUTH_ERRORS, "404": _NOT_YOURS,
-                        "409": _answer("not COMPLETED: still running (cancel it), FAILED or CANCELLED (no file)"),
+                        "409": _answer("no file: the export is still running (cancel it) or ended without one"),
                         "503": _answer("the storage could not delete the file; nothing changed (Retry-After)"),
                     },
                 },
@@ -199,13 +205,13 @@ def document(prefix: str) -> dict[str, Any]:
             "/exports/{id}/cancel": {
                 "parameters": [_ID],
                 "post": {
-                    "summary": "Cancel a pending, queued or running export",
+                    "summary": f"Cancel a {spoken(_STOPPING.sources)} export",
                     "operationId": "cancelExport",
                     "responses": {
-                        "202": _answer("CANCEL_REQUESTED: the run is being stopped", "Export"),
-                        "200": _answer("already CANCELLED", "Export"),
+                        "202": _answer(f"{_STOPPING.value}: the run is being stopped", "Export"),
+                        "200": _answer(f"already {spoken(_STOPPING.becomes)}", "Export"),
                         **_AUTH_ERRORS, "404": _NOT_YOURS,
-                        "409": _answer("already finished (COMPLETED, FAILED or EXPIRED): nothing to cancel"),
+                        "409": _answer("already finished otherwise: nothing to cancel"),
                     },
                 },
             },

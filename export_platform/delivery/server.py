@@ -23,6 +23,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import AsyncIterator
 from importlib.resources import files
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..planning.config import ExportOptions
 from ..requests import table as rt
+from ..requests.status import Status
 from ..resources.database_url import require_database_url
 from ..requests.store import RequestStore
 from ..resources.storage import TEMP_FOLDER, LocalStorage, StorageError
@@ -59,7 +61,6 @@ PAGE_LINK_SECONDS = 3600
 MAX_BIGINT = 2**63 - 1
 # An open event stream reads its row at least this often, and proxies see traffic.
 HEARTBEAT_SECONDS = 15
-FINISHED = {s.value for s in rt.TERMINAL}
 MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "gz": "application/gzip",
@@ -179,25 +180,44 @@ def _stat(root: Path, key: str) -> tuple[Path, os.stat_result] | Response:
     return (path, st) if stat.S_ISREG(st.st_mode) else _refuse(404, "no such export")
 
 
-def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Starlette:
-    digests = Digests(store, storage)
-    notifications = Notifications(store.url)
-    page = files(__package__).joinpath("status_page.html").read_text()
+class Delivery:
+    """The server's own pages: files and the status page, over one storage, signer and request store."""
 
-    async def download(request: Request) -> Response:
+    def __init__(self, storage: LocalStorage, signer: Signer, store: RequestStore) -> None:
+        self.storage, self.signer, self.store = storage, signer, store
+        self.digests = Digests(store, storage)
+        self.notifications = Notifications(store.url)
+        self.page = files(__package__).joinpath("status_page.html").read_text()
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/", about, methods=["GET"]),
+            Route("/files/{key:path}", self.download, methods=["GET", "HEAD"]),
+            Route("/requests/{request_id:int}", self.status_page, methods=["GET"]),
+            Route("/requests/{request_id:int}/status", self.status, methods=["GET"]),
+            Route("/requests/{request_id:int}/events", self.events, methods=["GET"]),
+        ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette):
+        self.notifications.start()
+        yield
+        await self.notifications.stop()
+
+    async def download(self, request: Request) -> Response:
         key = request.path_params["key"]
         raw_path = request.scope.get("raw_path", b"").lower()
         if not valid_key(key) or any(s in raw_path for s in _ENCODED_SEPARATORS):
             return _refuse(404, "no such export")
         expires = request.query_params.get("expires")
-        refusal = signer.check(Kind.file, key, expires, request.query_params.get("sig"))
+        refusal = self.signer.check(Kind.file, key, expires, request.query_params.get("sig"))
         if refusal:
             return _refuse(403, refusal)
-        found = _stat(storage.folder(), key)
+        found = _stat(self.storage.folder(), key)
         if isinstance(found, Response):
             return found
         path, st = found
-        etag = await digests.of(key, path, st)
+        etag = await self.digests.of(key, path, st)
         return FileResponse(
             path,
             stat_result=st,
@@ -209,75 +229,68 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
             },
         )
 
-    def about(request: Request) -> Response:
-        return HTMLResponse(ABOUT, headers={"cache-control": "no-store"})
-
-    def request_row(request: Request) -> dict | Response:
+    def _signed_row(self, request: Request) -> dict | Response:
+        """The request row a status link is signed for, or the refusal."""
         request_id = request.path_params["request_id"]
         query = request.query_params
-        refusal = signer.check(Kind.request, str(request_id), query.get("expires"), query.get("sig"))
+        refusal = self.signer.check(Kind.request, str(request_id), query.get("expires"), query.get("sig"))
         if refusal:
             return _refuse(403, refusal)
-        row = store.run(rt.by_id(request_id)).mappings().first() if request_id <= MAX_BIGINT else None
-        return dict(row) if row else _refuse(404, f"no export request {request_id}")
+        row = self._read(request_id) if request_id <= MAX_BIGINT else None
+        return row or _refuse(404, f"no export request {request_id}")
 
-    def status_page(request: Request) -> Response:
-        row = request_row(request)
-        return row if isinstance(row, Response) else HTMLResponse(page, headers={"cache-control": "no-store"})
-
-    def status(request: Request) -> Response:
-        row = request_row(request)
-        if isinstance(row, Response):
-            return row
-        return JSONResponse(_public_status(row, storage, signer), headers={"cache-control": "no-store"})
-
-    def read(request_id: int) -> dict | None:
-        row = store.run(rt.by_id(request_id)).mappings().first()
+    def _read(self, request_id: int) -> dict | None:
+        row = self.store.run(rt.by_id(request_id)).mappings().first()
         return dict(row) if row else None
 
-    async def events(request: Request) -> Response:
-        row = await run_in_threadpool(request_row, request)
+    def status_page(self, request: Request) -> Response:
+        row = self._signed_row(request)
+        return row if isinstance(row, Response) else HTMLResponse(self.page, headers={"cache-control": "no-store"})
+
+    def status(self, request: Request) -> Response:
+        row = self._signed_row(request)
         if isinstance(row, Response):
             return row
+        return JSONResponse(_public_status(row, self.storage, self.signer), headers={"cache-control": "no-store"})
+
+    async def events(self, request: Request) -> Response:
+        row = await run_in_threadpool(self._signed_row, request)
+        if isinstance(row, Response):
+            return row
+        return StreamingResponse(self._stream(row), media_type="text/event-stream", headers={"cache-control": "no-store"})
+
+    async def _stream(self, row: dict) -> AsyncIterator[str]:
+        """The row as the page shows it, again on each change announced (or a heartbeat), until
+        it is finished."""
         request_id = row["id"]
+        wake = self.notifications.subscribe(request_id)
+        current, sent = row, None
+        try:
+            while current is not None:
+                shown = json.dumps(_public_status(current, self.storage, self.signer))
+                yield f"data: {shown}\n\n" if shown != sent else ": still here\n\n"
+                sent = shown
+                if Status(current["status"]).meaning.finished:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS)
+                wake.clear()  # before the read: a change committed after it wakes us again
+                current = await run_in_threadpool(self._read, request_id)
+        except DATABASE_DOWN:
+            return  # the page falls back to polling, which answers 503 until the database is back
+        finally:
+            self.notifications.unsubscribe(request_id, wake)
 
-        async def stream():
-            wake = notifications.subscribe(request_id)
-            current, sent = row, None
-            try:
-                while current is not None:
-                    shown = json.dumps(_public_status(current, storage, signer))
-                    yield f"data: {shown}\n\n" if shown != sent else ": still here\n\n"
-                    sent = shown
-                    if current["status"] in FINISHED:
-                        return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), HEARTBEAT_SECONDS)
-                    wake.clear()  # before the read: a change committed after it wakes us again
-                    current = await run_in_threadpool(read, request_id)
-            except DATABASE_DOWN:
-                return  # the page falls back to polling, which answers 503 until the database is back
-            finally:
-                notifications.unsubscribe(request_id, wake)
 
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-store"})
+def about(request: Request) -> Response:
+    return HTMLResponse(ABOUT, headers={"cache-control": "no-store"})
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
-        notifications.start()
-        yield
-        await notifications.stop()
 
+def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Starlette:
+    delivery = Delivery(storage, signer, store)
     return Starlette(
-        lifespan=lifespan,
-        routes=[
-            Route("/", about, methods=["GET"]),
-            Route("/files/{key:path}", download, methods=["GET", "HEAD"]),
-            Route("/requests/{request_id:int}", status_page, methods=["GET"]),
-            Route("/requests/{request_id:int}/status", status, methods=["GET"]),
-            Route("/requests/{request_id:int}/events", events, methods=["GET"]),
-            *api.routes(store, storage, signer),
-        ],
+        lifespan=delivery.lifespan,
+        routes=[*delivery.routes(), *api.routes(store, storage, signer)],
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers={error: _database_down for error in DATABASE_DOWN},
     )
@@ -285,7 +298,7 @@ def build_app(storage: LocalStorage, signer: Signer, store: RequestStore) -> Sta
 
 def _download(row: dict, storage: LocalStorage, signer: Signer) -> dict | None:
     """The status page's download button: a fresh link, while the row's file is there."""
-    if row["status"] != rt.Status.COMPLETED.value:
+    if not Status(row["status"]).meaning.delivered:
         return None
     try:
         key = storage.recorded_key(row["file_key"], row["file_uri"])
@@ -315,7 +328,7 @@ def _public_status(row: dict, storage: LocalStorage, signer: Signer) -> dict:
         "id": row["id"],
         "export_type": row["export_type"],
         "format": row["format"],
-        "status": row["status"],
+        **Status(row["status"]).shown(),
         "progress_pct": float(row["progress_pct"]) if row["progress_pct"] is not None else None,
         "progress_rows": row["progress_rows"],
         "total_rows": row["total_rows"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from ..errors import BadInput
 from ..requests import api_keys
 from ..links import Signer
 
@@ -26,7 +27,7 @@ LEEWAY_SECONDS = 30
 MAX_TOKEN_LENGTH = 4096
 
 
-class TokenError(ValueError):
+class TokenError(BadInput, ValueError):
     """A token that is not acceptable; the message says why (the text of a 401)."""
 
 

@@ -19,7 +19,7 @@ from ..naming import FORMAT_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of
 from ..planning.plan import ExportPlan
 from ..requests import table as rt
 from ..requests.store import RequestStore
-from ..requests.table import Status
+from ..requests.status import Status
 from ..resources.storage import ExportStorage, file_uri_path
 from ..resources.storage_keys import path_part
 from ..units import human_bytes
@@ -57,7 +57,8 @@ def link_for(storage: ExportStorage, key: str | None, now: datetime) -> rt.Link:
 
 
 class Superseded(Exception):
-    """The request stopped wanting this file (cancelled, failed) before it was recorded."""
+    """The request stopped wanting this file (cancelled, failed) before it was recorded: a signal that
+    publish handles by standing down, never shown to a person, so outside errors.ExportPlatformError."""
 
     def __init__(self, request_id: int, status: str | None):
         super().__init__(f"request {request_id} is {status or 'gone'}")
@@ -65,7 +66,7 @@ class Superseded(Exception):
 
 
 def _check_wanted(request_id: int, status: str | None) -> None:
-    if status != Status.RUNNING.value:
+    if status is None or not Status(status).meaning.exporting:
         raise Superseded(request_id, status)
 
 
@@ -168,7 +169,7 @@ def publish_export(
             raise
     except Superseded as superseded:
         message = f"{superseded}: the export was not published"
-        if superseded.status == Status.CANCEL_REQUESTED.value:
+        if superseded.status is not None and Status(superseded.status).meaning.stopping:
             requests.run(rt.mark_cancelled(superseded.request_id))
             raise failure_without_traceback(message) from None  # a cancel, not a crash
         raise dg.Failure(message, allow_retries=False) from None

@@ -12,6 +12,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ..errors import BadInput
+
 MAX_TEXT_LENGTH = 1_000
 _BIGINT = 2**63
 # ASCII digits only: str.isdigit() also takes "²" and "٣", and int() takes "+-5"'s cousins.
@@ -21,7 +23,7 @@ MAX_NUMBER_DIGITS = 100
 _SHOWN = 60
 
 
-class RequestError(ValueError):
+class RequestError(BadInput, ValueError):
     """A request that cannot be exported as asked; `field` says which part is wrong."""
 
     def __init__(self, field: str, message: str):

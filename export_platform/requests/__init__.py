@@ -1,1 +1,1 @@
-"""The request table: the application's interface (schema, statements) and the Python client on it."""
+"""The request table: the application's interface (statuses, schema, statements) and the Python client on it."""

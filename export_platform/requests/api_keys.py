@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from . import table as rt
+from ..errors import BadInput
 
 COMPONENT = "export_api_keys"
 PREFIX = "epk"
@@ -81,7 +82,7 @@ def migrate(conn: sa.Connection) -> int:
     return SCHEMA_VERSION
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(BadInput, ValueError):
     """An `api-key` command that cannot be done as asked; the message says why."""
 
 

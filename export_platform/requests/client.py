@@ -22,9 +22,10 @@ from psycopg import sql as pgsql
 
 from . import table as rt
 from .. import links
+from ..errors import NotFound, Refused, TimedOut
 from ..planning.plan import RequestError, plan_request
 from ..planning.values import shown
-from .table import TERMINAL, Status
+from .status import Status, spoken
 from ..resources.database_url import require_database_url
 from ..requests.store import RequestStore
 from ..resources.storage import STORAGE_URL_ENV, ExportStorage, storage_for
@@ -39,10 +40,6 @@ def request_params(filters: Any = None, columns: Any = None, options: Any = None
         if part in (options or {}):
             raise RequestError(f"options.{part}", f"{part} is a field of the request, not an option")
     return {k: v for k, v in {"filters": filters, "columns": columns, **(options or {})}.items() if v is not None}
-
-
-class Refused(RuntimeError):
-    """The request is not in a state that allows the call; the message says why."""
 
 
 class ExportClient:
@@ -86,7 +83,7 @@ class ExportClient:
         on_update: Callable[[dict[str, Any]], None] | None = None,
         poll_seconds: float = 5.0,
     ) -> dict[str, Any]:
-        """Wait until the request is terminal (COMPLETED, FAILED, CANCELLED, EXPIRED).
+        """Wait until the request is finished (requests/status.py: COMPLETED, FAILED, CANCELLED, EXPIRED).
 
         Woken by `NOTIFY export_requests` on each change of the row's status or progress; it also
         reads the row every `poll_seconds`, in case a notification was missed (e.g. a reconnect)."""
@@ -96,14 +93,14 @@ class ExportClient:
             while True:
                 row = self.status(request_id)  # read after LISTEN: no change can fall in between
                 if row is None:
-                    raise LookupError(f"no export request {request_id}")
+                    raise NotFound(f"no export request {request_id}")
                 if on_update:
                     on_update(row)
-                if Status(row["status"]) in TERMINAL:
+                if Status(row["status"]).meaning.finished:
                     return row
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"request {request_id} still {row['status']} after {timeout} s")
+                    raise TimedOut(f"request {request_id} still {row['status']} after {timeout} s")
                 for notice in listener.notifies(timeout=min(poll_seconds, left or poll_seconds)):
                     if rt.notified_id(notice.payload) == request_id:
                         break
@@ -126,8 +123,9 @@ class ExportClient:
         row = self.status(request_id)
         if row is None:
             raise Refused(f"no export request {request_id}")
-        if row["status"] != Status.COMPLETED.value:
-            raise Refused(f"request {request_id} is {row['status']}, not COMPLETED: it has no file")
+        if not Status(row["status"]).meaning.delivered:
+            raise Refused(f"request {request_id} is {row['status']}, not {spoken(Status.where(delivered=True))}: "
+                          "it has no file")
         return row
 
     def fresh_url(self, request_id: int, seconds: int = 3600) -> str:

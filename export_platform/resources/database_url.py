@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 
+from ..errors import ConfigurationError
+
 DATABASE_URL_ENV = "EXPORT_PLATFORM_DATABASE_URL"
 
 
-class DatabaseUrlMissing(RuntimeError):
+class DatabaseUrlMissing(ConfigurationError):
     """No export database is configured for this process."""
 
 

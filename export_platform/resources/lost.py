@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import DatabaseError
 
-class ConnectionLost(RuntimeError):
+
+class ConnectionLost(DatabaseError):
     """The export's connection to Postgres broke (a restart, a failover, pg_terminate_backend), or
     the snapshot it was to adopt went with another connection: worth another attempt from a fresh
     snapshot. Decided from the connection itself and SQLSTATEs, never from message text, which

@@ -29,6 +29,7 @@ import psycopg
 import pyarrow as pa
 from pydantic import Field
 
+from ..errors import ExportFailed, Refused
 from ..planning import pg_types, sql
 from ..planning.key_ranges import KeyRange
 from ..planning.pg_types import Declared
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class StreamClosed(RuntimeError):
+class StreamClosed(ExportFailed):
     """A batch was asked for after the export's transaction ended."""
 
 
@@ -56,7 +57,7 @@ def _ended(conn: psycopg.Connection) -> bool:
         return False
 
 
-class IncrementalRefused(RuntimeError):
+class IncrementalRefused(Refused):
     """The database does not show what the incremental bound needs, so no safe bound exists."""
 
 

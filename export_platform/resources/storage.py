@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from ..errors import ExportPlatformError
 from ..links import Signer, file_url, public_url
 from ..home import platform_home
 from .storage_keys import valid_key
@@ -36,8 +37,8 @@ OUTPUT_FOLDERS_ENV = "EXPORT_PLATFORM_OUTPUT_FOLDERS"
 TEMP_FOLDER = ".tmp"
 
 
-class StorageError(RuntimeError):
-    pass
+class StorageError(ExportPlatformError):
+    """The storage cannot do what was asked with a file (a key or URI outside it, a failed delete or upload)."""
 
 
 class OutputRefused(StorageError):

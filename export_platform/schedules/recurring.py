@@ -14,6 +14,7 @@ import yaml
 from ..dagster_compat import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..errors import ConfigurationError
 from ..jobs import run_config_for
 from ..catalog.export_types import REGISTRY
 from ..naming import EXPORT_TYPE_TAG, FORMAT_TAG, INCREMENTAL_TAG, SCHEDULE_TAG
@@ -40,8 +41,8 @@ class RecurringExport(BaseModel):
     description: str = ""
 
 
-class RecurringExportError(ValueError):
-    pass
+class RecurringExportError(ConfigurationError, ValueError):
+    """An entry of recurring_exports.yaml that cannot be scheduled; the code location refuses to load."""
 
 
 def _plan(entry: RecurringExport) -> ExportPlan:

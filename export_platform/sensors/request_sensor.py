@@ -19,7 +19,7 @@ from ..jobs import run_config_for
 from ..catalog.export_types import REGISTRY
 from ..planning.plan import ExportPlan, RequestError, plan_request
 from ..planning.values import decode_params
-from ..requests.table import Status
+from ..requests.status import Status
 from ..resources.postgres import PostgresResource
 from ..naming import (
     EXPORT_TYPE_TAG,
@@ -121,7 +121,7 @@ def _age(instance: dg.DagsterInstance, run: dg.DagsterRun) -> timedelta:
 
 def _attend_row(context, requests: RequestStore, postgres: PostgresResource, row, now: datetime) -> None:
     run = _run_for(context.instance, row)
-    if row.status == Status.CANCEL_REQUESTED.value:
+    if Status(row.status).meaning.stopping:
         _cancel(context, requests, postgres, row.id, run)
     elif run is not None:
         if row.run_id is None:
@@ -188,7 +188,7 @@ def build_request_sensor(jobs: list[dg.JobDefinition]) -> dg.SensorDefinition:
         # within about a second; each tick reads a bounded batch.
         minimum_interval_seconds=1,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Launches a run for each PENDING row of export_requests and handles CANCEL_REQUESTED.",
+        description="Launches a run for each PENDING row of export_requests and stops the runs of cancelled ones.",
     )
     def export_request_sensor(
         context: dg.SensorEvaluationContext, requests: RequestStore, postgres: PostgresResource

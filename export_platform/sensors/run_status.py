@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from ..dagster_compat import EngineEventData
 from ..requests import table as rt
+from ..requests.status import Status
 from ..naming import request_id_of, session_name
 from ..resources.postgres import PostgresResource
 from ..requests.store import RequestStore
@@ -46,10 +47,10 @@ def _end_request(
 def _say_if_delivered(instance: dg.DagsterInstance, run: dg.DagsterRun, request) -> None:
     """A failed run whose request is COMPLETED published its file before it was lost: say so on
     the run, so that nobody re-executes it."""
-    if request is None or request["status"] != rt.Status.COMPLETED.value or request["run_id"] != run.run_id:
+    if request is None or not Status(request["status"]).meaning.delivered or request["run_id"] != run.run_id:
         return
     instance.report_engine_event(
-        f"The export was delivered before the run failed: request {request['id']} is COMPLETED with "
+        f"The export was delivered before the run failed: request {request['id']} is {request['status']} with "
         f"{request['file_uri']} ({request['row_count']:,} rows). Only Dagster's record of the last step was lost "
         "with the run's worker; do not re-execute this run.",
         run,

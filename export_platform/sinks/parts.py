@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from ..errors import ExportFailed
 from ..planning.config import FormulaProtection
 from ..planning.plan import ExportPlan
 from . import pacer_for, scan_batches, sink
@@ -28,7 +29,7 @@ from .polars_writers import sink_parquet_as_is, write_parquet_part, write_text_p
 PACED_TEXT = ("csv", "ndjson")
 
 
-class StreamStopped(RuntimeError):
+class StreamStopped(ExportFailed):
     """Raised in a chunk's stream when another chunk has failed: its error is the one reported."""
 
 

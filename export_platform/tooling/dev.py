@@ -44,7 +44,8 @@ CODE_SERVER_START_SECONDS = 180
 
 
 class Stopped(Exception):
-    """SIGTERM or SIGINT reached `dev`."""
+    """SIGTERM or SIGINT reached `dev`: a signal that ends it with 0, not an error, so outside
+    errors.ExportPlatformError."""
 
 
 def _raise_stopped(signum, frame) -> None:

@@ -1,6 +1,6 @@
 """The embedded Postgres (PyPI `pgserver`) of a local checkout, for the commands that choose it.
 
-The local commands (`demo`, `dev`, `seed`, `run`, `request`, `status`, ...; see tooling/cli.py) call
+The local commands (`demo`, `dev`, `seed`, `run`, `request`, `status`, ...; see tooling/cli/) call
 `local_database_url`: `EXPORT_PLATFORM_DATABASE_URL` when set, else this server, whose URL it then
 puts into the variable, so that the code location the command loads and every process it starts
 (daemon, webserver, run workers, runs) use the same database. Nothing else starts it: the code

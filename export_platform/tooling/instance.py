@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 from sqlalchemy.engine import make_url
 
+from ..errors import ConfigurationError
 from ..resources.database_url import DATABASE_URL_ENV, require_database_url
 from ..home import platform_home
 from .embedded_postgres import ensure_database
@@ -35,7 +36,7 @@ DAGSTER_DATABASE = "dagster"
 INSTANCE_YAML = files(__package__).joinpath("dagster.yaml")
 
 
-class InstanceMissing(RuntimeError):
+class InstanceMissing(ConfigurationError):
     """DAGSTER_HOME does not name a Dagster instance for a deployed command."""
 
 

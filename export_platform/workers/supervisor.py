@@ -20,6 +20,7 @@ Kubernetes Deployment's replicas). The supervisor
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -91,7 +92,8 @@ class Supervisor:
         return [slot.process.pid for slot in self._slots if slot.process.poll() is None]
 
     def _spawn(self) -> Slot:
-        options = [*(["--max-runs", str(self.max_runs)] if self.max_runs else []), "--grace-period", str(self.grace_seconds)]
+        options = [*(["--max-runs", str(self.max_runs)] if self.max_runs else []), "--grace-period", str(self.grace_seconds),
+                   "--supervisor", str(os.getpid())]
         out = self.log_path.open("ab") if self.log_path else None
         try:
             worker = subprocess.Popen(

@@ -56,7 +56,9 @@ RECORD_END_SECONDS = 120.0
 
 
 class Worker:
-    def __init__(self, instance: dg.DagsterInstance, launcher: WarmPoolRunLauncher, max_runs: int, grace_seconds: float):
+    def __init__(
+        self, instance: dg.DagsterInstance, launcher: WarmPoolRunLauncher, max_runs: int, grace_seconds: float, supervisor_pid: int
+    ):
         self.instance = instance
         self.launcher = launcher
         self.max_runs = max_runs
@@ -70,7 +72,7 @@ class Worker:
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._drain_deadline = float("inf")
-        self._parent = os.getppid()
+        self._parent = supervisor_pid
         self._runs_done = 0
         self._registered = False
         self._unreleased: tuple[str, str | None, bool] | None = None  # (run, why retire, at once)
@@ -226,6 +228,8 @@ class Worker:
         except BaseException:
             conn.close()
             raise
+        # `dev` and its test wait for "ready" (a line per worker in workers.log).
+        log.info("run worker %s %s", self.worker_id, "reconnected" if self._registered else "ready")
         self._registered = True
         return conn
 
@@ -301,7 +305,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="export_platform.workers.worker")
     parser.add_argument("--max-runs", type=int, help="retire after this many runs (default: the launcher's)")
     parser.add_argument("--grace-period", type=float, help="seconds a drain lets the current run finish (default: the launcher's)")
+    parser.add_argument("--supervisor", type=int, help="the supervisor's pid: the worker retires when it is gone (default: the parent)")
     args = parser.parse_args()
+    # Given by the supervisor: a parent that died while this worker was still loading would
+    # otherwise leave a pid 1 here, and the worker would serve on with nobody to replace or stop it.
+    supervisor = args.supervisor or os.getppid()
     log_to_stderr()
     import asyncpg  # noqa: F401  (csv's server path; the code location imports it, and DuckDB, lazily)
 
@@ -320,7 +328,7 @@ def main() -> None:
             raise SystemExit(f"the instance's run launcher is {type(launcher).__name__}, not WarmPoolRunLauncher: no pool to serve")
         instance.compute_log_manager  # noqa: B018  (loaded on first access)
         grace = launcher.grace_period_seconds if args.grace_period is None else args.grace_period
-        worker = Worker(instance, launcher, args.max_runs or launcher.max_runs_per_worker, grace)
+        worker = Worker(instance, launcher, args.max_runs or launcher.max_runs_per_worker, grace, supervisor)
         keep_sigterm()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, worker.drain)
