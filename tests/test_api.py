@@ -454,3 +454,24 @@ def test_any_body_is_one_row_or_a_4xx_and_none(server, db, alice, body):
     created = answer.status == 202 and "idempotent-replayed" not in answer.headers
     assert after[0] - before[0] == after[2] - before[2] == (1 if created else 0)
     assert after[4:] == before[4:]  # the sample data, whatever the strings said
+
+
+def test_a_user_token_reads_a_failure_as_the_status_page_shows_it(server, db, database_url):
+    """An internal error can hold hosts, paths and run ids: the back-end's key reads it, the
+    browser holding the user's token reads what the status page says; a refusal naming the
+    user's own field stays readable to both."""
+    backend = new_key(database_url, None)
+    dana = user_token(server.signer, backend, "dana@example.com")
+    store = RequestStore(url=database_url)
+    internal, refused = (post(server, {"export_type": "users", "requested_by": "dana@example.com"}, backend).json["id"] for _ in range(2))
+    for request_id, error in ((internal, "could not write /srv/exports/.tmp/run-7f3a on db-primary.internal"),
+                              (refused, "filters.country: unknown filter for users")):
+        store.run(rt.mark_running(request_id, "run-api"))
+        store.run(rt.mark_failed(request_id, error))
+    raw = call(server.port, "GET", f"/api/v1/exports/{internal}", key=backend).json["error"]
+    shown = call(server.port, "GET", f"/api/v1/exports/{internal}", key=dana).json["error"]
+    assert raw == row(db, internal)["error"]
+    assert "db-primary" not in shown and "/srv" not in shown and f"quote request {internal}" in shown
+    assert call(server.port, "GET", f"/api/v1/exports/{refused}", key=dana).json["error"] == "filters.country: unknown filter for users"
+    listed = {e["id"]: e["error"] for e in call(server.port, "GET", "/api/v1/exports", key=dana).json["exports"]}
+    assert listed[internal] == shown

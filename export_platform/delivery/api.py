@@ -44,6 +44,7 @@ from ..requests.store import RequestStore
 from ..resources.storage import ExportStorage, StorageError
 from . import openapi
 from .auth import ApiError, Authenticator, Caller, RateLimiter, check_user
+from .public import public_error
 from ..links import Signer, public_url, status_page_url
 
 PREFIX = "/api/v1"
@@ -204,7 +205,8 @@ class Api:
             "sha256": row["sha256"],
             "download_url": download,
             "expires_at": _iso(row["expires_at"]),
-            "error": row["error"],
+            # A browser holding a user token is the end user: it reads what the status page shows.
+            "error": public_error(row) if caller.token_user else row["error"],
             "created_at": _iso(row["created_at"]),
             "started_at": _iso(row["started_at"]),
             "finished_at": _iso(row["finished_at"]),

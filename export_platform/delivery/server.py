@@ -45,7 +45,6 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..planning.config import ExportOptions
 from ..requests import table as rt
 from ..requests.status import Status
 from ..resources.database_url import require_database_url
@@ -54,6 +53,7 @@ from ..resources.storage import TEMP_FOLDER, LocalStorage, StorageError
 from ..resources.storage_keys import valid_key
 from . import api
 from ..links import Kind, Signer, file_url, friendly_name, seconds_left
+from .public import public_error
 from .push import Notifications
 
 # Links the status page hands out for its download button.
@@ -82,7 +82,6 @@ RETRY_AFTER_SECONDS = 5
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 # A FAILED row's error is shown to the end user as it is only when it is a refused request's
 # ("<field>: what is wrong"): the fields of a request, as planning names them.
-REQUEST_FIELDS = frozenset({"params", "export_type", "format", "filters", "columns", "chunks", *ExportOptions.model_fields})
 
 
 def media_type(key: str) -> str:
@@ -307,19 +306,6 @@ def _download(row: dict, storage: LocalStorage, signer: Signer) -> dict | None:
     if isinstance(_stat(storage.folder(), key), Response):
         return None
     return {"url": file_url("", signer, key, PAGE_LINK_SECONDS), "name": friendly_name(key)}
-
-
-def public_error(row: dict) -> str | None:
-    """What the end user reads of a failure. A refused request's error names the field and what
-    to do, and is theirs to see; any other (it can hold hosts, paths, run ids) stays on the row for
-    operators, and the user is told which request to quote."""
-    error = row["error"]
-    if not error:
-        return None
-    field = error.partition(": ")[0]
-    if field.split(".", 1)[0] in REQUEST_FIELDS:
-        return error
-    return f"The export failed on our side. Please try again later; if it fails again, quote request {row['id']}."
 
 
 def _public_status(row: dict, storage: LocalStorage, signer: Signer) -> dict:
