@@ -36,6 +36,7 @@ from psycopg import sql as pgsql
 
 from export_platform.planning import pg_types, sql
 from export_platform.planning.plan import plan_request
+from export_platform.planning.streams import Reading
 from export_platform.resources.postgres import PostgresResource
 from export_platform.sinks.arrow_source import Interleaved
 from export_platform.sinks.parts import sink_streams
@@ -57,7 +58,8 @@ def _export(postgres: PostgresResource, fmt: str | None, folder: Path, server_cs
     plan = plan_request("users", fmt or "parquet", {"order": "none"})
 
     def run() -> None:
-        with postgres.snapshot_stream(plan, "decode-floor", server_csv=server_csv) as snapshot:
+        reading = Reading.of(plan, cap=postgres.max_streams)  # as the extract op decides it
+        with postgres.snapshot_stream(plan, "decode-floor", reading, server_csv=server_csv) as snapshot:
             if snapshot.copies:
                 write_server_csv(snapshot.copies, plan, folder / "users.csv", lambda stream: lambda rows: None)
                 return

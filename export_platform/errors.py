@@ -7,13 +7,13 @@ message a person reads, naming the field or setting at fault; `hint`, where give
 next. A caller catches one base (or one meaning); the CLI prints `error.shown()` and exits with
 `error.exit_code`, whatever the class (docs/reference.md's exit-code table).
 
-Each concrete class lives beside the code that raises it (RequestError in planning/plan.py,
+Each concrete class lives beside the code that raises it (RequestError in planning/values.py,
 StorageError in resources/storage.py, ...), where its callers look for it, and derives from one
 meaning here. Where callers may catch a built-in base (a `ValueError` from input parsing, a
 `LookupError`, a `TimeoutError`), the class keeps it as a second base.
 
 Control-flow signals that no person sees stay outside, each saying why in its docstring: dev.py's
-`Stopped` (a signal that ends `dev` with 0), ops/export.py's `Superseded` (publish stands down).
+`Stopped` (a signal that ends `dev` with 0), ops/publish.py's `Superseded` (publish stands down).
 
 A foundation module: the standard library only, so the CLI's `--help` imports it at no cost.
 """

@@ -10,7 +10,9 @@ from .planning.config import config_class_for
 from .catalog.export_types import REGISTRY
 from .catalog.formats import ExportFormat
 from .ops.chunked import combine_chunks, discard_chunk_parts, extract_chunk, split_export
-from .ops.export import build_plan_op, extract_export, plan_op_name, publish_export
+from .ops.extract import extract_export
+from .ops.plan import build_plan_op, plan_op_name
+from .ops.publish import publish_export
 from .planning.plan import ExportPlan
 from .catalog.registry import ExportType
 from .naming import EXPORT_TYPE_TAG, ISOLATED_TAG, MAX_RUNTIME_TAG
@@ -87,20 +89,9 @@ def build_jobs(export_type: ExportType) -> list[dg.JobDefinition]:
 
 
 def run_config_for(plan: ExportPlan) -> dict[str, Any]:
-    """Run config that makes the job export what an already-checked plan describes."""
-    config: dict[str, Any] = {
-        "format": plan.format.name,
-        "filters": plan.filters,
-        "columns": list(plan.columns),
-        **plan.options.model_dump(mode="json"),
-    }
-    if plan.output_path:
-        config["output_path"] = plan.output_path
-    if plan.chunks != 1:
-        config["chunks"] = plan.chunks
-    if plan.incremental:
-        config["incremental"] = {"column": plan.incremental.column, "key": plan.incremental.key}
-    return {"ops": {plan_op_name(plan.export_type): {"config": config}}}
+    """Run config that makes the job export what an already-checked plan describes: its canonical
+    form, which the plan op checks back into an equal plan."""
+    return {"ops": {plan_op_name(plan.export_type): {"config": plan.config}}}
 
 
 _JOBS = [build_jobs(t) for t in REGISTRY]

@@ -3,7 +3,7 @@
 Dagster records a failure as a step error wrapped in its own exception types, or as engine and run
 events (a worker that died, a run stopped from outside, one that never started); these read them
 back. Exceptions are not kept here: each lives beside the code that raises it (RequestError in
-planning/plan.py, StorageError in resources/storage.py, ...), where its callers look for it.
+planning/values.py, StorageError in resources/storage.py, ...), where its callers look for it.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def test_a_file_without_a_signed_link_says_how_to_get_it(resources, instance, mo
 def test_a_row_count_that_differs_from_the_snapshot_fails_the_check_and_publishes_nothing(
     resources, instance, storage_root, monkeypatch
 ):
-    from export_platform.ops import export
+    from export_platform.ops import extract as export
 
     staged = export.StagedFile
     monkeypatch.setattr(export, "StagedFile", lambda path, rows, *rest: staged(path, rows - 1, *rest))

@@ -19,8 +19,9 @@ from export_platform.planning import sql
 from export_platform.planning.key_ranges import NO_KEYS, KeyRange, split_range
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.naming import INCREMENTAL_TAG, REQUEST_ID_TAG, session_name
-from export_platform.ops.export import plan_op_name
+from export_platform.ops.plan import plan_op_name
 from export_platform.planning.plan import MAX_CHUNKS, plan_export
+from export_platform.planning.streams import Reading
 from export_platform.resources.postgres import PostgresResource
 from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import LocalStorage
@@ -162,7 +163,7 @@ def test_chunks_share_one_snapshot(skewed_db):
             seen_after.extend(conn.execute("SELECT count(*) FROM users WHERE name IN ('late', 'changed')").fetchone())
 
         try:
-            with postgres.snapshot_stream(plan, "chunk-test", streams=3, on_exported=concurrent_writer) as snapshot:
+            with postgres.snapshot_stream(plan, "chunk-test", Reading.of(plan, 3), on_exported=concurrent_writer) as snapshot:
                 assert len(snapshot.readers) == 3
                 rows = [row for reader in snapshot.readers for batch in reader for row in _rows(batch)]
         finally:

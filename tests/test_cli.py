@@ -23,6 +23,7 @@ from export_platform.tooling.sample_data import seed
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.home import HOME_ENV
 from export_platform.catalog.formats import ExportFormat
+from export_platform.planning.plan import plan_request
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
@@ -271,6 +272,18 @@ def test_dev_serves_the_ui_from_a_clean_environment_and_stops_with_its_children(
     assert f"Dagster UI: {dev.url}" in printed
     # Nothing but the address: no traceback, no warning, no INFO line per sensor tick.
     assert "Traceback" not in errors and "Warning" not in errors and "INFO" not in errors + printed, errors
+
+
+def test_request_is_planned_by_the_client_once_and_stored_as_typed(db, database_url):
+    request_id = cli("request", "users", "--columns", "email, id", "--user", "alice@example.com").stdout.strip()
+    try:
+        params = db.execute("SELECT params FROM export_requests WHERE id = %s", (int(request_id),)).fetchone()[0]
+        assert params["columns"] == "email, id"  # as typed; the sensor plans the row as the client did
+        assert plan_request("users", "csv", params).columns == ("email", "id")
+    finally:
+        cli("cancel", request_id)
+    refused = subprocess.run([*CLI, "request", "users", "--columns", "email, password"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "columns: unknown column 'password'" in refused.stderr, refused.stderr
 
 
 @pytest.mark.parametrize(("size", "shown"), [(0, "0 bytes"), (1023, "1,023 bytes"), (1536, "1.5 KiB"), (5 << 30, "5.0 GiB")])

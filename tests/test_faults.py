@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from export_platform.run_failures import root_message
-from export_platform.ops.export import EXTRACT_RETRIES
+from export_platform.ops.extract import EXTRACT_RETRIES
 from export_platform.resources.postgres import PostgresResource
 from export_platform.resources.storage import LocalStorage
 from support.readback import db_rows, file_rows, published_path, run_job, seeded_beside

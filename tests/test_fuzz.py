@@ -15,7 +15,8 @@ from export_platform.planning import sql
 from export_platform.definitions import defs
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.formats import ExportFormat
-from export_platform.planning.plan import decode_params, plan_request
+from export_platform.planning.plan import plan_request
+from export_platform.planning.values import decode_params
 from support.request_rows import row, tick
 
 INJECTION = "x'); DROP TABLE users;--"

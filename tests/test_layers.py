@@ -94,7 +94,7 @@ def test_the_graph_is_read():
     # A reader that found nothing would pass everything below.
     assert "export_platform.requests.store" in GRAPH["export_platform.definitions"]
     assert "export_platform.links" in GRAPH["export_platform.resources.storage"]
-    assert "export_platform.ops.export" in GRAPH["export_platform.jobs"]
+    assert "export_platform.ops.plan" in GRAPH["export_platform.jobs"]
 
 
 def test_no_import_runs_up_a_floor():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import dagster as dg
@@ -10,7 +12,11 @@ from export_platform.planning.config import CsvOptions, ExportOptions
 from export_platform.definitions import defs
 from export_platform.catalog.formats import ExportFormat
 from export_platform.jobs import run_config_for
-from export_platform.planning.plan import RequestError, decode_params, plan_export, plan_request
+from export_platform.planning.key_ranges import KeyRange, PageRange
+from export_platform.planning.plan import Incremental, RequestError, plan_config, plan_export, plan_request
+from export_platform.planning.streams import Need, Reading, Shown, chunk_ranges
+from export_platform.planning.values import decode_params
+from export_platform.catalog.export_types import REGISTRY
 from export_platform.catalog.registry import Operator
 
 INJECTION = "x'); DROP TABLE users;--"
@@ -170,6 +176,62 @@ def test_every_option_round_trips_through_run_config(fmt):
     op_config = run_config["ops"]["plan_users"]["config"]
     assert op_config["format"] == ExportFormat.parse(fmt).name
     assert ExportOptions.model_validate({k: op_config[k] for k in ExportOptions.model_fields}) == plan.options
+
+
+CANONICAL_CASES = [
+    ("users", "csv.gz", EVERY_OPTION, {}),
+    ("users", "xlsx", {"filters": {"country_code": "US,GB", "lifetime_value_min": 10, "signup_date_from": "2024-01-31"}}, {}),
+    ("users", "parquet", {"order": "none", "columns": "email, id"}, {"chunks": 4}),
+    ("ezpass_transactions", "ndjson", {"filters": {"transaction_id": "[1, \"2\"]", "vin": "1HGCM"}}, {"chunks": 3}),
+    ("ezpass_transactions", "csv", {}, {"incremental": Incremental("updated_at", "hourly", "2024-01-31 09:30:00+00")}),
+    ("ledger_postings", "pdf", {"pdf": {"title": "Données"}}, {"output_path": "/srv/My Exports/ledger.pdf"}),
+]
+
+
+@pytest.mark.parametrize(("export_type", "fmt", "params", "extra"), CANONICAL_CASES)
+def test_the_run_config_is_the_plans_canonical_form_and_checks_back_into_the_same_plan(export_type, fmt, params, extra):
+    plan = plan_request(export_type, fmt, params, **extra)
+    lower = plan.incremental.lower if plan.incremental else None
+    assert plan_config(export_type, plan.config, lower) == plan
+    # What the plan op is given: the config as Dagster processed it (defaults filled in, enums by name).
+    job = defs.resolve_job_def(REGISTRY.get(export_type).job_name)
+    processed = dg.validate_run_config(job, run_config_for(plan))["ops"][f"plan_{export_type}"]["config"]
+    assert plan_config(export_type, processed, lower) == plan
+    assert run_config_for(plan)["ops"][f"plan_{export_type}"]["config"] == plan.config
+
+
+def test_a_launchpad_edit_of_the_canonical_form_is_checked_naming_the_field():
+    config = plan_request("users", "csv", {}).config
+    for field, value, words in [
+        ("columns", ["id", "password"], "columns: unknown column 'password'"),
+        ("filters", {"signup_date_from": "31/01/2024"}, "filters.signup_date_from: expected a date"),
+        ("format", "xls", "format: unknown format 'xls'"),
+        ("csv", {**config["csv"], "delimiter": ";;"}, "csv.delimiter"),
+        ("sort", "name", "sort: unknown field"),
+    ]:
+        with pytest.raises(RequestError, match=words):
+            plan_config("users", {**config, field: value})
+
+
+def test_read_ranges_are_decided_from_what_the_snapshot_shows():
+    in_order, in_no_order = plan_request("users", "csv", {}), plan_request("users", "csv", {"order": "none"})
+    one = Reading.of(in_order)
+    assert one.needs is Need.COUNT and one.ranges(Shown(10)) == [None]
+    chunk = Reading.of(in_no_order, key_range=KeyRange("1", "5"))
+    assert chunk.needs is Need.COUNT and chunk.ranges(Shown(4)) == [KeyRange("1", "5")]
+    keys = Reading.of(in_order, 3)
+    assert keys.needs is Need.EXTENT
+    assert keys.ranges(Shown(90, 1, 90)) == [KeyRange(None, "31"), KeyRange("31", "61"), KeyRange("61", None)]
+    pages = Reading.of(in_no_order, 3)
+    assert pages.needs is Need.LIMITS
+    assert pages.ranges(Shown(90, pages=30_000, per_query=8, free_connections=100)) == [
+        PageRange(None, 10_000), PageRange(10_000, 20_000), PageRange(20_000, None)
+    ]
+    assert pages.ranges(Shown(90, pages=None)) == [None]  # a view: one stream
+    # As many as the database allows one query (per_query), at most the resource's cap.
+    capped = Reading.of(in_no_order, cap=2).ranges(Shown(9, pages=50_000, per_query=8, free_connections=100))
+    assert len(capped) == min(2, len(os.sched_getaffinity(0)))
+    assert chunk_ranges(1, 90, 3)[-1] == KeyRange("61", "90", upper_inclusive=True)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import threading
 import pyarrow as pa
 import pytest
 
-from export_platform.ops.export import connection_lost
+from export_platform.ops.extract import connection_lost
 from export_platform.resources.postgres import ConnectionLost, GuardedReader, StreamClosed
 
 SCHEMA = pa.schema([("id", pa.int64())])

@@ -26,7 +26,7 @@ def files(root) -> list:
 def cancel_when_streaming(url: str, request_id: int, monkeypatch) -> threading.Thread:
     """The application's cancel, arriving once the run is streaming (its total is on the row) and
     before it publishes (publishing waits for it)."""
-    from export_platform.ops import export
+    from export_platform.ops import publish as export
 
     done = threading.Event()
     check = export._check_wanted
@@ -65,7 +65,7 @@ def export_in_background(database_url: str, root, request_id: int) -> tuple[dict
 @pytest.fixture
 def slow_to_publish(monkeypatch):
     """Holds publishing until the test releases it: a cancel arriving late in the export."""
-    from export_platform.ops import export
+    from export_platform.ops import publish as export
 
     reached, release = threading.Event(), threading.Event()
     place = export._place

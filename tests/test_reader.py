@@ -18,6 +18,7 @@ from export_platform.catalog.export_types import REGISTRY
 from export_platform.planning.config import ExportOptions
 from export_platform.planning.plan import plan_export, plan_request
 from export_platform.resources import duckdb_scan
+from export_platform.planning.streams import Reading
 from export_platform.resources.postgres import ConnectionLost, PostgresResource
 from export_platform.sinks.parts import sink_streams
 from export_platform.sinks.server_csv import refusal, write_server_csv
@@ -67,7 +68,7 @@ def test_every_stream_imports_the_snapshot_as_its_first_statement(reader_db, cap
     database = duckdb_scan.database()
     database.execute("SET GLOBAL pg_debug_show_queries = true")
     try:
-        with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:show", streams=2) as snapshot:
+        with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:show", Reading.of(plan, 2)) as snapshot:
             assert len(snapshot.readers) == 2
             rows = sum(batch.num_rows for reader in snapshot.readers for batch in reader)
     finally:
@@ -90,7 +91,7 @@ def test_columns_duckdb_cannot_read_exactly_are_read_as_postgres_text(reader_db)
         plan_export("users", "parquet", columns=["id"]),
         relation="odd_types", columns=("id", "price", "wide", "free", "code", "at_time"), order_by=("id",),
     )
-    with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:odd") as snapshot:
+    with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:odd", Reading.of(plan)) as snapshot:
         table = pa.Table.from_batches(list(snapshot.readers[0]), snapshot.readers[0].schema)
     assert table.to_pylist() == [
         # A NaN is not 0: the NUMERIC(10, 2) column that holds one is read as text.
@@ -101,12 +102,12 @@ def test_columns_duckdb_cannot_read_exactly_are_read_as_postgres_text(reader_db)
     assert "price (numeric(10,2)) as text" in snapshot.reading["columns"]
     # Without a NaN, the same column is a decimal.
     only_two = replace(plan, columns=("id", "price"))
-    with PostgresResource(url=reader_db).snapshot_stream(only_two, "export_platform:odd") as snapshot:
+    with PostgresResource(url=reader_db).snapshot_stream(only_two, "export_platform:odd", Reading.of(only_two)) as snapshot:
         pass
     with psycopg.connect(reader_db, autocommit=True) as conn:
         conn.execute("UPDATE odd_types SET price = 0.5 WHERE id = 1")
     try:
-        with PostgresResource(url=reader_db).snapshot_stream(only_two, "export_platform:odd") as snapshot:
+        with PostgresResource(url=reader_db).snapshot_stream(only_two, "export_platform:odd", Reading.of(only_two)) as snapshot:
             assert [b.column("price").to_pylist() for b in snapshot.readers[0]] == [[Decimal("0.50"), Decimal("1.25")]]
             assert snapshot.readers[0].schema.field("price").type == pa.decimal128(10, 2)
     finally:
@@ -116,7 +117,7 @@ def test_columns_duckdb_cannot_read_exactly_are_read_as_postgres_text(reader_db)
 
 def test_a_partitioned_table_is_read_as_one_stream(reader_db):
     plan = replace(plan_export("users", "csv", columns=["id"], options=ExportOptions(order="none")), relation="users_parts")
-    with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:parts", streams=4) as snapshot:
+    with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:parts", Reading.of(plan, 4)) as snapshot:
         assert len(snapshot.readers) == 1
         ids = sorted(i for batch in snapshot.readers[0] for i in batch.column("id").to_pylist())
     assert ids == list(range(1, 5001)) and snapshot.count == 5000
@@ -127,7 +128,7 @@ def test_a_filter_value_that_looks_like_sql_matches_only_itself(reader_db):
     with psycopg.connect(reader_db, autocommit=True) as conn:
         conn.execute("UPDATE users SET country_code = 'XX', subscription_tier = %s WHERE id = 3", (name,))
     plan = plan_export("users", "parquet", {"subscription_tier": name}, ["id", "subscription_tier"], ExportOptions(order="none"))
-    with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:inject") as snapshot:
+    with PostgresResource(url=reader_db).snapshot_stream(plan, "export_platform:inject", Reading.of(plan)) as snapshot:
         rows = [r for reader in snapshot.readers for batch in reader for r in batch.to_pylist()]
     assert rows == [{"id": 3, "subscription_tier": name}]
 
@@ -137,7 +138,7 @@ def _stream_then(url: str, name: str, act) -> BaseException:
     plan = plan_export("users", "parquet", options=ExportOptions(order="none"))
     postgres = PostgresResource(url=url, batch_size_hint_bytes=64 * 1024)
     with pytest.raises(Exception) as raised:
-        with postgres.snapshot_stream(plan, name, streams=1) as snapshot:
+        with postgres.snapshot_stream(plan, name, Reading.of(plan, 1)) as snapshot:
             batches = iter(snapshot.readers[0])
             next(batches)
             act(postgres)
@@ -171,7 +172,7 @@ def test_a_run_stopped_mid_stream_leaves_no_query_behind(reader_db):
     plan = plan_export("users", "parquet", options=ExportOptions(order="none"))
     postgres = PostgresResource(url=reader_db, batch_size_hint_bytes=64 * 1024)
     with pytest.raises(KeyboardInterrupt):
-        with postgres.snapshot_stream(plan, "export_platform:stopped", streams=2) as snapshot:
+        with postgres.snapshot_stream(plan, "export_platform:stopped", Reading.of(plan, 2)) as snapshot:
             next(iter(snapshot.readers[0]))
             raise KeyboardInterrupt  # what a terminated run raises in its op
     assert _wait_until_gone(reader_db, "export_platform:stopped") == []
@@ -190,10 +191,10 @@ CSV_OPTIONS = [
 def test_the_servers_csv_is_the_writers_csv(database_url, tmp_path, export_type, options):
     plan = plan_request(export_type, "csv", {"order": "key", **options})
     postgres = PostgresResource(url=database_url, batch_size_hint_bytes=64 * 1024)
-    with postgres.snapshot_stream(plan, "export_platform:csv", server_csv=True) as snapshot:
+    with postgres.snapshot_stream(plan, "export_platform:csv", Reading.of(plan), server_csv=True) as snapshot:
         assert snapshot.copies and not snapshot.readers
         write_server_csv(snapshot.copies, plan, tmp_path / "server.csv", lambda i: lambda rows: None)
-    with postgres.snapshot_stream(plan, "export_platform:csv") as snapshot:
+    with postgres.snapshot_stream(plan, "export_platform:csv", Reading.of(plan)) as snapshot:
         sink_streams(snapshot.readers, plan, tmp_path / "writer.csv", lambda i: lambda rows: None)
     assert (tmp_path / "server.csv").read_bytes() == (tmp_path / "writer.csv").read_bytes()
 
@@ -215,9 +216,9 @@ def test_values_outside_the_common_years_are_written_as_the_writer_writes_them(d
     plan = plan_export("users", "csv", columns=["id", "signup_date", "updated_at"])
     plan = replace(plan, columns=(*plan.columns, "flag"), options=plan.options.model_copy(update={"time_zone": "Asia/Kathmandu"}))
     postgres = PostgresResource(url=url)
-    with postgres.snapshot_stream(plan, "export_platform:years", server_csv=True) as snapshot:
+    with postgres.snapshot_stream(plan, "export_platform:years", Reading.of(plan), server_csv=True) as snapshot:
         write_server_csv(snapshot.copies, plan, tmp_path / "server.csv", lambda i: lambda rows: None)
-    with postgres.snapshot_stream(plan, "export_platform:years") as snapshot:
+    with postgres.snapshot_stream(plan, "export_platform:years", Reading.of(plan)) as snapshot:
         sink_streams(snapshot.readers, plan, tmp_path / "writer.csv", lambda i: lambda rows: None)
     assert (tmp_path / "server.csv").read_text() == (tmp_path / "writer.csv").read_text()
 
@@ -230,10 +231,11 @@ def test_in_no_order_the_server_streams_share_one_file_row_by_row(reader_db, tmp
     def on_rows(index):
         return progress.setdefault(index, []).append
 
-    with postgres.snapshot_stream(plan, "export_platform:csv-none", streams=2, server_csv=True) as snapshot:
+    with postgres.snapshot_stream(plan, "export_platform:csv-none", Reading.of(plan, 2), server_csv=True) as snapshot:
         assert len(snapshot.copies) == 2
         write_server_csv(snapshot.copies, plan, tmp_path / "server.csv", on_rows)
-    with postgres.snapshot_stream(replace(plan, options=plan.options.model_copy(update={"order": "key"})), "x") as snapshot:
+    in_order = replace(plan, options=plan.options.model_copy(update={"order": "key"}))
+    with postgres.snapshot_stream(in_order, "x", Reading.of(in_order)) as snapshot:
         sink_streams(snapshot.readers, plan, tmp_path / "writer.csv", lambda i: lambda rows: None)
     server, writer = (tmp_path / "server.csv").read_bytes(), (tmp_path / "writer.csv").read_bytes()
     # Rows hold quoted line breaks, so lines are not rows: compare the records Postgres parses.
@@ -254,7 +256,7 @@ def test_in_no_order_the_server_streams_share_one_file_row_by_row(reader_db, tmp
 def test_the_writer_serves_what_the_servers_csv_cannot(database_url, options, reason):
     plan = plan_request("users", "csv", options)
     assert reason in refusal(plan, [])
-    with PostgresResource(url=database_url).snapshot_stream(plan, "export_platform:csv", server_csv=True) as snapshot:
+    with PostgresResource(url=database_url).snapshot_stream(plan, "export_platform:csv", Reading.of(plan), server_csv=True) as snapshot:
         assert snapshot.readers and not snapshot.copies
         assert reason in snapshot.reading["server_csv"]
     assert refusal(plan_request("users", "csv.gz", {}), []) == "csv.gz is compressed"

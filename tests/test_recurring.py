@@ -126,6 +126,14 @@ def test_incremental_runs_have_no_gap_and_no_duplicate_with_concurrent_writers(i
     assert exported_ids(third) == []
     runs = exported_ids(first) + exported_ids(second) + exported_ids(third)
     assert sorted(runs) == all_ids and len(set(runs)) == len(runs)
+    # A run with no new row still fixes its upper bound, which its run page shows as the mark.
+    marks = [_published_metadata(run)["high_water"].value for run in (second, third)]
+    assert all(marks) and marks[0] < marks[1]
+
+
+def _published_metadata(result) -> dict:
+    [output] = [e for e in result.all_events if e.is_successful_output and e.step_key == "publish_export"]
+    return output.event_specific_data.metadata
 
 
 def test_a_failed_incremental_run_does_not_advance_the_mark(incremental_db, resources, tmp_path, monkeypatch):

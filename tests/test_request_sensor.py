@@ -210,3 +210,26 @@ def test_a_rejected_request_is_told_on_its_row_not_in_the_daemon_log(db, store, 
     assert "filters.bogus: unknown filter" in row(db, bad)["error"]
     rejected = [level for level, message in logged if f"request {bad} rejected" in message]
     assert rejected == [logging.DEBUG]  # was INFO: a line in the daemon's log for every bad row an application sends
+
+
+def test_a_request_is_planned_once_and_its_run_checks_that_same_plan(db, store, instance, database_url, resources, monkeypatch):
+    from export_platform.jobs import run_config_for
+    from export_platform.planning import plan as planning
+
+    params = {"filters": {"country_code": "US,GB", "signup_date_from": "2020-01-01"}, "columns": "email, id",
+              "labels": {"email": "Adresse e-mail"}, "csv": {"delimiter": ";"}}
+    expected = planning.plan_request("users", "csv.gz", params)
+    request_id = insert(db, "users", "csv.gz", params, user="alice@example.com")
+    plans: list[planning.ExportPlan] = []
+    plan_export = planning.plan_export
+    monkeypatch.setattr(planning, "plan_export", lambda *a, **k: plans.append(plan_export(*a, **k)) or plans[-1])
+
+    [request] = tick(instance, store, database_url).run_requests
+    assert plans == [expected]  # the tick plans the row once
+    assert request.run_config == run_config_for(expected)  # and launches it with the plan's canonical form
+    [op_config] = request.run_config["ops"].values()
+    result = run_job("users", op_config["config"], resources, tags=request.tags)
+    assert result.success
+    # The run's plan op checked that one form back into the same plan, and nothing planned it again.
+    assert result.output_for_node("plan_users") == expected and plans == [expected, expected]
+    assert row(db, request_id)["status"] == "COMPLETED"

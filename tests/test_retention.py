@@ -15,7 +15,7 @@ from export_platform.definitions import defs
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_chunked_job
 from export_platform.ops import retention
-from export_platform.ops.export import plan_op_name
+from export_platform.ops.plan import plan_op_name
 from export_platform.ops.retention import cleanup_run_config, retention_cleanup
 from export_platform.resources.storage import LocalStorage, S3Storage, StorageError
 from support.readback import run_job

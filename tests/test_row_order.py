@@ -25,13 +25,8 @@ from export_platform.planning.config import ExportOptions
 from export_platform.planning.key_ranges import KeyRange, PageRange, split_pages
 from export_platform.planning.plan import RequestError, plan_export, plan_request
 from export_platform.resources.database_url import DATABASE_URL_ENV
-from export_platform.resources.postgres import (
-    PAGE_STREAM_BATCH_BYTES,
-    PAGES_PER_STREAM,
-    PostgresResource,
-    batch_bytes,
-    stream_count,
-)
+from export_platform.planning.streams import PAGES_PER_STREAM, Reading, stream_count
+from export_platform.resources.postgres import PAGE_STREAM_BATCH_BYTES, PostgresResource, batch_bytes
 from export_platform.sinks.arrow_source import Interleaved
 from export_platform.sinks.digest import WrittenDigest, file_digest
 from export_platform.home import HOME_ENV
@@ -109,7 +104,7 @@ def test_page_streams_share_one_snapshot(database_url):
                 conn.execute("UPDATE users SET name = 'changed' WHERE id = 2999")
                 conn.execute("DELETE FROM users WHERE id = 3000")
 
-        with postgres.snapshot_stream(plan, "order-test", streams=3, on_exported=concurrent_writer) as snapshot:
+        with postgres.snapshot_stream(plan, "order-test", Reading.of(plan, 3), on_exported=concurrent_writer) as snapshot:
             assert len(snapshot.readers) == 3
             per_stream = [[row for batch in reader for row in _rows(batch)] for reader in snapshot.readers]
         assert conn.execute("SELECT count(*) FROM users WHERE name IN ('late', 'changed')").fetchone() == (2,)
@@ -123,7 +118,7 @@ def test_a_view_is_read_as_one_stream(db, database_url):
     postgres = PostgresResource(url=database_url)
     plan = replace(plan_export("users", "csv", columns=["id"], options=ExportOptions(order="none"), chunks=4),
                    relation="users_view")
-    with postgres.snapshot_stream(plan, "view-test", streams=4) as snapshot:
+    with postgres.snapshot_stream(plan, "view-test", Reading.of(plan, 4)) as snapshot:
         assert len(snapshot.readers) == 1
         ids = [row[0] for batch in snapshot.readers[0] for row in _rows(batch)]
     assert sorted(ids) == [r[0] for r in db_rows(db, "users", ["id"])] and snapshot.count == len(ids)
@@ -132,7 +127,7 @@ def test_a_view_is_read_as_one_stream(db, database_url):
 def test_a_chunk_of_the_chunked_job_reads_its_key_range_alone(db, database_url):
     postgres = PostgresResource(url=database_url)
     plan = plan_export("users", "csv", columns=["id"], options=ExportOptions(order="none"), chunks=3)
-    with postgres.snapshot_stream(plan, "chunk-test", key_range=KeyRange("100", "200")) as snapshot:
+    with postgres.snapshot_stream(plan, "chunk-test", Reading.of(plan, key_range=KeyRange("100", "200"))) as snapshot:
         ids = [row[0] for reader in snapshot.readers for batch in reader for row in _rows(batch)]
     assert sorted(ids) == list(range(100, 200)) and snapshot.count == 100
 

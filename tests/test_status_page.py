@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, status_page_url
-from export_platform.ops import export as export_ops
+from export_platform.ops import extract as export_ops
 from export_platform.resources.postgres import PostgresResource
 from export_platform.naming import REQUEST_ID_TAG, REQUESTED_BY_TAG
 from support.readback import run_job, seeded_beside

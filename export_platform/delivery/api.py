@@ -34,7 +34,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from ..planning.plan import RequestError, decode_params, plan_request
+from ..planning.plan import RequestError, plan_request
+from ..planning.values import decode_params
 from ..requests import api_keys
 from ..requests import table as rt
 from ..requests.client import ExportClient, Refused, request_params

@@ -19,6 +19,7 @@ import dagster as dg
 from ..requests import table as rt
 from ..planning.key_ranges import KeyRange
 from ..planning.plan import ExportPlan
+from ..planning.streams import Reading, chunk_ranges
 from ..resources.postgres import PostgresResource
 from ..naming import request_id_of, session_name
 from ..requests.store import RequestStore
@@ -26,7 +27,8 @@ from ..resources.storage import ExportStorage
 from ..sinks import digest_of, scan_batches
 from ..sinks.parts import join_parts, part_path, write_part
 from ..dagster_compat import failure_without_traceback
-from .export import EXTRACT_RETRIES, Progress, StagedFile, connection_lost, stopped, temp_path
+from .extract import EXTRACT_RETRIES, Progress, connection_lost, stopped
+from .staging import StagedFile, temp_path
 
 
 @dataclass(frozen=True)
@@ -59,16 +61,17 @@ def split_export(
     context: dg.OpExecutionContext, plan: ExportPlan, postgres: PostgresResource, requests: RequestStore
 ) -> Iterator[dg.DynamicOutput[ChunkTask]]:
     started = time.time()
-    split = postgres.split(plan, session_name(context.run_id))
-    context.log.info(f"{split.count:,} rows to export in {len(split.ranges)} chunks")
+    extent = postgres.extent(plan, session_name(context.run_id))
+    ranges = chunk_ranges(extent.low, extent.high, plan.chunks)
+    context.log.info(f"{extent.count:,} rows to export in {len(ranges)} chunks")
     request_id = request_id_of(context.run.tags)
     if request_id is not None:
-        requests.run(rt.set_total(request_id, split.count))
-    for index, key_range in enumerate(split.ranges):
+        requests.run(rt.set_total(request_id, extent.count))
+    for index, key_range in enumerate(ranges):
         yield dg.DynamicOutput(
-            ChunkTask(index, key_range, split.high_water, started),
+            ChunkTask(index, key_range, extent.high_water, started),
             mapping_key=f"chunk_{index}",
-            metadata={"key_range": key_range.describe(plan.chunk_key or ""), "export_rows": split.count},
+            metadata={"key_range": key_range.describe(plan.chunk_key or ""), "export_rows": extent.count},
         )
 
 
@@ -88,9 +91,8 @@ def extract_chunk(
     path, progress = _chunk_path(context, plan, storage, task.index), None
     started = time.monotonic()
     try:
-        with postgres.snapshot_stream(
-            plan, session_name(context.run_id), key_range=task.key_range, high_water=task.high_water
-        ) as snapshot:
+        reading = Reading.of(plan, key_range=task.key_range)
+        with postgres.snapshot_stream(plan, session_name(context.run_id), reading, task.high_water) as snapshot:
             context.log.info(f"chunk {task.index}: {snapshot.count:,} rows ({task.key_range.describe(plan.chunk_key)})")
             progress = Progress(context, snapshot.count, requests, chunk=task.index)
             write_part(scan_batches(snapshot.readers[0], progress), plan, path, task.index)

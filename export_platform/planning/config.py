@@ -181,10 +181,6 @@ class ExportConfig(ExportOptions):
     )
 
 
-def options_of(config: ExportConfig) -> ExportOptions:
-    return ExportOptions.model_validate(config.model_dump(include=set(ExportOptions.model_fields)))
-
-
 _SCALAR = {ValueType.TEXT: str, ValueType.INTEGER: int, ValueType.NUMERIC: str, ValueType.DATE: str}
 _HINT = {
     ValueType.TEXT: "text",

@@ -23,7 +23,8 @@ from psycopg import sql as pgsql
 from . import table as rt
 from .. import links
 from ..errors import NotFound, Refused, TimedOut
-from ..planning.plan import RequestError, plan_request, shown
+from ..planning.plan import RequestError, plan_request
+from ..planning.values import shown
 from .status import Status, spoken
 from ..resources.database_url import require_database_url
 from ..requests.store import RequestStore
@@ -52,15 +53,17 @@ class ExportClient:
         format: str = "csv",
         *,
         filters: dict | None = None,
-        columns: list[str] | None = None,
+        columns: list[str] | str | None = None,
         options: dict | None = None,
         requested_by: str | None = None,
         idempotency_key: str | None = None,
     ) -> int:
         """Insert a request; with an idempotency_key already used by requested_by, return that id.
 
-        `options` are the export options of a request's params: labels, time_zone,
-        formula_protection, csv, parquet, xlsx, pdf (e.g. `{"csv": {"delimiter": ";"}}`).
+        `columns` is a list or comma-separated text, as in a request row. `options` are the export
+        options of a request's params: labels, time_zone, formula_protection, csv, parquet, xlsx, pdf
+        (e.g. `{"csv": {"delimiter": ";"}}`). The row is planned here as the sensor will plan it
+        (`plan_request`), so that a bad request fails at once, naming the field.
         """
         params = request_params(filters, columns, options)
         plan_request(export_type, format, params)

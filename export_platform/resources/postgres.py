@@ -19,7 +19,6 @@ transactions) and its tests are in docs/design.md, "Incremental exports: exactly
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,14 +31,17 @@ from pydantic import Field
 
 from ..errors import ExportFailed, Refused
 from ..planning import pg_types, sql
-from ..planning.key_ranges import KeyRange, split_pages, split_range
+from ..planning.key_ranges import KeyRange
 from ..planning.pg_types import Declared
 from ..planning.plan import ExportPlan
+from ..planning.streams import MAX_STREAMS, Need, Reading, Shown
 from . import duckdb_scan
 from .lost import ConnectionLost, is_connection_error
 from .server_copy import CsvCopy
 
-__all__ = ["ConnectionLost", "GuardedReader", "IncrementalRefused", "PostgresResource", "Snapshot", "is_connection_error"]
+__all__ = [
+    "ConnectionLost", "Extent", "GuardedReader", "IncrementalRefused", "PostgresResource", "Snapshot", "is_connection_error"
+]
 
 
 class StreamClosed(ExportFailed):
@@ -89,21 +91,6 @@ class GuardedReader:
             pass
 
 
-# A page stream reads at least this many heap pages (8 MiB at the default block size), as DuckDB's
-# Postgres scanner does: a smaller table is not worth another connection.
-PAGES_PER_STREAM = 1000
-
-
-def stream_count(cores: int, pages: int | None, per_query: int, free_connections: int, cap: int) -> int:
-    """How many page streams an export in no order reads in parallel: no more than this machine's
-    cores, the processes the database lets one query use (max_parallel_workers_per_gather + 1:
-    its administrator's limit on one query's share of the server), half the connections still
-    free, `cap`, and one per PAGES_PER_STREAM of the table; one for a view."""
-    if pages is None:
-        return 1
-    return max(1, min(cores, per_query, free_connections // 2, cap, pages // PAGES_PER_STREAM))
-
-
 # Polars queues the batches its writer has not taken yet, with no backpressure on the source
 # (pola-rs/polars#26432), and two or more page streams decode faster than its writers take them,
 # so that queue, not the batch in hand, sets such an export's memory: page streams read smaller
@@ -141,11 +128,12 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class Split:
-    """Key ranges fixed in one snapshot, for chunks that each read in their own transaction."""
+class Extent:
+    """The rows to export, their chunk key's extent and the incremental bound, fixed in one snapshot."""
 
     count: int
-    ranges: list[KeyRange]
+    low: int | None
+    high: int | None
     high_water: str | None
 
 
@@ -158,7 +146,7 @@ class PostgresResource(dg.ConfigurableResource):
         "and queues what it has not written yet.",
     )
     max_streams: int = Field(
-        default=8,
+        default=MAX_STREAMS,
         ge=1,
         description="Most parallel streams (connections) an export in no order (order: none) reads with; fewer "
         "when the machine has fewer cores, the database allows one query fewer processes "
@@ -263,25 +251,16 @@ class PostgresResource(dg.ConfigurableResource):
         return [Declared(c.name, c.type_code, c.type_display, c.precision, c.scale) for c in cursor.description]
 
     @staticmethod
-    def _ranges(
-        conn: psycopg.Connection, plan: ExportPlan, streams: int, key_range: KeyRange | None, max_streams: int,
-        decimals: list[str],
-    ) -> tuple[int, list[sql.Range | None], set[str]]:
-        """The count, the ranges the streams read (key ranges in key order or within a chunk's
-        `key_range`, else page ranges, as many as asked or, when `streams` is 1, as the machine
-        and the database allow), and which of the `decimals` hold a NaN, all in one pass."""
-        if plan.ordered or key_range is not None:
-            if streams == 1:
-                count, *nan = conn.execute(sql.count_statement(plan, key_range, decimals)).fetchone()
-                return count, [key_range], {c for c, has in zip(decimals, nan) if has}
+    def _shown(conn: psycopg.Connection, plan: ExportPlan, reading: Reading, decimals: list[str]) -> tuple[Shown, set[str]]:
+        """What `reading` needs to cut its ranges, and which of the `decimals` hold a NaN, in one pass."""
+        if reading.needs is Need.EXTENT:
             count, low, high, *nan = conn.execute(sql.extent_statement(plan, decimals)).fetchone()
-            return count, split_range(low, high, streams, closed=False), {c for c, has in zip(decimals, nan) if has}
-        pages, per_query, free = conn.execute(sql.stream_limits_statement(plan)).fetchone()
-        if streams == 1:
-            streams = stream_count(len(os.sched_getaffinity(0)), pages, per_query, free, max_streams)
-        count, *nan = conn.execute(sql.count_statement(plan, None, decimals)).fetchone()
-        ranges = split_pages(pages, streams) if pages is not None else [None]
-        return count, ranges, {c for c, has in zip(decimals, nan) if has}
+            shown = Shown(count, low, high)
+        else:
+            limits = conn.execute(sql.stream_limits_statement(plan)).fetchone() if reading.needs is Need.LIMITS else ()
+            count, *nan = conn.execute(sql.count_statement(plan, reading.key_range, decimals)).fetchone()
+            shown = Shown(count, None, None, *limits)
+        return shown, {c for c, has in zip(decimals, nan) if has}
 
     @staticmethod
     def _annotated(schema: pa.Schema, columns: list[Declared]) -> pa.Schema:
@@ -308,16 +287,15 @@ class PostgresResource(dg.ConfigurableResource):
         self,
         plan: ExportPlan,
         session_name: str,
-        streams: int = 1,
-        key_range: KeyRange | None = None,
+        reading: Reading,
         high_water: str | None = None,
         on_exported: Callable[[], None] | None = None,
         server_csv: bool = False,
     ) -> Iterator[Snapshot]:
-        """Count the plan's rows (within `key_range`) and stream them from one snapshot, as up to
-        `streams` readers over consecutive key ranges (page ranges for a plan in no order, see
-        `_ranges`), each on its own connection; with `server_csv`, as the server's CSV instead
-        (`Snapshot.copies`) when it is what the writer would write (sinks/server_csv.py).
+        """Count the plan's rows (within a chunk's key range) and stream them from one snapshot, over
+        the ranges `reading` decides from what the snapshot shows (planning/streams.py), each on its
+        own connection; with `server_csv`, as the server's CSV instead (`Snapshot.copies`) when it
+        is what the writer would write (sinks/server_csv.py).
 
         The count and the readers see the same snapshot, so the count is exactly the number of rows
         the readers will produce: the control transaction exports its snapshot and every stream
@@ -326,15 +304,16 @@ class PostgresResource(dg.ConfigurableResource):
         """
         from ..sinks import server_csv as server
 
-        with self._snapshot(plan, session_name, high_water, key_range) as (conn, high_water):
+        with self._snapshot(plan, session_name, high_water, reading.key_range) as (conn, high_water):
             (snapshot_id,) = conn.execute(sql.EXPORT_SNAPSHOT).fetchone()
             columns = self._declared(conn, plan)
             decimals = [c.name for c in columns if c.exact_decimal]
-            count, ranges, nan = self._ranges(conn, plan, streams, key_range, self.max_streams, decimals)
+            shown, nan = self._shown(conn, plan, reading, decimals)
+            count, ranges = shown.count, reading.ranges(shown)
             if on_exported is not None:
                 on_exported()
             upper = high_water if plan.incremental else None
-            kind = f"{len(ranges)} {'key' if plan.ordered or key_range is not None else 'page'} range stream(s)"
+            kind = reading.describe(len(ranges))
             refused = server.refusal(plan, columns) if server_csv and plan.format.is_csv else "not asked"
             if server_csv and refused is None:
                 texts = server.texts(columns)
@@ -373,12 +352,12 @@ class PostgresResource(dg.ConfigurableResource):
                         raise ConnectionLost(f"lost the database connection: {error}") from error
                     raise
 
-    def split(self, plan: ExportPlan, session_name: str) -> Split:
-        """The plan's row count and `plan.chunks` closed key ranges over its key's extent, with the
-        incremental bound, all fixed in one snapshot."""
+    def extent(self, plan: ExportPlan, session_name: str) -> Extent:
+        """The plan's row count and its chunk key's extent, with the incremental bound, all fixed in
+        one snapshot: what the chunked job's split cuts its key ranges from."""
         with self._snapshot(plan, session_name) as (conn, high_water):
             count, low, high = conn.execute(sql.extent_statement(plan)).fetchone()
-            return Split(count, split_range(low, high, plan.chunks, closed=True), high_water)
+            return Extent(count, low, high, high_water)
 
     def preflight_facts(self, plan: ExportPlan, session_name: str, count: bool) -> tuple[int | None, pa.Schema]:
         """What a format check needs before any row is read: the row count (when `count`) and

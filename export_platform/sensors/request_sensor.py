@@ -17,7 +17,8 @@ import dagster as dg
 from ..requests import table as rt
 from ..jobs import run_config_for
 from ..catalog.export_types import REGISTRY
-from ..planning.plan import ExportPlan, RequestError, decode_params, plan_request
+from ..planning.plan import ExportPlan, RequestError, plan_request
+from ..planning.values import decode_params
 from ..requests.status import Status
 from ..resources.postgres import PostgresResource
 from ..naming import (

@@ -24,7 +24,7 @@ from export_platform.tooling.embedded_postgres import ensure_database
 from export_platform.catalog.export_types import REGISTRY
 from export_platform.jobs import build_export_job
 from export_platform.naming import INCREMENTAL_TAG
-from export_platform.ops.export import plan_op_name
+from export_platform.ops.plan import plan_op_name
 from export_platform.resources.storage import file_uri_path
 from export_platform.tooling.sample_data import seed
 

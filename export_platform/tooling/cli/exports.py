@@ -17,7 +17,7 @@ from ...errors import ExportFailed
 from .common import QUIET_LOGGERS, bad_option, local_database, plain, quiet_dagster_warnings, request_client
 
 if TYPE_CHECKING:
-    from ...ops.export import PublishedExport
+    from ...ops.publish import PublishedExport
     from ...planning.plan import ExportPlan
 
 # pdf holds at most 10,000 rows: the demo narrows each sample type to about that many.
@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ..instance import prepare_dagster_home
-    from ...planning.plan import plan_export
+    from ...planning.plan import plan_request
     from ...units import human_bytes
     from ...requests.store import RequestStore
 
@@ -172,7 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 filters = DEMO_PDF_FILTERS.get(export_type.name) if fmt is ExportFormat.pdf else None
                 runs += 1
                 try:
-                    published = run_export(plan_export(export_type.name, fmt, filters), instance)
+                    published = run_export(plan_request(export_type.name, fmt, {"filters": filters}), instance)
                 except ExportFailed as refused:  # e.g. pdf above its row limit: the preflight says why
                     print(f"{export_type.name:<20} {fmt.value:<10} refused: {refused}")
                     continue
@@ -187,15 +187,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from ...planning.plan import plan_request
-
     params = _params(args)
-    plan = plan_request(args.type, args.format, params)
-    request_id = request_client().request(
+    request_id = request_client().request(  # planned there, once, as the sensor will plan the row
         args.type,
         args.format,
         filters=params.pop("filters"),
-        columns=list(plan.columns) if params.pop("columns") else None,
+        columns=params.pop("columns"),
         options=params,
         requested_by=args.user,
         idempotency_key=args.idempotency_key,

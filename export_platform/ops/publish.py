@@ -1,9 +1,8 @@
-"""The three steps of every export job: plan → extract (stream into a temp file) → publish."""
-
+"""The publish step: check the row count, then place the file and record it (request row,
+incremental mark) as one decision, and report it to the Asset Catalog."""
 
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,38 +13,18 @@ import dagster as dg
 import sqlalchemy as sa
 
 from .. import assets
+from ..dagster_compat import failure_without_traceback
 from ..links import LinkError, public_url, status_page_url
+from ..naming import FORMAT_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of
+from ..planning.plan import ExportPlan
 from ..requests import table as rt
-from ..planning.config import ExportConfig, options_of
-from ..planning.plan import ExportPlan, Incremental, RequestError, plan_export
-from .preflight import preflight
-from ..catalog.registry import ExportType
-from ..dagster_compat import MAX_RUNTIME_MESSAGE, failure_without_traceback
-from ..requests.status import Status
-from ..resources.postgres import ConnectionLost, IncrementalRefused, PostgresResource, is_connection_error
-from ..naming import FORMAT_TAG, INCREMENTAL_TAG, REQUESTED_BY_TAG, SCHEDULE_TAG, request_id_of, session_name
 from ..requests.store import RequestStore
-from ..resources.storage import ExportStorage, OutputRefused, file_uri_path
+from ..requests.status import Status
+from ..resources.storage import ExportStorage, file_uri_path
 from ..resources.storage_keys import path_part
-from ..sinks import digest_of
-from ..sinks.parts import sink_streams
-from ..sinks.server_csv import write_server_csv
 from ..units import human_bytes
 from .lease import check_lease
-
-PROGRESS_INTERVAL_SECONDS = 1.0
-EXTRACT_RETRIES = 2
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    path: str
-    rows: int
-    expected_rows: int
-    started: float
-    sha256: str
-    bytes: int
-    high_water: str | None = None
+from .staging import StagedFile, allowed_output, discard_staging
 
 
 @dataclass(frozen=True)
@@ -57,212 +36,6 @@ class PublishedExport:
     seconds: float
     key: str | None = None  # its storage key (file_key); None for a file written to an output_path
     url: str | None = None  # a signed download link, where the storage can sign one
-
-
-def plan_op_name(export_type_name: str) -> str:
-    # Op names must be unique across the code location, and each type's plan op has its own config.
-    return f"plan_{export_type_name}"
-
-
-def build_plan_op(export_type: ExportType, config_class: type[ExportConfig]) -> dg.OpDefinition:
-    @dg.op(
-        name=plan_op_name(export_type.name),
-        description=f"Check the {export_type.name} request against the registry and its format (row limit, "
-        "number precision, time zone) and build its query.",
-    )
-    def plan(
-        context: dg.OpExecutionContext,
-        config: config_class,  # type: ignore[valid-type]
-        requests: RequestStore,
-        postgres: PostgresResource,
-        storage: ExportStorage,
-    ) -> ExportPlan:
-        if config.output_path is not None:  # refused before the request row or the database is touched
-            allowed_output(storage, config.output_path)
-        request_id = request_id_of(context.run.tags)
-        if request_id is not None:
-            requests.run(rt.mark_running(request_id, context.run_id))
-        incremental = None
-        if config.incremental is not None:
-            if context.run.tags.get(INCREMENTAL_TAG) != config.incremental.key:
-                raise dg.Failure(
-                    description=f"an incremental run must carry the tag {INCREMENTAL_TAG}={config.incremental.key}: "
-                    "the run queue lets one run per key read from its mark at a time"
-                )
-            lower = requests.run(rt.high_water(config.incremental.key)).scalar()
-            incremental = Incremental(config.incremental.column, config.incremental.key, lower)
-        try:
-            result = plan_export(
-                export_type.name,
-                config.format,
-                config.filters.model_dump(exclude_none=True),
-                config.columns,
-                options_of(config),
-                config.output_path,
-                incremental,
-                config.chunks,
-            )
-            if incremental is not None:
-                postgres.check_incremental()
-            decisions = preflight(result, postgres, session_name(context.run_id))
-        except RequestError as error:
-            raise dg.Failure(description=str(error), metadata={"field": error.field}) from None
-        except IncrementalRefused as error:
-            raise dg.Failure(description=str(error)) from None
-        context.add_output_metadata(
-            {
-                "format": result.format.value,
-                "columns": ", ".join(result.columns),
-                "filters": result.filters,
-                "incremental_from": (incremental.lower or "the beginning") if incremental else "not incremental",
-                "chunks": result.chunks,
-                "preflight": decisions,
-            }
-        )
-        return result
-
-    return plan
-
-
-class Progress:
-    """Reports streamed rows (to the run log and the request row) at most once per interval,
-    whatever the batch size; with several streams, their sum. As one chunk of many (`chunk`), it
-    adds this chunk's rows to the request row, which the other chunks' processes update too."""
-
-    def __init__(self, context: dg.OpExecutionContext, expected: int, requests: RequestStore, chunk: int | None = None):
-        self.context, self.expected, self.requests, self.chunk = context, expected, requests, chunk
-        self.request_id = request_id_of(context.run.tags)
-        self.last, self.rows, self.reported = time.monotonic(), 0, 0
-        self.streams: dict[int, int] = {}
-        self.lock = threading.Lock()
-        if self.request_id is not None and chunk is None:
-            requests.run(rt.set_total(self.request_id, expected))
-
-    def stream(self, index: int) -> Callable[[int], None]:
-        """The callback for stream `index`, which counts its own rows."""
-
-        def on_rows(rows: int) -> None:
-            with self.lock:
-                self.streams[index] = rows
-                self(sum(self.streams.values()))
-
-        return on_rows
-
-    def __call__(self, rows: int) -> None:
-        self.rows = rows
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL_SECONDS:
-            self.last = now
-            pct = 100.0 * rows / self.expected if self.expected else 100.0
-            prefix = f"chunk {self.chunk}: " if self.chunk is not None else ""
-            self.context.log.info(f"{prefix}streamed {rows:,} of {self.expected:,} rows ({pct:.0f}%)")
-            self._report(rows - self.reported, pct)
-            self.reported = rows
-
-    def _report(self, new_rows: int, pct: float) -> None:
-        if self.request_id is None:
-            return
-        if self.chunk is None:
-            self.requests.run(rt.set_progress(self.request_id, self.rows, min(pct, 100.0)))
-        else:
-            self.requests.run(rt.add_progress(self.request_id, new_rows))
-
-    def withdraw(self) -> None:
-        """Take back what a failed chunk reported, before it is retried."""
-        if self.chunk is not None and self.reported:
-            self._report(-self.reported, 0.0)
-            self.reported = 0
-
-
-def allowed_output(storage: ExportStorage, output_path: str) -> Path:
-    """The resolved target of an `output_path`, if the storage's allow-list has its folder."""
-    try:
-        return storage.output_target(output_path)
-    except OutputRefused as refused:
-        raise dg.Failure(description=f"output_path: {refused}", metadata={"field": "output_path"}) from None
-
-
-def temp_path(context: dg.OpExecutionContext, plan: ExportPlan, storage: ExportStorage) -> Path:
-    """The run's file being written, alone in a folder of the run's (with whatever its writer
-    spools), so that a failure removes all of it: in the storage's temp folder, or for an output
-    path beside the target, where publishing is a rename."""
-    if not plan.output_path:
-        return storage.run_temp_folder(context.run_id) / f"export.{plan.format.extension}"
-    target = allowed_output(storage, plan.output_path)
-    folder = target.parent / f".{target.name}.{context.run_id}.tmp"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / target.name
-
-
-def discard_staging(path: Path, run_id: str) -> None:
-    """Remove a run's file being written and everything beside it in its folder (the run's own)."""
-    if run_id in path.parent.name:
-        shutil.rmtree(path.parent, ignore_errors=True)
-
-
-def stopped(context: dg.OpExecutionContext) -> str | None:
-    """Why the run is being stopped on request (terminated from the UI, by a request's cancel, or by
-    run monitoring at its maximum runtime), or None when it is not: the interrupt, or the cancelled
-    query, that then ends a step is no failure of the export, and its event says so."""
-    try:
-        run = context.instance.get_run_by_id(context.run_id)
-        if run is None or run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
-            return None
-        asked = [r.user_message for r in context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.RUN_CANCELING)]
-    except Exception:  # Dagster's storage unreachable: not a stop this step can tell
-        return None
-    # Run monitoring says why ("Canceling due to exceeding maximum runtime of 60 seconds."); a cancel does not.
-    why = next((m.rstrip(".") for m in asked if m.startswith(MAX_RUNTIME_MESSAGE)), "cancelled")
-    return f"stopped before the export finished ({why}): nothing was published"
-
-
-def connection_lost(error: BaseException) -> bool:
-    """A dropped connection is worth another attempt (the file restarts from a fresh snapshot); a
-    cancelled query or bad data is not."""
-    return isinstance(error, ConnectionLost) or is_connection_error(error)
-
-
-@dg.op(
-    description="Count and stream the rows from one Postgres snapshot into a temp file: with chunks > 1, as "
-    "that many parallel streams over key ranges, on connections sharing the snapshot."
-)
-def extract_export(
-    context: dg.OpExecutionContext,
-    plan: ExportPlan,
-    postgres: PostgresResource,
-    storage: ExportStorage,
-    requests: RequestStore,
-) -> StagedFile:
-    started = time.time()  # wall clock: publish may run in another process
-    path = temp_path(context, plan, storage)
-    try:
-        name = session_name(context.run_id)
-        with postgres.snapshot_stream(plan, name, plan.chunks, server_csv=postgres.server_csv) as snapshot:
-            streams = len(snapshot.copies or snapshot.readers)
-            context.log.info(f"{snapshot.count:,} rows to export{f' in {streams} streams' if streams > 1 else ''}; "
-                             f"read by {snapshot.reading['reader']}")
-            progress = Progress(context, snapshot.count, requests)
-            with digest_of(plan, path) as digest:
-                if snapshot.copies:
-                    write_server_csv(snapshot.copies, plan, path, progress.stream)
-                else:
-                    sink_streams(snapshot.readers, plan, path, progress.stream)
-        context.add_output_metadata({"rows": progress.rows, "streams": streams, **snapshot.reading})
-    except BaseException as error:
-        discard_staging(path, context.run_id)
-        if why := stopped(context):  # a stop, wherever the interrupt landed: its reason, no traceback
-            raise failure_without_traceback(why) from None
-        if connection_lost(error):
-            if context.retry_number < EXTRACT_RETRIES:
-                context.log.warning(f"lost the database connection; retrying the extract: {error}")
-                raise dg.RetryRequested(max_retries=EXTRACT_RETRIES, seconds_to_wait=1) from error
-            attempts = EXTRACT_RETRIES + 1
-            cause = error.__cause__ if isinstance(error, ConnectionLost) and error.__cause__ else error
-            raise dg.Failure(f"lost the database connection on all {attempts} attempts: {cause}") from error
-        raise
-    return StagedFile(
-        str(path), progress.rows, snapshot.count, started, digest.sha256, digest.size, snapshot.high_water
-    )
 
 
 def storage_key(tags: dict[str, str], plan: ExportPlan, run_id: str, now: datetime) -> str:
@@ -413,8 +186,9 @@ def publish_export(
             "rows_per_second": round(staged.rows / seconds) if seconds else 0,
             "sha256": sha256,
             "path": dg.MetadataValue.path(str(file_uri_path(placed.uri) or placed.uri)),
-            # Only an incremental export has one; an empty entry on every other run page says nothing.
-            **({"high_water": staged.high_water or "unchanged (no new rows)"} if plan.incremental is not None else {}),
+            # Only an incremental export has one (its snapshot's upper bound, fixed even when no row is
+            # new); an empty entry on every other run page says nothing.
+            **({"high_water": staged.high_water} if plan.incremental is not None else {}),
         }
     )
     published = PublishedExport(
