@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from export_platform import processes
 from export_platform.requests import api_keys
 from export_platform.requests.client import ExportClient
 from export_platform.requests.store import RequestStore
@@ -115,23 +115,18 @@ def paced(count: int, rate: float, send) -> list[float]:
     return latencies
 
 
-def start_serve(url: str, port: int, tmp: Path) -> subprocess.Popen:
+def start_serve(url: str, port: int, tmp: Path) -> processes.Processes:
+    """`dev`'s `serve` (export_platform/processes.py), logging to tmp/serve.log."""
     env = {**os.environ, "EXPORT_PLATFORM_DATABASE_URL": url, "EXPORT_PLATFORM_SIGNING_KEY": secrets.token_urlsafe(32),
            "EXPORT_PLATFORM_PUBLIC_URL": f"http://127.0.0.1:{port}", "EXPORT_PLATFORM_STORAGE_URL": str(tmp / "exports")}
-    log = (tmp / "serve.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "export_platform.tooling.cli", "serve", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            import urllib.request
-
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/openapi.json", timeout=1).read()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"serve did not start: {(tmp / 'serve.log').read_text()}")
-            time.sleep(0.2)
+    running = processes.Processes()
+    running.start(dataclasses.replace(processes.serve(env, "127.0.0.1", port), log=tmp / "serve.log"))
+    try:
+        running.wait_ready("serve", 60)
+    except RuntimeError as error:
+        running.stop()
+        raise SystemExit(f"serve did not start ({error}): {(tmp / 'serve.log').read_text()}") from error
+    return running
 
 
 def check_rows(url: str, key_id: str, run: str, answers: list[tuple]) -> None:
@@ -178,7 +173,7 @@ def main() -> None:
     port = args.port or __import__("socket").create_server(("127.0.0.1", 0)).getsockname()[1]
     tmp = Path(tempfile.mkdtemp(prefix="export_platform_api_load_"))
     serve = start_serve(url, port, tmp)
-    served = psutil.Process(serve.pid)
+    served = psutil.Process(serve["serve"].pid)
     client = ExportClient(url)
     # Warm each path first (the planner's first call imports Polars): the runs measure a steady state.
     asyncio.run(load(port, key.token, [json.dumps(body("warm", i)).encode() for i in range(50)], 50, 4))
@@ -223,8 +218,7 @@ def main() -> None:
 
             print(summary(f"ExportClient.request, run {repeat + 1}", paced(count, args.rate, client_request)))
     finally:
-        serve.terminate()
-        serve.wait(timeout=30)
+        serve.stop()
         with psycopg.connect(server_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DATABASE)))
 

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,14 +37,9 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from export_platform.tooling.embedded_postgres import local_database_url
-from export_platform.tooling.instance import (
-    DAGSTER_DATABASE_URL_ENV,
-    prepare_dagster_home,
-    start_daemon,
-    start_workers,
-    wait_for_daemon,
-    wait_for_workers,
-)
+from export_platform import processes
+from export_platform.processes import CODE_LOCATION, ProcessSpec, SensorHeartbeat
+from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home
 from export_platform.requests.store import RequestStore
 from export_platform.tooling.sample_data import create_schema, seed
 
@@ -101,8 +95,9 @@ def _scenario(conn, args) -> list[tuple]:
 
 @contextmanager
 def warm_stack(url: str, baseline: bool = False) -> Iterator[dict]:
-    """The daemon and the warm run-worker pool (as `export-platform dev` starts them) on a throwaway
-    DAGSTER_HOME and Dagster database beside `url`, ticking when this yields; the environment."""
+    """The warm run-worker pool, the code server and the daemon (`export-platform dev`'s, from
+    export_platform/processes.py) on a throwaway DAGSTER_HOME and Dagster database beside `url`,
+    ticking when this yields; the environment."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DAGSTER_DATABASE)))
@@ -113,27 +108,21 @@ def warm_stack(url: str, baseline: bool = False) -> Iterator[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="export_platform_latency_"))
     env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", url), "EXPORT_PLATFORM_STORAGE_URL": str(tmp / "exports")}
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    children = []
+    if baseline:  # Dagster's own entry point, with a code server of its own
+        daemon = str(Path(sys.executable).with_name("dagster-daemon"))
+        specs = [ProcessSpec("dagster-daemon", (daemon, "run", "-m", CODE_LOCATION), env, env["DAGSTER_HOME"],
+                             log=tmp / "daemon.log", ready=SensorHeartbeat())]
+    else:
+        specs = processes.stack_specs(env, processes.free_port(), instance.run_launcher.workers)
+    running = processes.Processes(instance)
     try:
-        if baseline:
-            with (tmp / "daemon.log").open("ab") as out:
-                daemon = subprocess.Popen(
-                    [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-m", "export_platform.definitions"],
-                    env=env, cwd=env["DAGSTER_HOME"], stdout=out, stderr=subprocess.STDOUT,
-                )
-        else:
-            children.append(workers := start_workers(env, tmp / "workers.log"))
-            wait_for_workers(instance, workers, instance.run_launcher.workers)
-            daemon = start_daemon(env, tmp / "daemon.log")
-        children.append(daemon)
-        wait_for_daemon(instance, daemon)
+        running.start_all(specs)
+        for spec in specs:
+            running.wait_ready(spec.name)
         time.sleep(5)  # let the first sensor ticks (which set up cursors) pass, as in a running deployment
         yield env
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.wait(timeout=60)
+        running.stop()
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_d
 from export_platform.resources.storage import STORAGE_URL_ENV
 from export_platform.units import human_bytes
 from support.dev_server import clean_env, database_url_beside, get, running_dev
-from support.ports import free_port
+from export_platform.processes import free_port
 from support.readback import database_beside, db_rows, file_rows
 
 

@@ -41,7 +41,7 @@ from export_platform.sinks.parts import StreamStopped
 from export_platform.tooling import cli
 from export_platform.tooling.cli import exports
 from export_platform.tooling.instance import InstanceMissing
-from support.ports import free_port
+from export_platform.processes import free_port
 
 PACKAGE = Path(export_platform.__file__).parent
 REFERENCE = PACKAGE.parent / "docs" / "reference.md"

@@ -22,7 +22,7 @@ from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.run_failures import failure_message
 from export_platform.home import HOME_ENV
 from support.daemon_stack import daemon_stack, wait_for, wait_status
-from support.ports import free_port
+from export_platform.processes import free_port
 from support.readback import db_rows, file_rows
 from support.request_rows import LEDGER_COLUMNS, insert, row
 from support.serve_stack import TEST_KEY, serve_process

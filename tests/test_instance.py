@@ -19,7 +19,8 @@ from dagster._daemon.types import DaemonHeartbeat
 
 from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.home import HOME_ENV
-from export_platform.tooling.instance import prepare_dagster_home, wait_for_workers
+from export_platform.processes import FreshWorkers, ProcessSpec, Processes
+from export_platform.tooling.instance import prepare_dagster_home
 from support.daemon_stack import fresh_database
 from support.readback import database_beside
 
@@ -65,13 +66,13 @@ def test_cleanup_and_health_use_the_given_dagster_home(given, tmp_path):
 @pytest.mark.slow
 def test_workers_serve_the_given_instance(given, tmp_path):
     env, instance = given
-    with (tmp_path / "workers.log").open("wb") as log:
-        pool = subprocess.Popen([*CLI, "workers", "--count", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    running = Processes(instance)  # the command as an operator runs it, from anywhere
+    running.start(ProcessSpec("workers", (*CLI, "workers", "--count", "1"), env, log=tmp_path / "workers.log",
+                              ready=FreshWorkers(1)))
     try:
-        wait_for_workers(instance, pool, 1, timeout=120)
+        running.wait_ready("workers", 120)
     finally:
-        pool.terminate()
-        pool.wait(timeout=60)
+        running.stop()
     assert not (tmp_path / "home").exists()
 
 

@@ -68,7 +68,7 @@ def streaming(app, request_id) -> dict:
 def stop_pool(stack, signum: int) -> subprocess.Popen:
     """Send the supervisor `signum` as a deploy (SIGTERM) or a terminal (SIGINT) does; the stack
     no longer counts it as running."""
-    supervisor, stack.workers = stack.workers, None
+    supervisor = stack.processes.forget("workers")
     supervisor.send_signal(signum)
     return supervisor
 

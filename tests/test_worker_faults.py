@@ -403,7 +403,7 @@ def test_recycling_retires_one_worker_at_a_time(stack, app):
 # --- point 2: a launch that fails is retried ---
 
 def test_a_launch_that_cannot_reach_the_code_server_is_retried(stack, app):
-    """With the pool stopped runs start as processes through the daemon's code server; while that
+    """With the pool stopped runs start as processes through the stack's code server (`dev`'s); while that
     server is frozen, a launch times out (DAGSTER_GRPC_TIMEOUT_SECONDS, 60 s by default, here 20 s)
     and the run goes back to the queue instead of failing; once the server answers it runs."""
     stack.stop_workers()
@@ -425,7 +425,7 @@ def test_a_launch_that_cannot_reach_the_code_server_is_retried(stack, app):
                 and runs[0].dagster_run.run_id,
                 what="the third run waiting in the queue",
             )
-            [code_server] = [p for p in psutil.Process(stack.daemon.pid).children(recursive=True) if "grpc" in p.cmdline()]
+            code_server = psutil.Process(stack.processes["code-server"].pid)  # the one the daemon launches through
             code_server.suspend()  # SIGSTOP
         # The first two finish; the third's launch meets the frozen code server.
         wait_for(lambda: any("re-submitting the run into the queue" in m for m in engine_messages(stack, run_id)), 180,

@@ -15,13 +15,9 @@ create no database.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from importlib.resources import files
 from pathlib import Path
 
-import psutil
 from sqlalchemy.engine import make_url
 
 from ..errors import ConfigurationError
@@ -99,61 +95,3 @@ def use_deployed_instance() -> Path:
     if explicit := os.environ.get(DAGSTER_DATABASE_URL_ENV):
         os.environ[DAGSTER_DATABASE_URL_ENV] = _psycopg2(explicit)
     return Path(home)
-
-
-def start_daemon(env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`dagster-daemon run` for this code location (with its sensor loop shortened, see
-    export_platform/tooling/daemon.py), as a child process logging to `log`."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "export_platform.tooling.daemon", "run", "-m", "export_platform.definitions"],
-            env=env,
-            cwd=env[DAGSTER_HOME_ENV],  # as `dev` runs it: Dagster warns of a dagster.yaml in its working folder
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def start_workers(
-    env: dict[str, str], log: Path, count: int | None = None, max_runs: int | None = None, grace_seconds: float | None = None
-) -> subprocess.Popen:
-    """The warm run-worker pool (`export-platform workers`) as a child process logging to `log`."""
-    options = [
-        *(["--count", str(count)] if count else []),
-        *(["--max-runs", str(max_runs)] if max_runs else []),
-        *(["--grace-period", str(grace_seconds)] if grace_seconds is not None else []),
-    ]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "export_platform.workers", *options],
-            env=env,
-            cwd=env[DAGSTER_HOME_ENV],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_for_workers(instance, process: subprocess.Popen, count: int, timeout: float = 120) -> None:
-    """Poll until `count` workers have a fresh heartbeat."""
-    deadline = time.monotonic() + timeout
-    launcher = instance.run_launcher
-    launcher.queue.migrate()
-    while launcher.queue.fresh_workers(launcher.heartbeat_timeout_seconds) < count:
-        if process.poll() is not None:
-            raise RuntimeError(f"the run-worker pool exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"fewer than {count} run workers started")
-        time.sleep(0.2)
-
-
-def wait_for_daemon(instance, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll until the sensor daemon has sent a heartbeat since `process` started (the daemon is
-    then ticking; an earlier daemon's heartbeats stay in the instance storage)."""
-    started = psutil.Process(process.pid).create_time()
-    deadline = time.monotonic() + timeout
-    while (beat := instance.get_daemon_heartbeats().get("SENSOR")) is None or beat.timestamp < started:
-        if process.poll() is not None:
-            raise RuntimeError(f"dagster-daemon exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError("dagster-daemon sent no heartbeat")
-        time.sleep(0.2)

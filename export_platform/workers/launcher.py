@@ -23,13 +23,13 @@ import psycopg
 
 from ..dagster_compat import CheckRunHealthResult, ConfigurableClassData, WorkerStatus
 from ..naming import ISOLATED_TAG, POOL, POOL_TAG
+from ..processes import DEFAULT_GRACE_SECONDS, WORKER_MODULE
 from ..run_failures import POOL_EVENT, worker_gone, worker_silent
 from .process_launcher import LocalWorkerRunLauncher
 from .queue import Holder, LaunchQueue
 
 # A run in these states has not begun executing: a worker lost now may hand it to another.
 NOT_STARTED = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
-WORKER_MODULE = "export_platform.workers.worker"
 
 
 def worker_process(pid: int) -> psutil.Process | None:
@@ -52,7 +52,7 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
         max_runs_per_worker: int = 50,
         max_rss_mb: int = 1024,
         heartbeat_timeout_seconds: float = 5.0,
-        grace_period_seconds: float = 60.0,
+        grace_period_seconds: float = DEFAULT_GRACE_SECONDS,
         inst_data: ConfigurableClassData | None = None,
     ):
         self.queue = LaunchQueue(postgres_url)
@@ -79,7 +79,7 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
                 description="A worker silent this long is dead: no run is handed to it and its run fails.",
             ),
             "grace_period_seconds": dg.Field(
-                float, default_value=60.0, is_required=False,
+                float, default_value=DEFAULT_GRACE_SECONDS, is_required=False,
                 description="On SIGTERM a worker stops taking runs and has this long to finish the one it runs; "
                 "past it the export is stopped and its request says so.",
             ),
@@ -93,6 +93,11 @@ class WarmPoolRunLauncher(LocalWorkerRunLauncher):
         if not self._migrated:
             self.queue.migrate()
             self._migrated = True
+
+    def fresh_workers(self) -> int:
+        """Workers with a fresh heartbeat, not retiring: those that take runs now."""
+        self._ensure_tables()
+        return self.queue.fresh_workers(self.heartbeat_timeout_seconds)
 
     def _succeeded(self, run_ids: list[str]) -> list[str]:
         records = self._instance.get_run_records(dg.RunsFilter(run_ids=run_ids, statuses=[dg.DagsterRunStatus.SUCCESS]))

@@ -1,9 +1,10 @@
 """Keeps N warm run workers alive: `export-platform workers [--count N]`, and part of `dev`.
 
-Each worker is a new interpreter (`python -m export_platform.workers.worker`) in a session of its
-own, never a fork of this process: a Ctrl-C in the terminal reaches the supervisor only, which
-then drains its workers. One supervisor per host; scale across hosts by running more (e.g. a
-Kubernetes Deployment's replicas). The supervisor
+Each worker is a new interpreter (`python -m export_platform.workers.worker`, as
+export_platform/processes.py's `worker` declares it) in a session of its own, never a fork of this
+process: a Ctrl-C in the terminal reaches the supervisor only, which then drains its workers. One
+supervisor per host; scale across hosts by running more (e.g. a Kubernetes Deployment's replicas).
+The supervisor
 
 - replaces a worker that exits (retired after its runs, or killed), and for one that did not
   retire, fails or re-offers the run it held, saying on the run how it ended (its wait status);
@@ -24,7 +25,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,9 +32,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from .. import processes
+from ..processes import STOP_MARGIN_SECONDS
 from ..run_failures import worker_gone
 from . import log_to_stderr
-from .launcher import NOT_STARTED, WORKER_MODULE, WarmPoolRunLauncher, worker_process
+from .launcher import NOT_STARTED, WarmPoolRunLauncher, worker_process
 from .queue import RETIRE_SLOT_SECONDS, Holder
 
 log = logging.getLogger("export_platform.workers")
@@ -45,8 +47,6 @@ RESTART_BACKOFF_SECONDS = 5.0
 SWEEP_SECONDS = 5.0
 # After a failed attempt at the database, wait this long before the next.
 RETRY_SECONDS = 2.0
-# A worker that overran the grace period gets this long to end its interrupted run before SIGKILL.
-STOP_MARGIN_SECONDS = 30.0
 # A worker row silent this long is gone for good, whatever its host (its own supervisor is gone too).
 DEAD_AFTER_SECONDS = 60.0
 
@@ -76,10 +76,8 @@ class Supervisor:
         self.launcher = launcher
         self.queue = launcher.queue
         self.count = count
-        self.max_runs = max_runs
         self.grace_seconds = launcher.grace_period_seconds if grace_seconds is None else grace_seconds
-        self.env = env
-        self.log_path = log_path
+        self.worker = processes.worker(os.getpid(), self.grace_seconds, max_runs, env, log_path)
         self.host = socket.gethostname()
         self.stopping = threading.Event()
         self._slots: list[Slot] = []
@@ -92,18 +90,7 @@ class Supervisor:
         return [slot.process.pid for slot in self._slots if slot.process.poll() is None]
 
     def _spawn(self) -> Slot:
-        options = [*(["--max-runs", str(self.max_runs)] if self.max_runs else []), "--grace-period", str(self.grace_seconds),
-                   "--supervisor", str(os.getpid())]
-        out = self.log_path.open("ab") if self.log_path else None
-        try:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, *options],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
-            )
-        finally:
-            if out:
-                out.close()
-        return Slot(worker)
+        return Slot(processes.start(self.worker))
 
     def run(self) -> None:
         """Until `stop()`; then drains the workers, whatever ended the loop."""
@@ -200,14 +187,14 @@ class Supervisor:
                 self.queue.deregister(row.worker_id)
 
     def _stop_workers(self) -> None:
-        """Drain: SIGTERM to each worker, which finishes its run within the grace period; SIGKILL
-        to any still running after the grace period and a margin."""
+        """Drain: the worker's stop signal (SIGTERM) to each, which finishes its run within the grace
+        period; SIGKILL to any still running past its stop time (the grace period and a margin)."""
         live = [slot.process for slot in self._slots if slot.process.poll() is None]
         if live:
             log.info("run-worker supervisor: draining %d workers (grace period %g s)", len(live), self.grace_seconds)
         for worker in live:
-            worker.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace_seconds + STOP_MARGIN_SECONDS
+            worker.send_signal(self.worker.stop.signal)
+        deadline = time.monotonic() + self.worker.stop.grace_seconds
         while any(worker.poll() is None for worker in live) and time.monotonic() < deadline:
             self._tend(respawn=False)
             self._try_settle()  # e.g. runs queued for the pool go back to the run queue

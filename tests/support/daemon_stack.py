@@ -1,15 +1,15 @@
 """A real Dagster deployment for end-to-end tests: an app database with the request table, a fresh
-Dagster database, DAGSTER_HOME from the top-level dagster.yaml, and a running `dagster-daemon`
-that can be stopped and started again (a `dagster-webserver` too, for the Launchpad's API). Plus
+Dagster database, DAGSTER_HOME from the top-level dagster.yaml, and the processes `dev` runs
+(export_platform/processes.py): the run-worker pool, the code server and `dagster-daemon`, each of
+which can be stopped and started again (a `dagster-webserver` too, for the Launchpad's API). Plus
 the small helpers those tests poll with."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,22 +21,15 @@ import pytest
 from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
-from export_platform.tooling.embedded_postgres import ensure_database, start_embedded
-from export_platform.tooling.instance import (
-    DAGSTER_DATABASE_URL_ENV,
-    prepare_dagster_home,
-    start_daemon,
-    start_workers,
-    wait_for_daemon,
-    wait_for_workers,
-)
+from export_platform import processes
 from export_platform.naming import REQUEST_ID_TAG, session_name
+from export_platform.processes import LOG_LEVEL, ProcessSpec, Processes, free_port
 from export_platform.requests.store import RequestStore
 from export_platform.resources.storage import STORAGE_URL_ENV
+from export_platform.tooling.embedded_postgres import ensure_database, start_embedded
+from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV, prepare_dagster_home
 from export_platform.tooling.sample_data import seed
-from export_platform.workers.supervisor import STOP_MARGIN_SECONDS
 
-from .ports import free_port
 from .request_rows import row
 
 TIMEOUT = 180
@@ -49,6 +42,18 @@ def fresh_database(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+def logged(spec: ProcessSpec) -> ProcessSpec:
+    """`spec` with what `dev` shows in the terminal in a file in DAGSTER_HOME instead (pytest's
+    capture would otherwise hand it to whichever test runs)."""
+    return spec if spec.log is not None else dataclasses.replace(spec, log=Path(spec.env["DAGSTER_HOME"]) / f"{spec.name}.log")
+
+
+def daemon_stack_specs(env: dict[str, str], code_port: int, workers: int) -> list[ProcessSpec]:
+    """The processes of the daemon stack: `dev`'s own (export_platform/processes.py), without the UI
+    and `serve`, output in files."""
+    return [logged(spec) for spec in processes.stack_specs(env, code_port, workers, LOG_LEVEL)]
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
@@ -56,32 +61,48 @@ class Stack:
     app_url: str
     exports: Path
     tmp: Path
-    daemon: subprocess.Popen | None = None
-    workers: subprocess.Popen | None = None
+    processes: Processes
+    code_port: int
     postgres: object | None = None  # the pgserver a test may restart (restartable_daemon_stack)
 
+    @property
+    def daemon(self) -> subprocess.Popen | None:
+        return self.processes.running.get("dagster-daemon", (None, None))[1]
+
+    @property
+    def workers(self) -> subprocess.Popen | None:
+        """The pool's supervisor."""
+        return self.processes.running.get("workers", (None, None))[1]
+
+    def workspace(self) -> Path:
+        """The workspace file on the stack's code server (written again: the same)."""
+        return processes.workspace(self.env, self.code_port)
+
+    def start_process(self, spec: ProcessSpec) -> None:
+        """`spec` started; returns once it is up."""
+        self.processes.start(logged(spec))
+        self.processes.wait_ready(spec.name)
+
+    def start(self, workers: int | None = None) -> None:
+        """The pool, the code server and the daemon, as `dev` starts them; returns once all are up."""
+        specs = daemon_stack_specs(self.env, self.code_port, workers or self.instance.run_launcher.workers)
+        self.processes.start_all(specs)
+        for spec in specs:
+            self.processes.wait_ready(spec.name)
+
     def start_daemon(self) -> None:
-        self.daemon = start_daemon(self.env, self.tmp / "daemon.log")
-        wait_for_daemon(self.instance, self.daemon)
+        self.start_process(processes.daemon(self.env, self.workspace()))
 
     def stop_daemon(self) -> None:
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.terminate()
-            self.daemon.wait(timeout=60)
-        self.daemon = None
+        self.processes.stop("dagster-daemon")
 
     def start_workers(self, count: int | None = None, max_runs: int | None = None, grace_seconds: float | None = None) -> None:
         """`count` workers, by default dagster.yaml's (one per run the queue lets through at once)."""
-        count = count or self.instance.run_launcher.workers
-        self.workers = start_workers(self.env, self.tmp / "workers.log", count, max_runs, grace_seconds)
-        wait_for_workers(self.instance, self.workers, count)
+        self.start_process(processes.worker_pool(self.env, count or self.instance.run_launcher.workers, max_runs, grace_seconds))
 
     def stop_workers(self) -> None:
         """Stops the pool (a drain: its workers finish their runs first, within the grace period)."""
-        if self.workers is not None and self.workers.poll() is None:
-            self.workers.terminate()
-            self.workers.wait(timeout=self.instance.run_launcher.grace_period_seconds + STOP_MARGIN_SECONDS + 30)
-        self.workers = None
+        self.processes.stop("workers")
 
 
 @contextmanager
@@ -101,14 +122,13 @@ def daemon_stack(
     with pytest.MonkeyPatch.context() as environment:
         environment.setenv(DAGSTER_DATABASE_URL_ENV, dagster_url.render_as_string(hide_password=False))
         env = {**os.environ, **prepare_dagster_home(tmp / "dagster_home", app_url), STORAGE_URL_ENV: str(tmp / "exports")}
-        stack = Stack(env, dg.DagsterInstance.from_config(env["DAGSTER_HOME"]), app_url, tmp / "exports", tmp)
+        instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+        stack = Stack(env, instance, app_url, tmp / "exports", tmp, Processes(instance), free_port())
         try:
-            stack.start_workers(workers)
-            stack.start_daemon()
+            stack.start(workers)
             yield stack
         finally:
-            stack.stop_daemon()
-            stack.stop_workers()
+            stack.processes.stop()
             stack.instance.dispose()
 
 
@@ -123,33 +143,22 @@ def restartable_daemon_stack(tmp: Path, seeds: dict[str, int], workers: int | No
         yield stack
 
 
+def webserver_spec(env: dict[str, str], code_port: int, port: int) -> ProcessSpec:
+    """`dev`'s webserver on the stack's code server."""
+    return processes.webserver(env, processes.workspace(env, code_port), "127.0.0.1", port)
+
+
 @contextmanager
 def running_webserver(stack: Stack) -> Iterator:
-    """A `dagster-webserver` on the stack's instance; yields a GraphQL client of it (the Launchpad's API)."""
+    """`dev`'s `dagster-webserver` on the stack's code server; yields a GraphQL client of it (the Launchpad's API)."""
     from dagster_graphql import DagsterGraphQLClient
 
     port = free_port()
-    webserver = Path(sys.executable).with_name("dagster-webserver")
-    with (stack.tmp / "webserver.log").open("ab") as log:
-        process = subprocess.Popen(
-            [str(webserver), "-m", "export_platform.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            # In DAGSTER_HOME, as `dev` starts it: Dagster warns of a dagster.yaml in its working folder.
-            env=stack.env, cwd=stack.env["DAGSTER_HOME"], stdout=log, stderr=subprocess.STDOUT,
-        )
-
-    def ready() -> bool:
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2).status == 200
-        except OSError:
-            assert process.poll() is None, "dagster-webserver exited"
-            return False
-
     try:
-        wait_for(ready, 120, "dagster-webserver")
+        stack.start_process(webserver_spec(stack.env, stack.code_port, port))
         yield DagsterGraphQLClient("127.0.0.1", port_number=port)
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        stack.processes.stop("dagster-webserver")
 
 
 def restartable_postgres(pgdata: Path) -> tuple[object, str]:

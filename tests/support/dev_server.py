@@ -22,9 +22,8 @@ from export_platform.resources.database_url import DATABASE_URL_ENV
 from export_platform.home import HOME_ENV
 from export_platform.tooling.embedded_postgres import ensure_database
 from export_platform.tooling.instance import DAGSTER_DATABASE_URL_ENV
+from export_platform.processes import free_port
 from export_platform.resources.storage import STORAGE_URL_ENV
-
-from .ports import free_port
 
 SCRIPT = str(Path(sys.executable).with_name("export-platform"))
 STARTUP_SECONDS = 180

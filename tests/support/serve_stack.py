@@ -3,21 +3,19 @@ that tests can send the malformed paths and headers a browser would clean up).""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from export_platform.links import PUBLIC_URL_ENV, SIGNING_KEY_ENV, Signer
+from export_platform import processes
+from export_platform.processes import ProcessSpec, Processes, free_port
 from export_platform.resources.storage import STORAGE_URL_ENV
-
-from .ports import free_port
 
 TEST_KEY = "test-signing-key-not-for-production"
 START_TIMEOUT = 60
@@ -45,31 +43,30 @@ class Server:
             conn.close()
 
 
+def serve_env(storage_root: Path, port: int, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, SIGNING_KEY_ENV: TEST_KEY, PUBLIC_URL_ENV: f"http://127.0.0.1:{port}",
+            STORAGE_URL_ENV: str(storage_root), **(extra_env or {})}
+
+
+def serve_spec(env: dict[str, str], port: int, log: Path) -> ProcessSpec:
+    return dataclasses.replace(processes.serve(env, "127.0.0.1", port), log=log)
+
+
 @contextmanager
 def serve_process(
     storage_root: Path, log: Path, extra_env: dict[str, str] | None = None, port: int | None = None
 ) -> Iterator[Server]:
-    """`serve` over `storage_root` on `port` (default: a free one), with the test signing key."""
+    """`dev`'s `serve` (export_platform/processes.py) over `storage_root` on `port` (default: a free
+    one), with the test signing key."""
     port = port or free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, SIGNING_KEY_ENV: TEST_KEY, PUBLIC_URL_ENV: base, STORAGE_URL_ENV: str(storage_root),
-           **(extra_env or {})}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "export_platform.tooling.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+    env = serve_env(storage_root, port, extra_env)
+    running = Processes()
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, f"serve exited: {log.read_text()}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
-                time.sleep(0.1)
-        yield Server(base, port, process, Signer(TEST_KEY.encode()), env)
+        process = running.start(serve_spec(env, port, log))
+        try:
+            running.wait_ready("serve", START_TIMEOUT)
+        except RuntimeError as error:
+            raise AssertionError(f"{error}: {log.read_text()}") from error
+        yield Server(env[PUBLIC_URL_ENV], port, process, Signer(TEST_KEY.encode()), env)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        running.stop()
