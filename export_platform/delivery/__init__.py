@@ -1,1 +1,1 @@
-"""Delivery of finished exports over HTTP: signed download links and the status page."""
+"""Delivery of finished exports over HTTP: `serve` (downloads by signed link, the status page) and the HTTP API."""
