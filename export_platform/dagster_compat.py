@@ -42,6 +42,8 @@ DEQUEUE_FAILED_MESSAGES = (
     "Caught an unrecoverable error while dequeuing the run",
     "Run dequeue failed to reach the user code server after",
 )
+# `report_run_failed`'s message when its caller gives none (a daemon giving up on a run):
+FAILED_FROM_OUTSIDE_MESSAGE = "This run has been marked as failed from outside the execution context."
 # The start of run monitoring's RUN_CANCELING message for a run past its `dagster/max_runtime`:
 MAX_RUNTIME_MESSAGE = "Canceling due to exceeding maximum runtime"
 
@@ -107,6 +109,7 @@ __all__ = [
     "DEQUEUE_FAILED_MESSAGES",
     "DagsterUserCodeUnreachableError",
     "EngineEventData",
+    "FAILED_FROM_OUTSIDE_MESSAGE",
     "FAILURE_ERROR",
     "INTERRUPTED_ERROR",
     "MAX_RUNTIME_MESSAGE",

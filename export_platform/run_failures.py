@@ -12,6 +12,7 @@ import dagster as dg
 
 from .dagster_compat import (
     DEQUEUE_FAILED_MESSAGES,
+    FAILED_FROM_OUTSIDE_MESSAGE,
     FAILURE_ERROR,
     INTERRUPTED_ERROR,
     START_TIMEOUT_REASON,
@@ -50,6 +51,12 @@ NEVER_STARTED = (
 )
 # The queue's launch of the run failed (e.g. the code server did not answer in time), on every try.
 NOT_LAUNCHED = "the platform could not start the export's run ({}): nothing was read or written. Request the export again."
+# Dagster's own words for a run a daemon gave up on without saying why: what the run's events show instead.
+FAILED_BEFORE_START = NOT_LAUNCHED.format("Dagster failed its run before it began, e.g. while its database restarted")
+FAILED_FROM_OUTSIDE = (
+    "Dagster marked the run failed from outside it (its process or its database was lost while it ran): "
+    "nothing was published. Request the export again."
+)
 
 # What the warm run-worker pool observed about a run it lost: engine events carrying this prefix,
 # the first of which is the run's cause (later ones, and steps failing after it, are its consequences).
@@ -115,6 +122,9 @@ def failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
         error = launches[-1].engine_event_data.error
         return NOT_LAUNCHED.format(_without_class(root_message(error)) if error else launches[-1].message)
     failures = [e.message for e in run_failures if e.message]
+    if not (crashes or stopped) and failures[-1:] == [FAILED_FROM_OUTSIDE_MESSAGE]:
+        started = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_START)
+        return FAILED_FROM_OUTSIDE if started else FAILED_BEFORE_START
     # The first request to stop a run carries the reason; later ones are the termination itself.
     return (crashes[-1:] or stopped[:1] or failures[-1:] or ["the run failed"])[0]
 

@@ -84,3 +84,18 @@ def test_a_run_the_queue_could_not_launch_names_the_code_server(instance, run):
     instance.report_engine_event(f"{DEQUEUE_FAILED_MESSAGES[1]} 3 attempts, failing run", run, EngineEventData.engine_error(error))
     instance.report_run_failed(run)
     assert failure_message(instance, run.run_id) == NOT_LAUNCHED.format(reason)
+
+
+def test_a_run_a_daemon_failed_without_a_reason_says_what_its_events_show(instance, run):
+    """`report_run_failed` with no message (a daemon giving up on a run, e.g. while Postgres
+    restarts under it) must not reach the row as Dagster's "marked as failed from outside the
+    execution context": seen in the soak of tests/test_worker_drain.py."""
+    from export_platform.run_failures import FAILED_BEFORE_START, FAILED_FROM_OUTSIDE
+
+    instance.report_run_failed(run)
+    assert failure_message(instance, run.run_id) == FAILED_BEFORE_START
+    started = instance.create_run_for_job(EXPORT_JOBS[0], run_config={})
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=started.job_name), started.run_id)
+    instance.report_run_failed(started)
+    assert failure_message(instance, started.run_id) == FAILED_FROM_OUTSIDE
+    assert "outside the execution context" not in FAILED_BEFORE_START + FAILED_FROM_OUTSIDE
